@@ -1,0 +1,56 @@
+# ecapture build entry points (see README.md).
+#   make                 release build with CO-RE and non-CO-RE BPF objects -> bin/ecapture
+#   make nocore          release build whose BPF objects need no kernel BTF
+#   CROSS_ARCH=arm64 make   aarch64 build from an x86_64 host
+#   make test            unit and end-to-end tests (root; installs what they need)
+#   make run ARGS="tls --pid 123"
+#   make clean
+
+CARGO ?= cargo
+CROSS_ARCH ?=
+
+ifeq ($(CROSS_ARCH),arm64)
+  RUST_TARGET := aarch64-unknown-linux-gnu
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER := aarch64-linux-gnu-gcc
+  export CC_aarch64_unknown_linux_gnu := aarch64-linux-gnu-gcc
+  export PKG_CONFIG_ALLOW_CROSS := 1
+  export PKG_CONFIG_LIBDIR := /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig
+  DEPS := cross
+else ifeq ($(CROSS_ARCH),)
+  RUST_TARGET :=
+  DEPS := build
+else
+  $(error CROSS_ARCH=$(CROSS_ARCH) is not supported; use CROSS_ARCH=arm64)
+endif
+
+TARGET_FLAG := $(if $(RUST_TARGET),--target $(RUST_TARGET))
+RELEASE_DIR := target/$(if $(RUST_TARGET),$(RUST_TARGET)/)release
+
+.PHONY: all nocore deps test e2e unit run clean lint
+
+all: deps
+	$(CARGO) build --release $(TARGET_FLAG)
+	install -D -m 0755 $(RELEASE_DIR)/ecapture bin/ecapture
+
+nocore: deps
+	ECAPTURE_BPF_FLAVORS=nocore $(CARGO) build --release $(TARGET_FLAG)
+	install -D -m 0755 $(RELEASE_DIR)/ecapture bin/ecapture
+
+deps:
+	@scripts/install-deps.sh $(DEPS)
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: all
+	@scripts/install-deps.sh all
+	$(CARGO) test --release --bins
+	ECAPTURE_BIN=$(CURDIR)/bin/ecapture $(CARGO) test --release --test e2e -- --test-threads=1
+
+run: all
+	bin/ecapture $(ARGS)
+
+clean:
+	$(CARGO) clean
+	rm -rf bin

@@ -1,0 +1,310 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * What every TLS library module shares: remember a read or write call at its
+ * entry, learn the socket from the syscalls the library makes inside the call,
+ * and at the call's return copy exactly the bytes transferred into the ring
+ * buffer. A module only adds uprobes that call tls_call_enter/tls_call_exit.
+ */
+#ifndef ECAPTURE_TLS_CAPTURE_H
+#define ECAPTURE_TLS_CAPTURE_H
+
+#include <bpf/bpf_helpers.h>
+#include "tls_event.h"
+#include "socket_of_fd.h"
+
+/* Set by userspace before load; the verifier prunes what they disable. */
+const volatile __u32 target_pid = 0;   /* tgid to keep, 0 = all */
+const volatile __u32 target_uid = 0;
+const volatile bool filter_by_uid = false;
+/* Wake the reader only once this many bytes are waiting; it also polls on a
+ * short timeout, so small bursts are never stranded. */
+const volatile __u64 wakeup_bytes = 0;
+/* bpf_loop (Linux 5.17) lets one call send any number of records; older
+ * kernels get an unrolled loop of LEGACY_MAX_CHUNKS. */
+const volatile bool have_bpf_loop = true;
+#define LEGACY_MAX_CHUNKS 8
+
+/* How the call reports the transferred length. */
+enum length_source {
+	LENGTH_FROM_RETURN = 0,   /* SSL_write/SSL_read: return value > 0 */
+	LENGTH_FROM_POINTER = 1,  /* SSL_write_ex/SSL_read_ex: returns 1, *len_ptr */
+};
+
+struct tls_call {
+	__u64 conn_id;
+	__u64 buf;
+	__u64 len_ptr;
+	__s32 fd;       /* last socket fd seen inside this call */
+	__u16 depth;    /* nested hooked calls on the same session */
+	__u8 direction;
+	__u8 length_source;
+};
+
+struct session_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 conn_id;
+};
+
+/* What the kernel learned about a session's socket; kept across calls because
+ * a read served from the library's buffer makes no syscall at all. */
+struct session_socket {
+	__s32 fd;
+	__u32 _pad;
+	__u64 sk;
+	struct conn_tuple conn;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct tls_call);
+} active_calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct session_key);
+	__type(value, struct session_socket);
+} session_sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024); /* resized by userspace */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct data_event);
+} staging SEC(".maps");
+
+/* Records the ring buffer could not take; userspace sums the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_records SEC(".maps");
+
+/* Makes the event type visible in BTF, hence in the generated Rust types. */
+struct data_event _data_event_btf_anchor = {};
+
+static __always_inline bool process_is_traced(__u64 pid_tgid)
+{
+	if (target_pid && (__u32)(pid_tgid >> 32) != target_pid)
+		return false;
+	if (filter_by_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
+		return false;
+	return true;
+}
+
+static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_ptr,
+					  enum data_direction direction,
+					  enum length_source length_source)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_call *outer, call = {};
+
+	if (!process_is_traced(pid_tgid))
+		return 0;
+	/* SSL_write_ex may be built on SSL_write (BoringSSL): the outer call
+	 * owns the bytes, the inner one only deepens the nesting. */
+	outer = bpf_map_lookup_elem(&active_calls, &pid_tgid);
+	if (outer && outer->conn_id == conn_id) {
+		outer->depth++;
+		return 0;
+	}
+	call.conn_id = conn_id;
+	call.buf = buf;
+	call.len_ptr = len_ptr;
+	call.fd = -1;
+	call.depth = 1;
+	call.direction = direction;
+	call.length_source = length_source;
+	bpf_map_update_elem(&active_calls, &pid_tgid, &call, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&lost_records, &zero);
+
+	if (lost)
+		*lost += 1;
+}
+
+static __always_inline __u64 ringbuf_wakeup_flag(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+struct chunk_loop {
+	__u64 buf;
+	__u64 total;
+};
+
+/* Sends record `index` of a call staged in `staging`; returns 1 when done.
+ * A separate function so that bpf_loop verifies it once, whatever the count. */
+static long emit_chunk(__u32 index, void *data)
+{
+	struct chunk_loop *loop = data;
+	struct data_event *ev;
+	__u32 zero = 0;
+	__u64 offset = (__u64)index * DATA_CHUNK_MAX;
+	__u64 n;
+
+	ev = bpf_map_lookup_elem(&staging, &zero);
+	if (!ev || offset >= loop->total)
+		return 1;
+	n = loop->total - offset;
+	if (n > DATA_CHUNK_MAX)
+		n = DATA_CHUNK_MAX;
+	/* Keep the bound visible to the verifier after clang's rewrites. */
+	asm volatile("%0 &= 0x7fff" : "+r"(n));
+	if (n > DATA_CHUNK_MAX)
+		return 1;
+	ev->chunk_offset = offset;
+	ev->data_len = n;
+	bpf_probe_read_user(ev->data, n, (void *)(loop->buf + offset));
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct data_event, data) + n,
+			       ringbuf_wakeup_flag()))
+		count_lost();
+	return 0;
+}
+
+static __always_inline void emit_chunks(__u64 buf, __u64 total)
+{
+	struct chunk_loop loop = { .buf = buf, .total = total };
+	__u64 chunks = (total + DATA_CHUNK_MAX - 1) / DATA_CHUNK_MAX;
+
+	if (chunks > MAX_CHUNKS_PER_CALL) {
+		/* Account for every record that will not be sent. */
+		count_lost();
+		chunks = MAX_CHUNKS_PER_CALL;
+	}
+	if (have_bpf_loop) {
+		bpf_loop(chunks, emit_chunk, &loop, 0);
+		return;
+	}
+	for (__u32 i = 0; i < LEGACY_MAX_CHUNKS; i++) {
+		if (emit_chunk(i, &loop))
+			return;
+	}
+	if (chunks > LEGACY_MAX_CHUNKS)
+		count_lost();
+}
+
+static __always_inline int tls_call_exit(int ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct session_key key = {};
+	struct session_socket *sock;
+	struct tls_call *active, call;
+	struct data_event *ev;
+	__u32 zero = 0;
+	__u64 total = 0;
+
+	active = bpf_map_lookup_elem(&active_calls, &pid_tgid);
+	if (!active)
+		return 0;
+	if (active->depth > 1) {
+		active->depth--;
+		return 0;
+	}
+	call = *active;
+	bpf_map_delete_elem(&active_calls, &pid_tgid);
+
+	if (call.length_source == LENGTH_FROM_POINTER) {
+		if (ret != 1 || bpf_probe_read_user(&total, sizeof(total), (void *)call.len_ptr))
+			return 0;
+	} else {
+		if (ret <= 0)
+			return 0;
+		total = ret;
+	}
+	if (!total)
+		return 0;
+
+	ev = bpf_map_lookup_elem(&staging, &zero);
+	if (!ev)
+		return 0;
+	ev->timestamp_ns = bpf_ktime_get_ns();
+	ev->conn_id = call.conn_id;
+	ev->total_len = total;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->direction = call.direction;
+	ev->source = SOURCE_OPENSSL;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+
+	key.tgid = ev->pid;
+	key.conn_id = call.conn_id;
+	sock = bpf_map_lookup_elem(&session_sockets, &key);
+	if (sock) {
+		ev->fd = sock->fd;
+		ev->conn = sock->conn;
+	} else {
+		ev->fd = -1;
+		__builtin_memset(&ev->conn, 0, sizeof(ev->conn));
+	}
+	emit_chunks(call.buf, total);
+	return 0;
+}
+
+/* Called from the syscall tracepoints below with the fd of a read or write. */
+static __always_inline int note_socket_fd(long fd)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct session_socket *known, fresh = {};
+	struct session_key key = {};
+	struct tls_call *call;
+
+	call = bpf_map_lookup_elem(&active_calls, &pid_tgid);
+	if (!call || call->fd == fd)
+		return 0;
+	call->fd = fd;
+
+	key.tgid = pid_tgid >> 32;
+	key.conn_id = call->conn_id;
+	fresh.fd = fd;
+	fresh.sk = socket_of_fd(fd);
+	known = bpf_map_lookup_elem(&session_sockets, &key);
+	if (known && known->fd == fresh.fd && known->sk == fresh.sk)
+		return 0;
+	if (fresh.sk)
+		read_conn_tuple(fresh.sk, &fresh.conn);
+	bpf_map_update_elem(&session_sockets, &key, &fresh, BPF_ANY);
+	return 0;
+}
+
+/* The layout of every syscalls:sys_enter_* tracepoint record. */
+struct syscall_enter_ctx {
+	__u64 common;
+	long syscall_nr;
+	unsigned long args[6];
+};
+
+#define NOTE_FD_OF_SYSCALL(name)                                             \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                          \
+	int sys_enter_##name(struct syscall_enter_ctx *ctx)                  \
+	{                                                                    \
+		return note_socket_fd((long)ctx->args[0]);                   \
+	}
+
+NOTE_FD_OF_SYSCALL(read)
+NOTE_FD_OF_SYSCALL(write)
+NOTE_FD_OF_SYSCALL(readv)
+NOTE_FD_OF_SYSCALL(writev)
+NOTE_FD_OF_SYSCALL(recvfrom)
+NOTE_FD_OF_SYSCALL(sendto)
+NOTE_FD_OF_SYSCALL(recvmsg)
+NOTE_FD_OF_SYSCALL(sendmsg)
+
+#endif

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs, idempotently, every Debian package and Rust target that building and testing ecapture needs.
+# Safe to run repeatedly: it only calls apt-get when a package is missing.
+set -euo pipefail
+
+build_pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev make)
+cross_pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross linux-libc-dev-arm64-cross qemu-user-static)
+cross_arm64_libs=(libelf-dev:arm64 zlib1g-dev:arm64)
+test_pkgs=(curl openssl libssl-dev python3 android-libboringssl android-libboringssl-dev
+           tshark nginx wrk bpftrace bpftool iproute2 procps)
+
+want=("${build_pkgs[@]}")
+case "${1:-all}" in
+  build) ;;
+  cross) want+=("${cross_pkgs[@]}" "${cross_arm64_libs[@]}") ;;
+  all)   want+=("${cross_pkgs[@]}" "${cross_arm64_libs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [build|cross|all]" >&2; exit 2 ;;
+esac
+
+if [[ " ${want[*]} " == *":arm64 "* ]] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  rm -f /var/lib/apt/lists/lock.ecapture-stamp
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture; answer it up front.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ "${1:-all}" != build ]] && command -v rustup >/dev/null; then
+  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+fi

@@ -1,0 +1,238 @@
+//! The command line, with eCapture's flag names, and the validated settings
+//! derived from it. Each flag is defined once here; `--help` comes from it.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::probe::BtfMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ecapture",
+    version,
+    about = "Capture SSL/TLS plaintext with eBPF: no CA certificate, no change to the program",
+    after_help = "Run `ecapture tls --help` for the TLS module's flags. Needs root (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub module: ModuleCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Only capture this process (thread group id); 0 captures every process.
+    #[arg(short = 'p', long, global = true, default_value_t = 0)]
+    pub pid: u32,
+    /// Only capture processes running as this user id.
+    #[arg(short = 'u', long, global = true)]
+    pub uid: Option<u32>,
+    /// BTF mode: 0 = auto (CO-RE when /sys/kernel/btf/vmlinux exists), 1 = CO-RE, 2 = non-CO-RE.
+    #[arg(short = 'b', long, global = true, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub btf: u8,
+    /// Print payloads as hexdumps, even when they are printable.
+    #[arg(long, global = true)]
+    pub hex: bool,
+    /// Show at most this many bytes of each payload in text mode; 0 shows all.
+    #[arg(short = 't', long, global = true, default_value_t = 0)]
+    pub tsize: usize,
+    /// Also write events and logs to this file.
+    #[arg(short = 'l', long, global = true, value_name = "FILE")]
+    pub logaddr: Option<PathBuf>,
+    /// Ring buffer size in KiB per CPU.
+    #[arg(long, global = true, default_value_t = 4096, value_name = "KIB")]
+    pub mapsize: u32,
+    /// Log debug details (hook placement, discovery decisions).
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// OpenSSL and BoringSSL: libssl.so.*, or programs linking them statically.
+    #[command(visible_alias = "openssl")]
+    Tls(TlsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Capture mode: text, keylog (or key), pcap (or pcapng).
+    #[arg(short = 'm', long, default_value = "text")]
+    pub model: String,
+    /// The libssl to hook, or a program with OpenSSL or BoringSSL linked in.
+    #[arg(long, value_name = "PATH")]
+    pub libssl: Option<PathBuf>,
+    /// Key log file for keylog mode.
+    #[arg(short = 'k', long, default_value = "ecapture_openssl_key.log", value_name = "FILE")]
+    pub keylogfile: PathBuf,
+    /// pcapng file for pcap mode.
+    #[arg(short = 'w', long, default_value = "save.pcapng", value_name = "FILE")]
+    pub pcapfile: PathBuf,
+    /// Network interface for pcap mode.
+    #[arg(short = 'i', long, value_name = "IFACE")]
+    pub ifname: Option<String>,
+    /// Override the detected OpenSSL version, such as "openssl 3.0.13" or "boringssl".
+    #[arg(long = "ssl_version", alias = "ssl-version", value_name = "VERSION")]
+    pub ssl_version: Option<String>,
+    /// cgroup v2 path for cgroup-scoped capture.
+    #[arg(
+        long = "cgroup_path",
+        alias = "cgroup-path",
+        default_value = "/sys/fs/cgroup",
+        value_name = "PATH"
+    )]
+    pub cgroup_path: PathBuf,
+    /// pcap filter expression for pcap mode, in tcpdump syntax.
+    #[arg(trailing_var_arg = true, value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+/// What the user asked the TLS module to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Text,
+    Keylog,
+    Pcap,
+}
+
+impl Mode {
+    pub fn parse(model: &str) -> Result<Mode> {
+        match model {
+            "text" => Ok(Mode::Text),
+            "keylog" | "key" => Ok(Mode::Keylog),
+            "pcap" | "pcapng" => Ok(Mode::Pcap),
+            other => bail!("unknown mode {other:?} for -m/--model; choose text, keylog (key) or pcap (pcapng)"),
+        }
+    }
+}
+
+/// Validated settings for one capture.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub btf: BtfMode,
+    pub hex: bool,
+    pub truncate: Option<usize>,
+    pub log_file: Option<PathBuf>,
+    pub ring_buffer_bytes: u32,
+    pub debug: bool,
+    pub libssl: Option<PathBuf>,
+}
+
+impl Cli {
+    pub fn into_config(self) -> Result<Config> {
+        let global = self.global;
+        let ModuleCommand::Tls(tls) = self.module;
+        match Mode::parse(&tls.model)? {
+            Mode::Text => {}
+            Mode::Keylog | Mode::Pcap => {
+                bail!("mode {:?} is not available in this version yet; use -m text", tls.model)
+            }
+        }
+        if let Some(version) = &tls.ssl_version {
+            bail!("--ssl_version {version:?} only matters to keylog and pcap modes, which are not available yet");
+        }
+        if !tls.filter.is_empty() {
+            bail!(
+                "a pcap filter expression ({}) needs -m pcap, which is not available yet",
+                tls.filter.join(" ")
+            );
+        }
+        Ok(Config {
+            pid: (global.pid != 0).then_some(global.pid),
+            uid: global.uid,
+            btf: match global.btf {
+                1 => BtfMode::Core,
+                2 => BtfMode::NoCore,
+                _ => BtfMode::Auto,
+            },
+            hex: global.hex,
+            truncate: (global.tsize != 0).then_some(global.tsize),
+            log_file: global.logaddr,
+            ring_buffer_bytes: ring_buffer_bytes(global.mapsize)?,
+            debug: global.debug,
+            libssl: tls.libssl,
+        })
+    }
+}
+
+/// The ring buffer is shared by all CPUs and must be a power of two pages.
+fn ring_buffer_bytes(kib_per_cpu: u32) -> Result<u32> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let wanted = u64::from(kib_per_cpu.max(64)) * 1024 * cpus;
+    let bytes = wanted.next_power_of_two();
+    if bytes > 1 << 30 {
+        bail!("--mapsize {kib_per_cpu} asks for a ring buffer over 1 GiB; use a smaller value");
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config> {
+        Cli::try_parse_from(args)?.into_config()
+    }
+
+    #[test]
+    fn accepts_ecapture_flag_spellings() {
+        let c = config(&[
+            "ecapture",
+            "tls",
+            "-p",
+            "42",
+            "-u",
+            "0",
+            "--libssl",
+            "/x/libssl.so.3",
+            "-b",
+            "2",
+            "--hex",
+        ])
+        .unwrap();
+        assert_eq!(c.pid, Some(42));
+        assert_eq!(c.uid, Some(0));
+        assert_eq!(c.btf, BtfMode::NoCore);
+        assert!(c.hex);
+        assert_eq!(c.libssl.as_deref(), Some(std::path::Path::new("/x/libssl.so.3")));
+        let alias = config(&[
+            "ecapture",
+            "--pid",
+            "7",
+            "openssl",
+            "-m",
+            "text",
+            "--cgroup_path",
+            "/sys/fs/cgroup",
+        ])
+        .unwrap();
+        assert_eq!(alias.pid, Some(7));
+    }
+
+    #[test]
+    fn modes_to_come_and_unknown_modes_are_refused() {
+        let later = config(&["ecapture", "tls", "-m", "keylog", "-k", "/tmp/k.log"]).unwrap_err();
+        assert!(later.to_string().contains("not available"), "{later}");
+        let pcap = config(&[
+            "ecapture", "tls", "-m", "pcapng", "-w", "x.pcapng", "-i", "lo", "tcp", "port", "443",
+        ])
+        .unwrap_err();
+        assert!(pcap.to_string().contains("not available"), "{pcap}");
+        let version = config(&["ecapture", "tls", "--ssl_version", "openssl 3.0.13"]).unwrap_err();
+        assert!(version.to_string().contains("--ssl_version"), "{version}");
+        let unknown = config(&["ecapture", "tls", "-m", "bogus"]).unwrap_err();
+        assert!(unknown.to_string().contains("unknown mode"), "{unknown}");
+    }
+
+    #[test]
+    fn ring_buffer_size_is_a_power_of_two() {
+        let bytes = ring_buffer_bytes(1000).unwrap();
+        assert!(bytes.is_power_of_two());
+        assert!(ring_buffer_bytes(u32::MAX).is_err());
+    }
+}

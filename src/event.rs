@@ -1,0 +1,281 @@
+//! From ring buffer records to events: decoding the C layout, and joining the
+//! records of a call the kernel had to split.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use crate::probe::RawDataEvent;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The process wrote the bytes.
+    Egress,
+    /// The process read the bytes.
+    Ingress,
+}
+
+/// The two ends of a TCP connection, as the traced process sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketPair {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Who moved the bytes, on which connection, and in which direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    pub timestamp: SystemTime,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub fd: i32,
+    /// The library's session object; with pid, it names the TLS session.
+    pub conn_id: u64,
+    pub direction: Direction,
+    pub sockets: Option<SocketPair>,
+}
+
+/// One read or write call, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataEvent {
+    pub meta: EventMeta,
+    pub data: Vec<u8>,
+}
+
+/// One ring buffer record: part of a call's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk<'a> {
+    pub meta: EventMeta,
+    pub total_len: u64,
+    pub offset: u64,
+    pub data: &'a [u8],
+}
+
+const HEADER_LEN: usize = std::mem::offset_of!(RawDataEvent, data);
+
+/// Decodes records, reusing one staging struct so that decoding allocates
+/// nothing but the comm string.
+pub struct RecordDecoder {
+    staging: Box<RawDataEvent>,
+    /// Wall-clock time at monotonic zero, for bpf_ktime_get_ns() stamps.
+    boot_time: SystemTime,
+}
+
+impl RecordDecoder {
+    pub fn new() -> Self {
+        RecordDecoder {
+            staging: Box::default(),
+            boot_time: monotonic_epoch(),
+        }
+    }
+
+    /// Returns None for a record too short to hold its own header.
+    pub fn decode<'a>(&mut self, record: &'a [u8]) -> Option<Chunk<'a>> {
+        let header = record.get(..HEADER_LEN)?;
+        // SAFETY: RawDataEvent is plain data, valid for any bytes; only its
+        // header is overwritten, the payload is read from the record itself.
+        let staging = unsafe { plain::as_mut_bytes(&mut *self.staging) };
+        staging[..HEADER_LEN].copy_from_slice(header);
+        let raw = &*self.staging;
+        let data = record.get(HEADER_LEN..HEADER_LEN + raw.data_len as usize)?;
+        let comm_len = raw.comm.iter().position(|&c| c == 0).unwrap_or(raw.comm.len());
+        let comm: Vec<u8> = raw.comm[..comm_len].iter().map(|&c| c as u8).collect();
+        Some(Chunk {
+            meta: EventMeta {
+                timestamp: self.boot_time + Duration::from_nanos(raw.timestamp_ns),
+                pid: raw.pid,
+                tid: raw.tid,
+                uid: raw.uid,
+                comm: String::from_utf8_lossy(&comm).into_owned(),
+                fd: raw.fd,
+                conn_id: raw.conn_id,
+                direction: if raw.direction == 0 {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                },
+                sockets: socket_pair(
+                    raw.conn.family,
+                    raw.conn.local_addr,
+                    raw.conn.local_port,
+                    raw.conn.remote_addr,
+                    raw.conn.remote_port,
+                ),
+            },
+            total_len: raw.total_len,
+            offset: raw.chunk_offset,
+            data,
+        })
+    }
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+fn socket_pair(
+    family: u16,
+    local: [u8; 16],
+    local_port: u16,
+    remote: [u8; 16],
+    remote_port: u16,
+) -> Option<SocketPair> {
+    let ip = |bytes: [u8; 16]| -> Option<IpAddr> {
+        match family {
+            AF_INET => Some(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()),
+            // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d.
+            AF_INET6 => Some(Ipv6Addr::from(bytes).to_canonical()),
+            _ => None,
+        }
+    };
+    Some(SocketPair {
+        local: SocketAddr::new(ip(local)?, local_port),
+        remote: SocketAddr::new(ip(remote)?, remote_port),
+    })
+}
+
+fn monotonic_epoch() -> SystemTime {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let since_boot = Duration::new(now.tv_sec as u64, now.tv_nsec as u32);
+    SystemTime::now() - since_boot
+}
+
+/// Joins the records of each call. The kernel sends a call's records back to
+/// back from one thread, so a record that does not continue its thread's
+/// call means records were lost in between.
+#[derive(Default)]
+pub struct Reassembler {
+    partial: HashMap<u32, DataEvent>,
+    /// Calls abandoned because a record in the middle never arrived.
+    pub broken_calls: u64,
+}
+
+impl Reassembler {
+    pub fn push(&mut self, chunk: Chunk<'_>) -> Option<DataEvent> {
+        if chunk.offset == 0 && chunk.data.len() as u64 == chunk.total_len {
+            if self.partial.remove(&chunk.meta.tid).is_some() {
+                self.broken_calls += 1;
+            }
+            return Some(DataEvent {
+                meta: chunk.meta,
+                data: chunk.data.to_vec(),
+            });
+        }
+        let tid = chunk.meta.tid;
+        if chunk.offset == 0 {
+            if self.partial.remove(&tid).is_some() {
+                self.broken_calls += 1;
+            }
+            let mut data = Vec::with_capacity(chunk.total_len as usize);
+            data.extend_from_slice(chunk.data);
+            self.partial.insert(tid, DataEvent { meta: chunk.meta, data });
+            return None;
+        }
+        let Some(event) = self.partial.get_mut(&tid) else {
+            self.broken_calls += 1;
+            return None;
+        };
+        if event.data.len() as u64 != chunk.offset || event.meta.conn_id != chunk.meta.conn_id {
+            self.partial.remove(&tid);
+            self.broken_calls += 1;
+            return None;
+        }
+        event.data.extend_from_slice(chunk.data);
+        if event.data.len() as u64 >= chunk.total_len {
+            return self.partial.remove(&tid);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(tid: u32, conn_id: u64) -> EventMeta {
+        EventMeta {
+            timestamp: SystemTime::UNIX_EPOCH,
+            pid: 1,
+            tid,
+            uid: 0,
+            comm: "t".into(),
+            fd: 3,
+            conn_id,
+            direction: Direction::Egress,
+            sockets: None,
+        }
+    }
+
+    fn chunk(tid: u32, total: u64, offset: u64, data: &[u8]) -> Chunk<'_> {
+        Chunk {
+            meta: meta(tid, 9),
+            total_len: total,
+            offset,
+            data,
+        }
+    }
+
+    #[test]
+    fn single_record_call_passes_through() {
+        let mut r = Reassembler::default();
+        let event = r.push(chunk(1, 5, 0, b"hello")).unwrap();
+        assert_eq!(event.data, b"hello");
+    }
+
+    #[test]
+    fn interleaved_threads_are_joined_separately() {
+        let mut r = Reassembler::default();
+        assert!(r.push(chunk(1, 6, 0, b"abc")).is_none());
+        assert!(r.push(chunk(2, 4, 0, b"wx")).is_none());
+        assert_eq!(r.push(chunk(1, 6, 3, b"def")).unwrap().data, b"abcdef");
+        assert_eq!(r.push(chunk(2, 4, 2, b"yz")).unwrap().data, b"wxyz");
+        assert_eq!(r.broken_calls, 0);
+    }
+
+    #[test]
+    fn a_gap_abandons_the_call_and_is_counted() {
+        let mut r = Reassembler::default();
+        assert!(r.push(chunk(1, 9, 0, b"abc")).is_none());
+        assert!(r.push(chunk(1, 9, 6, b"ghi")).is_none());
+        assert_eq!(r.broken_calls, 1);
+        // A call whose first record was lost is counted too.
+        assert!(r.push(chunk(3, 9, 3, b"def")).is_none());
+        assert_eq!(r.broken_calls, 2);
+        // The next call on the thread is unaffected.
+        assert_eq!(r.push(chunk(1, 2, 0, b"ok")).unwrap().data, b"ok");
+    }
+
+    #[test]
+    fn decodes_the_c_layout() {
+        let mut raw = RawDataEvent {
+            pid: 42,
+            tid: 43,
+            fd: 7,
+            direction: 1,
+            data_len: 3,
+            total_len: 3,
+            ..Default::default()
+        };
+        raw.conn.family = AF_INET;
+        raw.conn.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.conn.local_port = 8443;
+        raw.conn.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        raw.conn.remote_port = 50000;
+        raw.comm[..4].copy_from_slice(&[b'c' as i8, b'u' as i8, b'r' as i8, b'l' as i8]);
+        raw.data[..3].copy_from_slice(b"GET");
+        // SAFETY: RawDataEvent is plain data.
+        let bytes = unsafe { plain::as_bytes(&raw) };
+        let record = &bytes[..HEADER_LEN + 3];
+        let chunk = RecordDecoder::new().decode(record).unwrap();
+        assert_eq!(chunk.data, b"GET");
+        assert_eq!(chunk.meta.comm, "curl");
+        assert_eq!(chunk.meta.direction, Direction::Ingress);
+        let pair = chunk.meta.sockets.unwrap();
+        assert_eq!(pair.local, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(pair.remote, "127.0.0.2:50000".parse().unwrap());
+        assert!(RecordDecoder::new().decode(&bytes[..HEADER_LEN - 1]).is_none());
+    }
+}

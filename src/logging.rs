@@ -1,0 +1,22 @@
+//! Logs go to stderr (events own stdout); with -l/--logaddr, to a file as well.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+pub fn init(debug: bool, log_file: Option<Arc<File>>) {
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    let builder = tracing_subscriber::fmt().with_target(false).with_max_level(level);
+    match log_file {
+        Some(file) => builder
+            .with_writer(std::io::stderr.and(file).with_max_level(level))
+            .with_ansi(false)
+            .init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}

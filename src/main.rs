@@ -1,0 +1,78 @@
+//! ecapture: SSL/TLS plaintext capture with eBPF uprobes.
+
+mod capture;
+mod cli;
+mod conn;
+mod event;
+mod logging;
+mod modules;
+mod preflight;
+mod probe;
+mod proto;
+mod sink;
+mod target;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracing::info;
+
+use crate::cli::Cli;
+use crate::sink::Sink;
+use crate::sink::text::TextSink;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ecapture: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let module = modules::module_for(&cli.module);
+    let config = cli.into_config()?;
+    let log_file = match &config.log_file {
+        Some(path) => {
+            Some(Arc::new(File::create(path).with_context(|| {
+                format!("cannot create --logaddr file {}", path.display())
+            })?))
+        }
+        None => None,
+    };
+    logging::init(config.debug, log_file.clone());
+    preflight::check()?;
+
+    let mut stdout_sink = TextSink::new(BufWriter::new(std::io::stdout().lock()), config.hex, config.truncate);
+    let mut file_sink =
+        log_file.map(|file| TextSink::new(BufWriter::new(SharedFile(file)), config.hex, config.truncate));
+    let mut sinks: Vec<&mut dyn Sink> = vec![&mut stdout_sink];
+    if let Some(sink) = file_sink.as_mut() {
+        sinks.push(sink);
+    }
+    let summary = capture::run(module.as_ref(), &config, sinks)?;
+    info!(
+        "stopped: {} events, {} bytes captured, {} records lost, {} calls incomplete",
+        summary.events, summary.bytes, summary.lost_records, summary.broken_calls
+    );
+    Ok(())
+}
+
+/// The log file, shared between the log writer and the event sink.
+struct SharedFile(Arc<File>);
+
+impl Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self.0).flush()
+    }
+}

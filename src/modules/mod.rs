@@ -1,0 +1,60 @@
+//! Capture modules. A module is a BPF object (under `bpf/`), the discovery of
+//! what to hook, and the events its probes send. The rest of the pipeline
+//! (connections, protocol parsers, sinks) is shared.
+
+pub mod openssl;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::cli::{Config, ModuleCommand};
+use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
+use crate::target::elf::FunctionSymbol;
+
+/// A function to probe: an entry program on its first instruction, and a
+/// return program that fires when it returns.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub symbol: FunctionSymbol,
+    pub entry_program: &'static str,
+    pub return_program: &'static str,
+}
+
+/// One file to place hooks in.
+#[derive(Debug, Clone)]
+pub struct HookTarget {
+    /// Path we open and attach to (through /proc/PID/root for another mount namespace).
+    pub binary: PathBuf,
+    /// What the file is, for the user: library and version.
+    pub description: String,
+    pub hooks: Vec<Hook>,
+}
+
+impl fmt::Display for HookTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.hooks.iter().map(|h| h.symbol.name.as_str()).collect();
+        write!(
+            f,
+            "{} ({}): {}",
+            self.binary.display(),
+            self.description,
+            names.join(", ")
+        )
+    }
+}
+
+pub trait Module {
+    fn name(&self) -> &'static str;
+    /// Finds the files to hook; errors name the missing or wrong input.
+    fn discover(&self, config: &Config) -> Result<Vec<HookTarget>>;
+    /// Loads this module's BPF object with the filters applied.
+    fn load(&self, flavor: Flavor, settings: &ProbeSettings) -> Result<LoadedProbes>;
+}
+
+pub fn module_for(command: &ModuleCommand) -> Box<dyn Module> {
+    match command {
+        ModuleCommand::Tls(_) => Box::new(openssl::OpenSsl),
+    }
+}

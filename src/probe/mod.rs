@@ -1,0 +1,268 @@
+//! Loading the BPF objects built from `bpf/`, attaching them, and reading what
+//! they report. Everything past `load` works on the generic libbpf-rs
+//! `Object`, so every module shares the attach and ring-buffer code.
+
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeOpts};
+
+#[cfg(bpf_core)]
+mod openssl_core {
+    include!(concat!(env!("OUT_DIR"), "/openssl_core.skel.rs"));
+}
+#[cfg(bpf_nocore)]
+mod openssl_nocore {
+    include!(concat!(env!("OUT_DIR"), "/openssl_nocore.skel.rs"));
+}
+
+/// The event layout, generated from `bpf/include/tls_event.h`.
+#[cfg(bpf_core)]
+pub use openssl_core::types::data_event as RawDataEvent;
+#[cfg(all(bpf_nocore, not(bpf_core)))]
+pub use openssl_nocore::types::data_event as RawDataEvent;
+
+// SAFETY: a C struct of integers and byte arrays; any bit pattern is valid.
+unsafe impl plain::Plain for RawDataEvent {}
+
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// `-b/--btf`: how the BPF objects meet the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BtfMode {
+    Auto,
+    Core,
+    NoCore,
+}
+
+/// Which build of a BPF object to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Reads kernel structs through CO-RE: knows each socket's addresses.
+    Core,
+    /// Reads no kernel memory: loads without BTF; addresses come from procfs.
+    NoCore,
+}
+
+impl Flavor {
+    pub fn choose(mode: BtfMode) -> Result<Flavor> {
+        let wanted = match mode {
+            BtfMode::Core => Flavor::Core,
+            BtfMode::NoCore => Flavor::NoCore,
+            BtfMode::Auto if Path::new(KERNEL_BTF).exists() && cfg!(bpf_core) => Flavor::Core,
+            BtfMode::Auto => Flavor::NoCore,
+        };
+        let built = match wanted {
+            Flavor::Core => cfg!(bpf_core),
+            Flavor::NoCore => cfg!(bpf_nocore),
+        };
+        if !built {
+            bail!("this ecapture was built without {wanted:?} BPF objects; rebuild with `make` or pass --btf 0");
+        }
+        if wanted == Flavor::Core && !Path::new(KERNEL_BTF).exists() {
+            bail!("--btf 1 needs kernel BTF at {KERNEL_BTF}, which this kernel lacks; use --btf 2");
+        }
+        Ok(wanted)
+    }
+}
+
+/// Settings written into a BPF object before it loads.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub target_pid: Option<u32>,
+    pub target_uid: Option<u32>,
+    pub ring_buffer_bytes: u32,
+    pub wakeup_bytes: u64,
+}
+
+/// A BPF object of one module, loaded into the kernel. Dropping it detaches
+/// every probe and frees every map.
+pub struct LoadedProbes {
+    skel: Box<dyn Skel<'static>>,
+    links: Vec<Link>,
+}
+
+/// Opens a generated skeleton, writes the settings into its read-only data,
+/// and loads it. A macro because each skeleton is its own set of types.
+macro_rules! load_skeleton {
+    ($module:ident :: $builder:ident, $settings:expr) => {{
+        let settings: &ProbeSettings = $settings;
+        // libbpf-rs skeletons borrow their storage; the storage must outlive
+        // the loaded object, which lives for the whole capture.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = $module::$builder::default().open(storage).map_err(explain_bpf_error)?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| anyhow!("BPF object has no .rodata"))?;
+        rodata.target_pid = settings.target_pid.unwrap_or(0);
+        rodata.target_uid = settings.target_uid.unwrap_or(0);
+        rodata.filter_by_uid = settings.target_uid.is_some();
+        rodata.wakeup_bytes = settings.wakeup_bytes;
+        rodata.have_bpf_loop = kernel_has_bpf_loop();
+        open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
+        let loaded = open.load().map_err(explain_bpf_error)?;
+        Box::new(loaded) as Box<dyn Skel<'static>>
+    }};
+}
+
+/// Whether uprobe programs may call bpf_loop (Linux 5.17 and later).
+fn kernel_has_bpf_loop() -> bool {
+    // SAFETY: libbpf loads a tiny probe program; a null opts is allowed.
+    unsafe {
+        libbpf_sys::libbpf_probe_bpf_helper(
+            libbpf_sys::BPF_PROG_TYPE_KPROBE,
+            libbpf_sys::BPF_FUNC_loop,
+            std::ptr::null(),
+        ) == 1
+    }
+}
+
+/// Turns libbpf's errno into a line that says what to do.
+fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
+    match err.kind() {
+        libbpf_rs::ErrorKind::PermissionDenied => anyhow!(
+            "the kernel refused to load BPF programs ({err}); run as root on the host, outside user namespaces, \
+             and check kernel.unprivileged_bpf_disabled and lockdown"
+        ),
+        libbpf_rs::ErrorKind::Unsupported => {
+            anyhow!("this kernel cannot run ecapture's BPF programs ({err}); Linux 5.8 or later is needed")
+        }
+        _ => anyhow!("loading BPF programs failed: {err}"),
+    }
+}
+
+impl LoadedProbes {
+    /// Loads the OpenSSL/BoringSSL capture object.
+    pub fn load_openssl(flavor: Flavor, settings: &ProbeSettings) -> Result<LoadedProbes> {
+        let skel = match flavor {
+            #[cfg(bpf_core)]
+            Flavor::Core => load_skeleton!(openssl_core::OpensslCoreSkelBuilder, settings),
+            #[cfg(bpf_nocore)]
+            Flavor::NoCore => load_skeleton!(openssl_nocore::OpensslNocoreSkelBuilder, settings),
+            #[allow(unreachable_patterns)]
+            _ => bail!("{flavor:?} BPF objects are not built in"),
+        };
+        Ok(LoadedProbes {
+            skel,
+            links: Vec::new(),
+        })
+    }
+
+    pub fn object(&self) -> &Object {
+        self.skel.object()
+    }
+
+    fn program(&self, name: &str) -> Result<libbpf_rs::ProgramMut<'_>> {
+        self.object()
+            .progs_mut()
+            .find(|prog| prog.name() == name)
+            .ok_or_else(|| anyhow!("BPF program {name} is missing from the object"))
+    }
+
+    /// Attaches `program` at `file_offset` of `binary`, as an entry or return
+    /// probe, for one process or all of them.
+    pub fn attach_uprobe(
+        &mut self,
+        program: &str,
+        binary: &Path,
+        file_offset: u64,
+        retprobe: bool,
+        pid: Option<u32>,
+    ) -> Result<()> {
+        let pid = pid.map_or(-1, |pid| pid as i32);
+        let opts = UprobeOpts {
+            retprobe,
+            ..Default::default()
+        };
+        let offset = usize::try_from(file_offset)?;
+        let link = self
+            .program(program)?
+            .attach_uprobe_with_opts(pid, binary, offset, opts)
+            .with_context(|| format!("attaching {program} to {}+{file_offset:#x}", binary.display()))?;
+        self.links.push(link);
+        Ok(())
+    }
+
+    /// Attaches every `sys_enter_*` program to its syscall tracepoint.
+    pub fn attach_syscall_tracepoints(&mut self) -> Result<usize> {
+        let names: Vec<String> = self
+            .object()
+            .progs()
+            .filter_map(|prog| {
+                prog.name()
+                    .to_str()
+                    .filter(|n| n.starts_with("sys_enter_"))
+                    .map(String::from)
+            })
+            .collect();
+        for name in &names {
+            let link = self
+                .program(name)?
+                .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, name)
+                .with_context(|| format!("attaching tracepoint syscalls:{name}"))?;
+            self.links.push(link);
+        }
+        Ok(names.len())
+    }
+
+    pub fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
+        self.object()
+            .maps()
+            .find(|map| map.name() == name)
+            .ok_or_else(|| anyhow!("BPF map {name} is missing from the object"))
+    }
+
+    /// Records the kernel could not put in the ring buffer, summed over CPUs.
+    pub fn lost_records(&self) -> Result<u64> {
+        let values = self
+            .map("lost_records")?
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)?;
+        Ok(values
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|bytes| bytes.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
+            .sum())
+    }
+
+    /// Detaches every probe now, before the maps go away with the object.
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+}
+
+/// The kernel's tracepoint ids live in tracefs; mount it where it is missing.
+pub fn ensure_tracefs() -> Result<()> {
+    let candidates = [
+        PathBuf::from("/sys/kernel/tracing"),
+        PathBuf::from("/sys/kernel/debug/tracing"),
+    ];
+    if candidates.iter().any(|dir| dir.join("events").is_dir()) {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "tracefs is not mounted and mounting it failed ({}); run `mount -t tracefs tracefs /sys/kernel/tracing`",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! HTTP/1.x: reassembles the bytes of one direction of a connection into
+//! whole requests and responses, with chunked and gzip/deflate bodies decoded.
+
+use std::collections::VecDeque;
+use std::io::Read;
+
+use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+
+/// Headers larger than this are not HTTP we can show as one message.
+const MAX_HEAD_LEN: usize = 64 * 1024;
+/// Never inflate a body past this, whatever it claims.
+const MAX_DECODED_BODY: u64 = 64 * 1024 * 1024;
+const MAX_HEADERS: usize = 128;
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: String, path: String },
+    Response { status: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMessage {
+    pub start: StartLine,
+    /// The start line and headers exactly as sent, up to the blank line.
+    pub head: Vec<u8>,
+    /// The body after removing chunked framing and content encoding.
+    pub body: Vec<u8>,
+    /// Bytes the message took on the wire.
+    pub wire_len: usize,
+    /// How the body was transformed, or why it is incomplete.
+    pub notes: Vec<String>,
+}
+
+/// What a stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    Http(HttpMessage),
+    /// Bytes that are not HTTP/1, as they arrived.
+    Raw(Vec<u8>),
+}
+
+enum Step {
+    NeedMore,
+    NotHttp,
+    Complete(HttpMessage, usize),
+}
+
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// Both directions of one connection.
+#[derive(Default)]
+pub struct Http1Session {
+    streams: [Stream; 2],
+    /// For each request still unanswered: was it HEAD (whose response has no body)?
+    head_requests: VecDeque<bool>,
+}
+
+#[derive(Default)]
+struct Stream {
+    buf: Vec<u8>,
+    /// Set once the stream proved not to be HTTP/1 (or switched protocols).
+    raw: bool,
+}
+
+impl Http1Session {
+    /// Adds bytes of one direction (0 or 1) and returns what they completed.
+    pub fn push(&mut self, direction: usize, data: &[u8]) -> Vec<Parsed> {
+        let stream = &mut self.streams[direction];
+        if stream.raw {
+            return vec![Parsed::Raw(data.to_vec())];
+        }
+        stream.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        while !stream.buf.is_empty() {
+            match parse_message(&stream.buf, &mut self.head_requests, false) {
+                Step::NeedMore => break,
+                Step::NotHttp => {
+                    stream.raw = true;
+                    out.push(Parsed::Raw(std::mem::take(&mut stream.buf)));
+                }
+                Step::Complete(message, consumed) => {
+                    stream.buf.drain(..consumed);
+                    if matches!(message.start, StartLine::Response { status: 101 }) {
+                        stream.raw = true;
+                    }
+                    out.push(Parsed::Http(message));
+                }
+            }
+        }
+        out
+    }
+
+    /// The connection ended: what is buffered is all there will be.
+    pub fn finish(&mut self) -> Vec<Parsed> {
+        let mut out = Vec::new();
+        for stream in &mut self.streams {
+            if stream.buf.is_empty() {
+                continue;
+            }
+            let buf = std::mem::take(&mut stream.buf);
+            match parse_message(&buf, &mut self.head_requests, true) {
+                Step::Complete(message, _) => out.push(Parsed::Http(message)),
+                _ => out.push(Parsed::Raw(buf)),
+            }
+        }
+        out
+    }
+}
+
+fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -> Step {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (start, head_len, framing) = if buf.starts_with(b"HTTP/") || b"HTTP/".starts_with(buf) {
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore,
+            _ => return Step::NotHttp,
+        };
+        let status = response.code.unwrap_or(0);
+        let interim = (100..200).contains(&status) && status != 101;
+        let answers_head = !interim && head_requests.front().copied().unwrap_or(false);
+        let bodiless = interim || status == 101 || status == 204 || status == 304 || answers_head;
+        let framing = if bodiless {
+            Framing::Length(0)
+        } else {
+            body_framing(response.headers, Framing::UntilClose)
+        };
+        (StartLine::Response { status }, head_len, framing)
+    } else {
+        if !looks_like_request(buf) {
+            return Step::NotHttp;
+        }
+        let mut request = httparse::Request::new(&mut headers);
+        let head_len = match request.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore,
+            _ => return Step::NotHttp,
+        };
+        let method = request.method.unwrap_or_default().to_string();
+        let start = StartLine::Request {
+            method,
+            path: request.path.unwrap_or_default().to_string(),
+        };
+        (start, head_len, body_framing(request.headers, Framing::Length(0)))
+    };
+    let encoding = header_value(&headers, "content-encoding").map(|v| v.to_ascii_lowercase());
+
+    let body_bytes = &buf[head_len..];
+    let (wire_body, body_len, mut notes) = match framing {
+        Framing::Length(n) if body_bytes.len() >= n => (body_bytes[..n].to_vec(), n, Vec::new()),
+        Framing::Length(_) => return Step::NeedMore,
+        Framing::Chunked => match dechunk(body_bytes) {
+            Some((body, used)) => (body, used, vec!["chunked".to_string()]),
+            None => return Step::NeedMore,
+        },
+        Framing::UntilClose if at_eof => (body_bytes.to_vec(), body_bytes.len(), Vec::new()),
+        Framing::UntilClose => return Step::NeedMore,
+    };
+    let body = match encoding.as_deref() {
+        Some(name @ ("gzip" | "x-gzip" | "deflate")) => match inflate(name, &wire_body) {
+            Some(decoded) => {
+                notes.push(format!("{name}: {} -> {} bytes", wire_body.len(), decoded.len()));
+                decoded
+            }
+            None => {
+                notes.push(format!("{name} body could not be decoded; shown as sent"));
+                wire_body
+            }
+        },
+        _ => wire_body,
+    };
+    // The request queue changes only once a message is complete.
+    match &start {
+        StartLine::Request { method, .. } => head_requests.push_back(method == "HEAD"),
+        StartLine::Response { status } if !(100..200).contains(status) || *status == 101 => {
+            head_requests.pop_front();
+        }
+        StartLine::Response { .. } => {}
+    }
+    let message = HttpMessage {
+        start,
+        head: buf[..head_len].to_vec(),
+        body,
+        wire_len: head_len + body_len,
+        notes,
+    };
+    Step::Complete(message, head_len + body_len)
+}
+
+/// A request starts with a known method and a space, or a prefix of that.
+fn looks_like_request(buf: &[u8]) -> bool {
+    METHODS.iter().any(|method| {
+        let token = [method.as_bytes(), b" "].concat();
+        buf.starts_with(&token) || token.starts_with(buf)
+    })
+}
+
+fn header_value<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .take_while(|h| !h.name.is_empty())
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
+fn body_framing(headers: &[httparse::Header<'_>], otherwise: Framing) -> Framing {
+    if header_value(headers, "transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
+        return Framing::Chunked;
+    }
+    match header_value(headers, "content-length").and_then(|v| v.parse().ok()) {
+        Some(n) => Framing::Length(n),
+        None => otherwise,
+    }
+}
+
+/// Decodes a chunked body. Returns the body and the bytes it used, trailers
+/// included, or None until the final chunk and its trailers have arrived.
+pub fn dechunk(wire: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut body = Vec::new();
+    let mut pos = 0;
+    loop {
+        let line_end = pos + find_crlf(&wire[pos..])?;
+        let size_field = std::str::from_utf8(&wire[pos..line_end]).ok()?;
+        let size_hex = size_field.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        pos = line_end + 2;
+        if size == 0 {
+            // Trailers end with an empty line.
+            loop {
+                let end = pos + find_crlf(&wire[pos..])?;
+                let empty = end == pos;
+                pos = end + 2;
+                if empty {
+                    return Some((body, pos));
+                }
+            }
+        }
+        if wire.len() < pos + size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&wire[pos..pos + size]);
+        pos += size + 2;
+    }
+}
+
+fn find_crlf(data: &[u8]) -> Option<usize> {
+    memchr::memmem::find(data, b"\r\n")
+}
+
+fn inflate(encoding: &str, data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let read = |reader: &mut dyn Read, out: &mut Vec<u8>| reader.take(MAX_DECODED_BODY).read_to_end(out).is_ok();
+    let ok = match encoding {
+        "deflate" => {
+            // Servers send either zlib-wrapped or bare deflate under this name.
+            read(&mut ZlibDecoder::new(data), &mut out) || {
+                out.clear();
+                read(&mut DeflateDecoder::new(data), &mut out)
+            }
+        }
+        _ => read(&mut MultiGzDecoder::new(data), &mut out),
+    };
+    ok.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn messages(out: Vec<Parsed>) -> Vec<HttpMessage> {
+        out.into_iter()
+            .map(|p| match p {
+                Parsed::Http(m) => m,
+                Parsed::Raw(raw) => panic!("unexpected raw {:?}", String::from_utf8_lossy(&raw)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn request_split_across_many_writes_is_one_message() {
+        let wire = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world";
+        let mut session = Http1Session::default();
+        let mut all = Vec::new();
+        for piece in wire.chunks(3) {
+            all.extend(session.push(0, piece));
+        }
+        let got = messages(all);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].start,
+            StartLine::Request {
+                method: "POST".into(),
+                path: "/upload".into()
+            }
+        );
+        assert_eq!(got[0].body, b"hello world");
+        assert_eq!(got[0].wire_len, wire.len());
+    }
+
+    #[test]
+    fn pipelined_requests_in_one_write_are_separate_messages() {
+        let wire = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HT";
+        let mut session = Http1Session::default();
+        let got = messages(session.push(0, wire));
+        let paths: Vec<_> = got
+            .iter()
+            .map(|m| match &m.start {
+                StartLine::Request { path, .. } => path.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(paths, ["/a", "/b"]);
+        let rest = messages(session.push(0, b"TP/1.1\r\n\r\n"));
+        assert_eq!(rest.len(), 1);
+    }
+
+    #[test]
+    fn chunked_gzip_response_is_decoded() {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(b"the decoded body").unwrap();
+        let compressed = gz.finish().unwrap();
+        let (first, second) = compressed.split_at(5);
+        let mut wire = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [first, second] {
+            wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            wire.extend_from_slice(part);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let mut session = Http1Session::default();
+        let (head, tail) = wire.split_at(wire.len() - 4);
+        assert!(session.push(1, head).is_empty(), "incomplete until the last chunk");
+        let got = messages(session.push(1, tail));
+        assert_eq!(got[0].body, b"the decoded body");
+        assert!(got[0].notes.iter().any(|n| n == "chunked"));
+        assert!(got[0].notes.iter().any(|n| n.starts_with("gzip")));
+    }
+
+    #[test]
+    fn dechunk_handles_extensions_and_trailers() {
+        let (body, used) = dechunk(b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT").unwrap();
+        assert_eq!(body, b"Wikipedia");
+        assert_eq!(used, 44);
+        assert!(dechunk(b"4\r\nWiki\r\n0\r\n").is_none());
+    }
+
+    #[test]
+    fn response_to_head_has_no_body_and_eof_framed_body_ends_at_finish() {
+        let mut session = Http1Session::default();
+        messages(session.push(0, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n"));
+        let head_reply = messages(session.push(1, b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"));
+        assert_eq!(head_reply.len(), 1);
+        assert!(head_reply[0].body.is_empty());
+        assert!(session.push(1, b"HTTP/1.0 200 OK\r\n\r\nuntil close").is_empty());
+        let rest = messages(session.finish());
+        assert_eq!(rest[0].body, b"until close");
+    }
+
+    #[test]
+    fn non_http_is_raw_from_the_start() {
+        let mut session = Http1Session::default();
+        assert_eq!(
+            session.push(0, b"\x16\x03\x01binary"),
+            vec![Parsed::Raw(b"\x16\x03\x01binary".to_vec())]
+        );
+        assert_eq!(
+            session.push(0, b"GET / HTTP/1.1\r\n\r\n"),
+            vec![Parsed::Raw(b"GET / HTTP/1.1\r\n\r\n".to_vec())]
+        );
+        let mut text = Http1Session::default();
+        assert!(matches!(text.push(0, b"hello there\n").as_slice(), [Parsed::Raw(_)]));
+    }
+
+    #[test]
+    fn incomplete_message_is_shown_raw_at_finish() {
+        let mut session = Http1Session::default();
+        assert!(
+            session
+                .push(0, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+                .is_empty()
+        );
+        assert!(matches!(session.finish().as_slice(), [Parsed::Raw(raw)] if raw.ends_with(b"abc")));
+    }
+}

@@ -1,0 +1,3 @@
+//! Protocol parsers: turn a connection's byte streams into messages.
+
+pub mod http1;

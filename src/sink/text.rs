@@ -1,0 +1,208 @@
+//! Human-readable output: a header line per record, then the payload as text
+//! when it is printable and as a hexdump otherwise.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Payload, Record, Sink};
+use crate::event::Direction;
+use crate::proto::http1::StartLine;
+
+pub struct TextSink<W: Write> {
+    out: W,
+    force_hex: bool,
+    truncate: Option<usize>,
+    /// Reused between records so that rendering does not allocate each time.
+    scratch: String,
+}
+
+impl<W: Write> TextSink<W> {
+    pub fn new(out: W, force_hex: bool, truncate: Option<usize>) -> Self {
+        TextSink {
+            out,
+            force_hex,
+            truncate,
+            scratch: String::new(),
+        }
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn emit(&mut self, record: &Record) -> io::Result<()> {
+        self.scratch.clear();
+        render(&mut self.scratch, record, self.force_hex, self.truncate);
+        self.out.write_all(self.scratch.as_bytes())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn render(out: &mut String, record: &Record, force_hex: bool, truncate: Option<usize>) {
+    let meta = &record.meta;
+    let (verb, preposition) = match meta.direction {
+        Direction::Egress => ("Sent", "to"),
+        Direction::Ingress => ("Received", "from"),
+    };
+    let (kind, length) = match &record.payload {
+        Payload::Http(message) => (
+            match &message.start {
+                StartLine::Request { .. } => "HTTP request",
+                StartLine::Response { .. } => "HTTP response",
+            },
+            message.wire_len,
+        ),
+        Payload::Raw(bytes) => ("data", bytes.len()),
+    };
+    let _ = write!(
+        out,
+        "{} PID:{} Comm:{} TID:{} UID:{} FD:{} {verb} {length} bytes {kind}",
+        format_time(meta.timestamp),
+        meta.pid,
+        meta.comm,
+        meta.tid,
+        meta.uid,
+        meta.fd
+    );
+    if let Some(pair) = meta.sockets {
+        let _ = write!(out, " {preposition} {} (local {})", pair.remote, pair.local);
+    }
+    out.push_str(":\n");
+    match &record.payload {
+        Payload::Http(message) => {
+            let mut shown = String::from_utf8_lossy(&message.head).into_owned();
+            if !message.notes.is_empty() {
+                let _ = writeln!(shown, "[body: {}]", message.notes.join("; "));
+            }
+            out.push_str(&shown);
+            render_bytes(out, &message.body, force_hex, truncate);
+        }
+        Payload::Raw(bytes) => render_bytes(out, bytes, force_hex, truncate),
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
+fn render_bytes(out: &mut String, bytes: &[u8], force_hex: bool, truncate: Option<usize>) {
+    let shown = &bytes[..truncate.map_or(bytes.len(), |n| n.min(bytes.len()))];
+    match std::str::from_utf8(shown) {
+        Ok(text) if !force_hex && is_printable(text) => out.push_str(text),
+        _ => hexdump(out, shown),
+    }
+    if shown.len() < bytes.len() {
+        let _ = write!(out, "\n[{} more bytes not shown]", bytes.len() - shown.len());
+    }
+}
+
+fn is_printable(text: &str) -> bool {
+    text.chars().all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// Offset, 16 bytes in hex, and the same bytes as ASCII.
+fn hexdump(out: &mut String, bytes: &[u8]) {
+    for (line, row) in bytes.chunks(16).enumerate() {
+        let _ = write!(out, "{:08x}  ", line * 16);
+        for i in 0..16 {
+            match row.get(i) {
+                Some(b) => {
+                    let _ = write!(out, "{b:02x} ");
+                }
+                None => out.push_str("   "),
+            }
+            if i == 7 {
+                out.push(' ');
+            }
+        }
+        out.push_str(" |");
+        out.extend(row.iter().map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        }));
+        out.push_str("|\n");
+    }
+}
+
+/// UTC time with microseconds, like "2026-11-25T13:45:06.123456Z".
+fn format_time(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventMeta, SocketPair};
+    use std::time::Duration;
+
+    fn meta() -> EventMeta {
+        EventMeta {
+            timestamp: UNIX_EPOCH + Duration::from_micros(1_764_078_306_123_456),
+            pid: 10,
+            tid: 11,
+            uid: 0,
+            comm: "curl".into(),
+            fd: 5,
+            conn_id: 1,
+            direction: Direction::Egress,
+            sockets: Some(SocketPair {
+                local: "127.0.0.1:40000".parse().unwrap(),
+                remote: "127.0.0.1:8443".parse().unwrap(),
+            }),
+        }
+    }
+
+    fn rendered(payload: Payload, hex: bool, truncate: Option<usize>) -> String {
+        let mut out = String::new();
+        render(&mut out, &Record { meta: meta(), payload }, hex, truncate);
+        out
+    }
+
+    #[test]
+    fn header_line_names_process_and_connection() {
+        let text = rendered(Payload::Raw(b"hello".to_vec()), false, None);
+        assert_eq!(
+            text,
+            "2025-11-25T13:45:06.123456Z PID:10 Comm:curl TID:11 UID:0 FD:5 Sent 5 bytes data to 127.0.0.1:8443 (local 127.0.0.1:40000):\nhello\n\n"
+        );
+    }
+
+    #[test]
+    fn binary_is_hexdumped_and_truncation_is_said() {
+        let text = rendered(Payload::Raw(vec![0, 1, 2, b'A']), false, None);
+        assert!(text.contains("00000000  00 01 02 41"), "{text}");
+        assert!(text.contains("|...A|"), "{text}");
+        let hex = rendered(Payload::Raw(b"hello".to_vec()), true, None);
+        assert!(hex.contains("68 65 6c 6c 6f"), "{hex}");
+        let cut = rendered(Payload::Raw(b"hello world".to_vec()), false, Some(5));
+        assert!(cut.contains("hello\n[6 more bytes not shown]"), "{cut}");
+    }
+}

@@ -1,0 +1,153 @@
+//! Reading the ELF files we hook: function symbols and their file offsets,
+//! the libraries a file needs, and the strings a build embeds.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use object::elf::{PF_X, PT_LOAD};
+use object::read::elf::{Dyn, ElfFile64, ProgramHeader};
+use object::{Endianness, Object, ObjectSymbol, SymbolKind};
+
+/// A function symbol placed in the file, checked to lie inside an executable
+/// segment: the only kind of address a uprobe may go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSymbol {
+    pub name: String,
+    pub address: u64,
+    pub size: u64,
+    pub file_offset: u64,
+}
+
+pub struct ElfImage {
+    path: PathBuf,
+    data: Vec<u8>,
+}
+
+impl ElfImage {
+    /// Reads `path`; the error says whether it is missing or not an ELF file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if !data.starts_with(b"\x7fELF") {
+            bail!("{} is not an ELF file", path.display());
+        }
+        if data.get(4) != Some(&2) {
+            bail!(
+                "{} is a 32-bit ELF file; only 64-bit programs can be hooked",
+                path.display()
+            );
+        }
+        let image = ElfImage {
+            path: path.to_path_buf(),
+            data,
+        };
+        image.parse()?;
+        Ok(image)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn parse(&self) -> Result<ElfFile64<'_, Endianness>> {
+        ElfFile64::parse(&*self.data).with_context(|| format!("{} is not a valid ELF file", self.path.display()))
+    }
+
+    /// Finds a defined function by name in `.dynsym` or `.symtab`, ignoring a
+    /// symbol version suffix such as `@@OPENSSL_3.0.0`.
+    pub fn function(&self, name: &str) -> Option<FunctionSymbol> {
+        let elf = self.parse().ok()?;
+        let symbol = elf
+            .dynamic_symbols()
+            .chain(elf.symbols())
+            .filter(|sym| sym.kind() == SymbolKind::Text && sym.is_definition() && sym.address() != 0)
+            .find(|sym| sym.name().is_ok_and(|n| n.split('@').next() == Some(name)))?;
+        let file_offset = executable_file_offset(&elf, symbol.address())?;
+        Some(FunctionSymbol {
+            name: name.to_string(),
+            address: symbol.address(),
+            size: symbol.size(),
+            file_offset,
+        })
+    }
+
+    /// The DT_NEEDED entries: the shared libraries this file links against.
+    pub fn needed_libraries(&self) -> Vec<String> {
+        let Ok(elf) = self.parse() else { return Vec::new() };
+        let endian = elf.endian();
+        let Ok(Some((dynamic, strings_index))) = elf.elf_section_table().dynamic(endian, &*self.data) else {
+            return Vec::new();
+        };
+        let Ok(strings) = elf.elf_section_table().strings(endian, &*self.data, strings_index) else {
+            return Vec::new();
+        };
+        dynamic
+            .iter()
+            .filter(|entry| entry.d_tag(endian) == u64::from(object::elf::DT_NEEDED))
+            .filter_map(|entry| entry.string(endian, strings).ok())
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect()
+    }
+
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        memchr::memmem::find(&self.data, needle).is_some()
+    }
+
+    /// Every NUL-terminated string in the file that starts with `prefix`.
+    pub fn strings_starting_with<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        string_starts(&self.data, prefix).map(move |start| {
+            let rest = &self.data[start..];
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            &rest[..end]
+        })
+    }
+}
+
+/// Offsets of every occurrence of `needle` in `haystack` that begins a C
+/// string (preceded by a NUL or the start of the data).
+fn string_starts<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    memchr::memmem::find_iter(haystack, needle).filter(move |&i| i == 0 || haystack[i - 1] == 0)
+}
+
+/// Converts a virtual address into the file offset uprobes expect, only if it
+/// falls inside an executable loadable segment backed by file bytes.
+fn executable_file_offset(elf: &ElfFile64<'_, Endianness>, address: u64) -> Option<u64> {
+    let endian = elf.endian();
+    elf.elf_program_headers().iter().find_map(|segment| {
+        let start = segment.p_vaddr(endian);
+        let file_size = segment.p_filesz(endian);
+        let executable = segment.p_type(endian) == PT_LOAD && segment.p_flags(endian) & PF_X != 0;
+        (executable && address >= start && address < start + file_size)
+            .then(|| address - start + segment.p_offset(endian))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIBSSL3: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+
+    #[test]
+    fn finds_versioned_dynamic_function_in_libssl() {
+        let image = ElfImage::open(Path::new(LIBSSL3)).unwrap();
+        let write = image.function("SSL_write").expect("libssl exports SSL_write");
+        assert!(write.size > 0);
+        // Shared objects map their text at the same offset as its address.
+        assert_eq!(write.file_offset, write.address);
+        assert!(image.function("SSL_no_such_function").is_none());
+    }
+
+    #[test]
+    fn lists_needed_libraries() {
+        let image = ElfImage::open(Path::new(LIBSSL3)).unwrap();
+        assert!(image.needed_libraries().iter().any(|lib| lib == "libcrypto.so.3"));
+    }
+
+    #[test]
+    fn rejects_missing_and_non_elf_files() {
+        let missing = ElfImage::open(Path::new("/nonexistent/libssl.so")).err().unwrap();
+        assert!(format!("{missing:#}").contains("cannot read"));
+        let text = ElfImage::open(Path::new("/etc/passwd")).err().unwrap();
+        assert!(text.to_string().contains("not an ELF file"));
+    }
+}

@@ -1,0 +1,208 @@
+//! Where libraries live: the dynamic linker's cache, the usual directories,
+//! and what a running process actually has mapped.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+const LD_SO_CACHE: &str = "/etc/ld.so.cache";
+const CACHE_MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
+
+/// ld.so.cache entry flags naming a 64-bit library of this machine's kind.
+#[cfg(target_arch = "x86_64")]
+const CACHE_ARCH_FLAGS: u32 = 0x0303;
+#[cfg(target_arch = "aarch64")]
+const CACHE_ARCH_FLAGS: u32 = 0x0a03;
+
+#[cfg(target_arch = "x86_64")]
+const USUAL_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+];
+#[cfg(target_arch = "aarch64")]
+const USUAL_DIRS: &[&str] = &[
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+];
+
+/// (soname, path) pairs for this architecture from the dynamic linker's cache.
+pub fn ld_cache_entries() -> Vec<(String, PathBuf)> {
+    std::fs::read(LD_SO_CACHE)
+        .map(|data| parse_ld_cache(&data))
+        .unwrap_or_default()
+}
+
+/// Parses the "new" glibc cache format (the only one glibc has written since
+/// 2.32; older files carry it after the legacy table).
+fn parse_ld_cache(data: &[u8]) -> Vec<(String, PathBuf)> {
+    const HEADER_LEN: usize = 48;
+    const ENTRY_LEN: usize = 24;
+    let Some(base) = memchr::memmem::find(data, CACHE_MAGIC) else {
+        return Vec::new();
+    };
+    let cache = &data[base..];
+    let u32_at = |off: usize| {
+        cache
+            .get(off..off + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let string_at = |off: u32| {
+        let rest = cache.get(off as usize..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&rest[..end]).ok()
+    };
+    let Some(count) = u32_at(20) else { return Vec::new() };
+    (0..count as usize)
+        .filter_map(|i| {
+            let entry = HEADER_LEN + i * ENTRY_LEN;
+            let flags = u32_at(entry)?;
+            if flags & 0xffff != CACHE_ARCH_FLAGS {
+                return None;
+            }
+            Some((
+                string_at(u32_at(entry + 4)?)?.to_string(),
+                PathBuf::from(string_at(u32_at(entry + 8)?)?),
+            ))
+        })
+        .collect()
+}
+
+/// Every distinct library whose soname satisfies `wanted`, from the cache,
+/// else from the usual directories.
+pub fn find_system_libraries(wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut seen = BTreeSet::new();
+    let mut found = Vec::new();
+    let cached = ld_cache_entries()
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .map(|(_, path)| path);
+    let listed = USUAL_DIRS.iter().flat_map(|dir| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| wanted(&entry.file_name().to_string_lossy()))
+            .map(|entry| entry.path())
+    });
+    for path in cached.chain(listed) {
+        if let Ok(real) = path.canonicalize()
+            && seen.insert(real.clone())
+        {
+            found.push(real);
+        }
+    }
+    found
+}
+
+/// A file mapped by a process, reachable from our mount namespace through
+/// /proc/PID/root so that containers work as well as host processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedFile {
+    /// The path as the process sees it.
+    pub path_in_process: PathBuf,
+    /// The same file as we can open it.
+    pub host_path: PathBuf,
+}
+
+pub fn ensure_process_exists(pid: u32) -> Result<()> {
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        bail!("no process with pid {pid}; check the pid with `ps`");
+    }
+    Ok(())
+}
+
+/// The distinct files the process maps, in the order they first appear
+/// (the executable first).
+pub fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
+    ensure_process_exists(pid)?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
+    let mut seen = BTreeSet::new();
+    Ok(parse_maps(&maps)
+        .filter(|path| seen.insert(path.clone()))
+        .map(|path| MappedFile {
+            host_path: Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path)),
+            path_in_process: path,
+        })
+        .collect())
+}
+
+/// The file paths of a /proc/PID/maps text, skipping anonymous and special
+/// mappings and files deleted since they were mapped.
+fn parse_maps(maps: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    maps.lines().filter_map(|line| {
+        let path = line.splitn(6, char::is_whitespace).nth(5)?.trim_start();
+        (path.starts_with('/') && !path.ends_with(" (deleted)")).then(|| PathBuf::from(path))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ld_cache_lists_system_libssl() {
+        let entries = ld_cache_entries();
+        assert!(
+            entries
+                .iter()
+                .any(|(name, path)| name == "libssl.so.3" && path.ends_with("libssl.so.3"))
+        );
+    }
+
+    #[test]
+    fn finds_system_libssl_but_not_nss_libssl3() {
+        let found = find_system_libraries(|name| name.starts_with("libssl.so."));
+        assert!(
+            found.iter().any(|p| p.to_string_lossy().contains("libssl.so.3")),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|p| !p.ends_with("libssl3.so")));
+    }
+
+    #[test]
+    fn maps_parsing_keeps_files_only() {
+        let maps = "\
+55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 123 /usr/bin/curl
+7f1e2c000000-7f1e2c021000 rw-p 00000000 00:00 0 
+7f1e2c200000-7f1e2c260000 r-xp 00020000 08:01 456 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1e2c300000-7f1e2c301000 r-xp 00000000 08:01 789 /tmp/old lib.so (deleted)
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0 [stack]
+";
+        let paths: Vec<_> = parse_maps(maps).collect();
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/usr/bin/curl"),
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+            ]
+        );
+    }
+
+    #[test]
+    fn mapped_files_of_self_include_our_executable() {
+        let files = mapped_files(std::process::id()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert!(files.iter().any(|f| f.path_in_process == exe), "{files:?}");
+        assert!(
+            files
+                .iter()
+                .all(|f| f.host_path.starts_with(format!("/proc/{}/root", std::process::id())))
+        );
+    }
+
+    #[test]
+    fn missing_pid_is_a_clear_error() {
+        let err = mapped_files(u32::MAX - 1).unwrap_err();
+        assert!(err.to_string().contains("no process with pid"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Finding what to hook: ELF files, their symbols, and where processes map them.
+
+pub mod elf;
+pub mod libpath;

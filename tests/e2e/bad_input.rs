@@ -1,0 +1,111 @@
+//! Inputs ecapture must refuse: one clear line, a non-zero exit, nothing attached.
+
+use std::process::Command;
+
+use crate::support::*;
+
+/// Runs ecapture expecting a refusal that names `expected`.
+fn refused(command: &mut Command, expected: &str) {
+    let before = loaded_bpf_programs();
+    let out = run_ecapture_with(command);
+    assert!(!out.status.success(), "accepted: {}", out.stderr);
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "want one error line, got:\n{}", out.stderr);
+    assert!(
+        errors[0].contains(expected),
+        "{:?} does not say {expected:?}",
+        errors[0]
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert_eq!(loaded_bpf_programs(), before, "programs left attached");
+}
+
+fn ecapture(args: &[&str]) -> Command {
+    let mut command = Command::new(ecapture_bin());
+    command.args(args);
+    command
+}
+
+#[test]
+fn missing_libssl() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["tls", "--libssl", "/nonexistent/libssl.so.3"]),
+            "cannot read /nonexistent/libssl.so.3",
+        );
+    }
+}
+
+#[test]
+fn non_elf_libssl() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["tls", "--libssl", "/etc/passwd"]),
+            "/etc/passwd is not an ELF file",
+        );
+    }
+}
+
+#[test]
+fn libssl_without_ssl() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["tls", "--libssl", "/bin/ls"]),
+            "has no SSL_write/SSL_read",
+        );
+    }
+}
+
+#[test]
+fn unknown_model() {
+    if e2e_enabled() {
+        refused(&mut ecapture(&["tls", "-m", "bogus"]), "unknown mode \"bogus\"");
+    }
+}
+
+#[test]
+fn mode_not_available_yet() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["tls", "-m", "pcapng", "-i", "lo"]),
+            "not available in this version yet",
+        );
+    }
+}
+
+#[test]
+fn pid_that_does_not_exist() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["tls", "--pid", "999999999"]),
+            "no process with pid 999999999",
+        );
+    }
+}
+
+#[test]
+fn no_privileges() {
+    if e2e_enabled() {
+        let mut command = Command::new("setpriv");
+        command.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            ecapture_bin(),
+            "tls",
+        ]);
+        refused(&mut command, "run it as root");
+    }
+}
+
+#[test]
+fn bpf_unavailable_in_a_user_namespace() {
+    if e2e_enabled() {
+        // Capabilities inside a new user namespace look complete, but the
+        // kernel refuses BPF there: the load step must say so.
+        let mut command = Command::new("unshare");
+        command.args(["--user", "--map-root-user", ecapture_bin(), "tls"]);
+        refused(&mut command, "refused to load BPF programs");
+    }
+}

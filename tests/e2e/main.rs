@@ -1,0 +1,7 @@
+//! End-to-end tests: the real ecapture binary against real TLS clients and
+//! servers. They need root and BPF; run them one at a time
+//! (`--test-threads=1`), since probes see the whole machine.
+
+mod bad_input;
+mod support;
+mod tls_text;

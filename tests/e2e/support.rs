@@ -1,0 +1,340 @@
+//! Running the real ecapture binary and real TLS peers, with every wait
+//! bounded and every process stopped, pass or fail.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether this test can run here. Under ECAPTURE_E2E=required (CI) a test
+/// that cannot run fails instead of skipping.
+pub fn e2e_enabled() -> bool {
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root")
+    } else if !Path::new("/sys/kernel/btf").exists() && !Path::new("/sys/fs/bpf").exists() {
+        Some("no BPF support visible")
+    } else {
+        None
+    };
+    match (reason, std::env::var("ECAPTURE_E2E").as_deref()) {
+        (None, _) => true,
+        (Some(reason), Ok("required")) => panic!("end-to-end test cannot run ({reason}) but ECAPTURE_E2E=required"),
+        (Some(reason), _) => {
+            eprintln!("skipped: {reason}; set ECAPTURE_E2E=required to make this a failure");
+            false
+        }
+    }
+}
+
+pub fn ecapture_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ecapture")
+}
+
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ecapture-e2e")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+/// A unique marker for this test run, so that assertions never match traffic
+/// from elsewhere on the machine.
+pub fn marker(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{name}-{}-{nanos:09}", std::process::id())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when dropped, so that a failing test leaves nothing running.
+pub struct Guard {
+    pub child: Child,
+    name: String,
+}
+
+impl Guard {
+    pub fn spawn(name: &str, command: &mut Command) -> Guard {
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Guard {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to end by itself, within `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not finish within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion within PEER_TIMEOUT and returns its stdout.
+pub fn run_peer(name: &str, command: &mut Command) -> String {
+    let dir = scratch_dir();
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    command
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .stdin(Stdio::null());
+    let mut guard = Guard::spawn(name, command);
+    let status = guard.wait(PEER_TIMEOUT);
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "{name} failed ({status}): {stderr}");
+    stdout
+}
+
+/// What a finished capture printed.
+pub struct CaptureOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: ExitStatus,
+}
+
+/// A running `ecapture` with its output going to files (a pipe could fill
+/// up and stall it).
+pub struct Capture {
+    guard: Guard,
+    _dir: tempfile::TempDir,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Capture {
+    /// Starts `ecapture ARGS` and waits for its ready line.
+    pub fn start(args: &[&str]) -> Capture {
+        let dir = scratch_dir();
+        let stdout_path = dir.path().join("stdout");
+        let stderr_path = dir.path().join("stderr");
+        let mut command = Command::new(ecapture_bin());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).unwrap())
+            .stderr(File::create(&stderr_path).unwrap());
+        let mut capture = Capture {
+            guard: Guard::spawn("ecapture", &mut command),
+            _dir: dir,
+            stdout_path,
+            stderr_path,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let stderr = read_lossy(&capture.stderr_path);
+            if stderr.lines().any(|line| line.contains("ready")) {
+                return capture;
+            }
+            if let Some(status) = capture.guard.child.try_wait().unwrap() {
+                panic!("ecapture exited ({status}) before it was ready:\n{stderr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ecapture not ready within {READY_TIMEOUT:?}:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// Waits until stdout contains `needle` (events are flushed live).
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if read_lossy(&self.stdout_path).contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGINT and collects the output once ecapture has exited.
+    pub fn stop(self) -> CaptureOutput {
+        self.stop_with(libc::SIGINT)
+    }
+
+    pub fn stop_with(mut self, signal: i32) -> CaptureOutput {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+        let status = self.guard.wait(EXIT_TIMEOUT);
+        CaptureOutput { stdout: read_lossy(&self.stdout_path), stderr: read_lossy(&self.stderr_path), status }
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = file.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Runs ecapture to completion (for inputs it must refuse).
+pub fn run_ecapture_with(command: &mut Command) -> CaptureOutput {
+    let output = command.stdin(Stdio::null()).output().unwrap();
+    CaptureOutput {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        status: output.status,
+    }
+}
+
+/// A self-signed certificate for localhost, made once per test binary.
+pub fn certificate() -> &'static (PathBuf, PathBuf) {
+    static CERT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-cert");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        run_peer(
+            "openssl req",
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=localhost",
+                ])
+                .args(["-keyout".as_ref(), key.as_os_str(), "-out".as_ref(), cert.as_os_str()]),
+        );
+        (cert, key)
+    })
+}
+
+pub fn peer_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
+}
+
+/// The Python HTTPS server, listening once this returns.
+pub fn start_https_server() -> (Guard, u16) {
+    let (cert, key) = certificate();
+    let port = free_port();
+    let dir = scratch_dir();
+    let log = dir.path().join("server.out");
+    let mut server = Guard::spawn(
+        "https_server.py",
+        Command::new("/usr/bin/python3")
+            .arg(peer_script("https_server.py"))
+            .arg(port.to_string())
+            .args([cert, key])
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).unwrap())
+            .stderr(Stdio::null()),
+    );
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    while !read_lossy(&log).contains("listening") {
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "https_server.py exited early"
+        );
+        assert!(Instant::now() < deadline, "https_server.py did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, port)
+}
+
+/// Loaded BPF programs on the machine, for checking that nothing is left.
+pub fn loaded_bpf_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "list"])
+        .output()
+        .expect("bpftool runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| {
+            line.split(':')
+                .next()
+                .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
+}
+
+/// Builds tests/peers/tls_client.c with the given compiler arguments, once.
+pub fn build_tls_client(name: &str, link_args: &[&str]) -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let source = peer_script("tls_client.c");
+    run_peer(
+        "cc",
+        Command::new("cc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&out)
+            .arg(&source)
+            .args(link_args),
+    );
+    out
+}
+
+/// The records (header line and payload) ecapture printed, split apart at
+/// each header line.
+pub fn records(stdout: &str) -> Vec<&str> {
+    let is_header = |line: &str| {
+        line.len() > 30 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b'T' && line.contains(" PID:")
+    };
+    let mut starts: Vec<usize> = Vec::new();
+    let mut offset = 0;
+    for line in stdout.split_inclusive('\n') {
+        if is_header(line) {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    starts.push(stdout.len());
+    starts.windows(2).map(|w| &stdout[w[0]..w[1]]).collect()
+}
+
+/// The one record whose text contains every needle; fails listing what was seen.
+pub fn find_record<'a>(stdout: &'a str, needles: &[&str]) -> &'a str {
+    records(stdout)
+        .into_iter()
+        .find(|record| needles.iter().all(|n| record.contains(n)))
+        .unwrap_or_else(|| panic!("no record contains all of {needles:?}; got:\n{}", truncate(stdout)))
+}
+
+pub fn truncate(text: &str) -> &str {
+    &text[..text.len().min(6000)]
+}

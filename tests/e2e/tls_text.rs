@@ -1,0 +1,321 @@
+//! `ecapture tls` in text mode: plaintext of real peers, asserted byte for byte.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+const SYSTEM_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+const BORINGSSL_DIR: &str = "/usr/lib/x86_64-linux-gnu/android";
+
+#[test]
+fn curl_request_and_gzip_chunked_response_are_whole_messages() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls"]);
+    let path = format!("/{}/gzip-chunked", marker("curl"));
+    let url = format!("https://127.0.0.1:{port}{path}");
+    let body = run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", "--http1.1", "--compressed", &url]),
+    );
+    assert_eq!(body, format!("response-body-for {path}\n"));
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let request = find_record(
+        &out.stdout,
+        &["Comm:curl", "Sent", "HTTP request", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    assert!(
+        request.contains(&format!("to 127.0.0.1:{port} (local 127.0.0.1:")),
+        "{request}"
+    );
+    assert!(request.contains("\r\nUser-Agent: curl/"), "{request}");
+    let response = find_record(
+        &out.stdout,
+        &["Comm:curl", "Received", "HTTP response", "HTTP/1.1 200 OK\r\n"],
+    );
+    assert!(response.contains(&format!("from 127.0.0.1:{port}")), "{response}");
+    assert!(response.contains("[body: chunked; gzip: "), "{response}");
+    assert!(
+        response.contains(&format!("response-body-for {path}\n")),
+        "decoded body missing:\n{response}"
+    );
+    // The Python server's side of the same exchange, through SSL_read_ex/SSL_write_ex.
+    find_record(
+        &out.stdout,
+        &["Comm:python3", "Received", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    assert!(out.stderr.contains("0 records lost"), "{}", out.stderr);
+}
+
+#[test]
+fn python_urllib_client_is_captured_through_the_ex_functions() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls"]);
+    let path = format!("/{}", marker("urllib"));
+    let client = peer_script("https_client.py");
+    let mut command = Command::new("/usr/bin/python3");
+    command.arg(&client).arg(format!("https://127.0.0.1:{port}{path}"));
+    let body = run_peer("https_client.py", &mut command);
+    assert_eq!(body, format!("response-body-for {path}\n"));
+    let out = capture.stop();
+    let request = find_record(
+        &out.stdout,
+        &["Comm:python3", "Sent", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    assert!(request.contains("User-Agent: Python-urllib/"), "{request}");
+    let response = find_record(
+        &out.stdout,
+        &[
+            "Received",
+            "HTTP/1.1 200 OK\r\n",
+            &format!("response-body-for {path}\n"),
+        ],
+    );
+    assert!(response.contains("Content-Length: "), "{response}");
+}
+
+/// `openssl s_server` answering `openssl s_client`, each sending a line.
+fn openssl_exchange(client_says: &str, server_says: &str) -> (u32, u32) {
+    let (cert, key) = certificate();
+    let port = free_port();
+    // s_server sends what arrives on its stdin; keep it open until the end.
+    let mut server = Guard::spawn(
+        "openssl s_server",
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-naccept", "1", "-accept", &port.to_string()])
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = Guard::spawn(
+        "openssl s_client",
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-no_ign_eof",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    writeln!(client.child.stdin.as_mut().unwrap(), "{client_says}").unwrap();
+    writeln!(server.child.stdin.as_mut().unwrap(), "{server_says}").unwrap();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(client.child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert_eq!(line.trim_end(), server_says);
+    let pids = (server.pid(), client.pid());
+    drop(client.child.stdin.take());
+    client.wait(PEER_TIMEOUT);
+    drop(server);
+    pids
+}
+
+#[test]
+fn openssl_s_client_and_s_server_both_ends() {
+    if !e2e_enabled() {
+        return;
+    }
+    let capture = Capture::start(&["tls"]);
+    let (client_says, server_says) = (marker("from-s_client"), marker("from-s_server"));
+    let (server_pid, client_pid) = openssl_exchange(&client_says, &server_says);
+    assert!(capture.wait_for_output(&server_says, Duration::from_secs(5)));
+    let out = capture.stop();
+    let client = format!("PID:{client_pid} Comm:openssl");
+    let server = format!("PID:{server_pid} Comm:openssl");
+    let sent = find_record(&out.stdout, &[&client, "Sent", &format!("{client_says}\n")]);
+    assert!(sent.contains("bytes data to 127.0.0.1:"), "{sent}");
+    find_record(&out.stdout, &[&server, "Received", &format!("{client_says}\n")]);
+    find_record(&out.stdout, &[&server, "Sent", &format!("{server_says}\n")]);
+    find_record(&out.stdout, &[&client, "Received", &format!("{server_says}\n")]);
+}
+
+fn raw_client_request(binary: &std::path::Path, port: u16, path: &str) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let reply = run_peer(
+        "tls_client",
+        Command::new(binary).args(["127.0.0.1", &port.to_string(), &request]),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+}
+
+#[test]
+fn openssl_linked_statically_into_a_program() {
+    if !e2e_enabled() {
+        return;
+    }
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    let binary = build_tls_client(
+        "tls_static",
+        &[&format!("{lib}/libssl.a"), &format!("{lib}/libcrypto.a"), "-lpthread"],
+    );
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls", "--libssl", binary.to_str().unwrap()]);
+    let path = format!("/{}", marker("static"));
+    raw_client_request(&binary, port, &path);
+    let out = capture.stop();
+    assert!(
+        out.stderr.contains("OpenSSL 3."),
+        "version detected from the executable: {}",
+        out.stderr
+    );
+    find_record(
+        &out.stdout,
+        &["Comm:tls_static", "Sent", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    // Only the executable was hooked: the Python server's libssl was not.
+    assert!(!out.stdout.contains("Comm:python3"), "{}", truncate(&out.stdout));
+}
+
+#[test]
+fn boringssl_client() {
+    if !e2e_enabled() {
+        return;
+    }
+    let libssl = format!("{BORINGSSL_DIR}/libssl.so.0");
+    let binary = build_tls_client(
+        "tls_boringssl",
+        &[
+            "-I/usr/include/android",
+            &format!("-Wl,-rpath,{BORINGSSL_DIR}"),
+            &libssl,
+            &format!("{BORINGSSL_DIR}/libcrypto.so.0"),
+        ],
+    );
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls", "--libssl", &libssl]);
+    let path = format!("/{}", marker("boringssl"));
+    raw_client_request(&binary, port, &path);
+    let out = capture.stop();
+    assert!(out.stderr.contains("BoringSSL"), "{}", out.stderr);
+    let request = find_record(
+        &out.stdout,
+        &["Comm:tls_boringssl", "Sent", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    assert!(request.contains(&format!("to 127.0.0.1:{port}")), "{request}");
+    find_record(&out.stdout, &["Comm:tls_boringssl", "Received", "HTTP/1.1 200 OK\r\n"]);
+}
+
+#[test]
+fn two_mebibyte_request_body_arrives_complete() {
+    if !e2e_enabled() {
+        return;
+    }
+    const SIZE: usize = 2 * 1024 * 1024;
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls", "--libssl", SYSTEM_LIBSSL]);
+    let end = marker("END-OF-BODY");
+    let path = format!("/{}", marker("upload"));
+    let client = peer_script("https_client.py");
+    let reply = run_peer(
+        "https_client.py",
+        Command::new("/usr/bin/python3")
+            .arg(&client)
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .args(["--post-bytes", &SIZE.to_string(), "--marker", &end]),
+    );
+    assert_eq!(reply, format!("received {SIZE} bytes\n"));
+    let out = capture.stop();
+    // The body the client built, byte for byte.
+    let expected = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import sys, importlib.util as u; s=u.spec_from_file_location('c', {client:?}); m=u.module_from_spec(s); \
+             s.loader.exec_module(m); sys.stdout.buffer.write(m.pattern({SIZE}, {end:?}))"
+        ))
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(expected.len(), SIZE);
+    let expected = String::from_utf8(expected).unwrap();
+    let request = find_record(
+        &out.stdout,
+        &["Comm:python3", "Sent", &format!("POST {path} HTTP/1.1\r\n")],
+    );
+    assert!(
+        request.contains(&format!("Content-Length: {SIZE}\r\n")),
+        "{}",
+        truncate(request)
+    );
+    assert!(
+        request.contains(&expected),
+        "the captured body is not the 2 MiB that was sent"
+    );
+    let server_side = find_record(&out.stdout, &["Received", &format!("POST {path} HTTP/1.1\r\n")]);
+    assert!(server_side.contains(&expected), "the server's read side is incomplete");
+    assert!(
+        out.stderr.contains("0 records lost, 0 calls incomplete"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn pid_filter_keeps_one_process_and_drops_another() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let kept_path = format!("/{}", marker("kept"));
+    let dropped_path = format!("/{}", marker("dropped"));
+    let mut kept = Guard::spawn(
+        "https_client.py --wait",
+        Command::new("/usr/bin/python3")
+            .arg(peer_script("https_client.py"))
+            .arg(format!("https://127.0.0.1:{port}{kept_path}"))
+            .arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    // Let the interpreter map libssl before ecapture reads its maps.
+    std::thread::sleep(Duration::from_millis(800));
+    let capture = Capture::start(&["tls", "--pid", &kept.pid().to_string()]);
+    run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{port}{dropped_path}")]),
+    );
+    writeln!(kept.child.stdin.as_mut().unwrap()).unwrap();
+    assert!(kept.wait(PEER_TIMEOUT).success());
+    assert!(capture.wait_for_output(&kept_path, Duration::from_secs(5)));
+    let out = capture.stop();
+    find_record(
+        &out.stdout,
+        &[&format!("PID:{}", kept.pid()), &format!("GET {kept_path} HTTP/1.1\r\n")],
+    );
+    assert!(
+        !out.stdout.contains(&dropped_path),
+        "another process leaked through --pid"
+    );
+    assert!(!out.stdout.contains("Comm:curl"));
+}
+
+#[test]
+fn sigterm_detaches_every_program_and_prints_a_summary() {
+    if !e2e_enabled() {
+        return;
+    }
+    let before = loaded_bpf_programs();
+    let capture = Capture::start(&["tls"]);
+    assert!(loaded_bpf_programs() > before, "ecapture loaded no programs");
+    let out = capture.stop_with(libc::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("stopped: "), "{}", out.stderr);
+    assert_eq!(loaded_bpf_programs(), before, "BPF programs left behind");
+}
