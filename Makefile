@@ -46,7 +46,7 @@ lint: deps
 test: all
 	@scripts/install-deps.sh all
 	$(CARGO) test --release --bins
-	ECAPTURE_BIN=$(CURDIR)/bin/ecapture $(CARGO) test --release --test e2e -- --test-threads=1
+	$(CARGO) test --release --test e2e -- --test-threads=1
 
 run: all
 	bin/ecapture $(ARGS)

@@ -196,7 +196,11 @@ impl Capture {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid() as i32, signal) };
         let status = self.guard.wait(EXIT_TIMEOUT);
-        CaptureOutput { stdout: read_lossy(&self.stdout_path), stderr: read_lossy(&self.stderr_path), status }
+        CaptureOutput {
+            stdout: read_lossy(&self.stdout_path),
+            stderr: read_lossy(&self.stderr_path),
+            status,
+        }
     }
 }
 

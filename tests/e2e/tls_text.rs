@@ -319,3 +319,24 @@ fn sigterm_detaches_every_program_and_prints_a_summary() {
     assert!(out.stderr.contains("stopped: "), "{}", out.stderr);
     assert_eq!(loaded_bpf_programs(), before, "BPF programs left behind");
 }
+
+#[test]
+fn non_core_objects_name_the_connection_without_btf() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls", "--btf", "2"]);
+    let path = format!("/{}", marker("nocore"));
+    run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{port}{path}")]),
+    );
+    let out = capture.stop();
+    assert!(out.stderr.contains("NoCore BPF"), "{}", out.stderr);
+    let request = find_record(
+        &out.stdout,
+        &["Comm:python3", "Received", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    assert!(request.contains(&format!("(local 127.0.0.1:{port})")), "{request}");
+}
