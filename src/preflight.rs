@@ -24,12 +24,20 @@ fn kernel_release() -> Result<String> {
         .to_string())
 }
 
-fn check_kernel_version(release: &str) -> Result<()> {
+/// (major, minor) of the running kernel; (0, 0) when unreadable.
+pub fn kernel_version() -> (u32, u32) {
+    kernel_release().map_or((0, 0), |release| parse_kernel_version(&release))
+}
+
+fn parse_kernel_version(release: &str) -> (u32, u32) {
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse::<u32>().ok());
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    if version < MIN_KERNEL {
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
+fn check_kernel_version(release: &str) -> Result<()> {
+    if parse_kernel_version(release) < MIN_KERNEL {
         bail!(
             "kernel {release} is too old: ecapture needs Linux {}.{} or later on {}; upgrade the kernel",
             MIN_KERNEL.0,

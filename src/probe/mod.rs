@@ -131,6 +131,9 @@ fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
         libbpf_rs::ErrorKind::Unsupported => {
             anyhow!("this kernel cannot run ecapture's BPF programs ({err}); Linux 5.8 or later is needed")
         }
+        libbpf_rs::ErrorKind::InvalidInput if crate::preflight::kernel_version() < (5, 8) => {
+            anyhow!("this kernel lacks the BPF ring buffer ecapture uses ({err}); Linux 5.8 or later is needed")
+        }
         _ => anyhow!("loading BPF programs failed: {err}"),
     }
 }

@@ -340,3 +340,53 @@ fn non_core_objects_name_the_connection_without_btf() {
     );
     assert!(request.contains(&format!("(local 127.0.0.1:{port})")), "{request}");
 }
+
+#[test]
+fn uid_filter_keeps_one_user_and_drops_another() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls", "-u", "65534"]);
+    let (kept, dropped) = (format!("/{}", marker("nobody")), format!("/{}", marker("root")));
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sk"];
+    run_peer(
+        "curl as nobody",
+        Command::new("setpriv")
+            .args(as_nobody)
+            .arg(format!("https://127.0.0.1:{port}{kept}")),
+    );
+    run_peer(
+        "curl as root",
+        Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{port}{dropped}")]),
+    );
+    let out = capture.stop();
+    find_record(
+        &out.stdout,
+        &["Comm:curl", "UID:65534", &format!("GET {kept} HTTP/1.1\r\n")],
+    );
+    assert!(!out.stdout.contains(&dropped), "root's traffic leaked through -u");
+    assert!(!out.stdout.contains("UID:0 "), "root's processes leaked through -u");
+}
+
+#[test]
+fn logaddr_file_gets_events_and_logs() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = scratch_dir();
+    let log = dir.path().join("ecapture.log");
+    let capture = Capture::start(&["tls", "-l", log.to_str().unwrap()]);
+    let (client_says, server_says) = (marker("logged-client"), marker("logged-server"));
+    openssl_exchange(&client_says, &server_says);
+    assert!(capture.wait_for_output(&server_says, Duration::from_secs(5)));
+    let out = capture.stop();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("ready: "), "{logged}");
+    assert!(logged.contains("stopped: "), "{logged}");
+    let record = find_record(&logged, &["Comm:openssl", "Sent", &format!("{client_says}\n")]);
+    assert!(
+        out.stdout.contains(record.trim_end()),
+        "stdout and the log file disagree"
+    );
+}
