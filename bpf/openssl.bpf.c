@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "tls_capture.h"
+#include "tls_keys.h"
 
 /* int SSL_write(SSL *ssl, const void *buf, int num) */
 SEC("uprobe")
@@ -43,6 +44,148 @@ SEC("uretprobe")
 int BPF_URETPROBE(ssl_call_return, int ret)
 {
 	return tls_call_exit(ret);
+}
+
+/*
+ * Session secrets (keylog and pcapng modes). Where the secrets live in
+ * struct ssl_st (ssl_connection_st from 3.2) changes between releases; userspace
+ * picks the layout for the loaded library, checks it against the library's own
+ * accessor functions, and writes it here before load.
+ */
+struct openssl_layout {
+	__u32 ssl_type;           /* 3.2+: SSL_TYPE_SSL_CONNECTION is 0; ABSENT before */
+	__u32 version;            /* int ssl->version */
+	__u32 session;            /* SSL_SESSION *ssl->session */
+	__u32 s3_pointer;         /* up to 1.1.1: struct ssl3_state_st *ssl->s3; else ABSENT */
+	__u32 client_random;      /* s3.client_random[32], from ssl or from *s3_pointer */
+	__u32 session_master_key; /* session->master_key[] */
+	__u32 session_cipher;     /* const SSL_CIPHER *session->cipher */
+	__u32 session_cipher_id;  /* unsigned long session->cipher_id */
+	__u32 cipher_id;          /* uint32_t cipher->id */
+	__u32 handshake_secret;
+	__u32 handshake_traffic_hash;
+	__u32 client_app_traffic_secret;
+	__u32 server_app_traffic_secret;
+	__u32 exporter_master_secret;
+};
+
+const volatile struct openssl_layout layout = {};
+
+#define TLS1_3_VERSION 0x0304
+#define ABSENT 0xffffffff
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);   /* pid_tgid */
+	__type(value, __u64); /* SSL * */
+} handshake_calls SEC(".maps");
+
+/* The client random last reported for each session object, so that each
+ * session's secrets go out once however many calls follow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct session_key);
+	__type(value, __u8[TLS_RANDOM_LEN]);
+} reported_sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} key_events SEC(".maps");
+
+struct master_secret_event _master_secret_event_btf_anchor = {};
+
+/* On SSL_do_handshake and on every read/write (whose first call may run the
+ * handshake implicitly): remember the session until the call returns. */
+SEC("uprobe")
+int BPF_UPROBE(handshake_enter, void *ssl)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 ssl_addr = (__u64)ssl;
+
+	if (!process_is_traced(pid_tgid))
+		return 0;
+	bpf_map_update_elem(&handshake_calls, &pid_tgid, &ssl_addr, BPF_ANY);
+	return 0;
+}
+
+static __always_inline bool same_random(const __u8 *a, const __u8 *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/* Returns > 0 once the handshake is complete (SSL_do_handshake returns 1,
+ * reads and writes return bytes or 1). */
+SEC("uretprobe")
+int BPF_URETPROBE(handshake_return, int ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct session_key key = {};
+	struct master_secret_event *ev;
+	__u8 random[TLS_RANDOM_LEN];
+	__u8 *reported;
+	__u64 *stashed, ssl, s3 = 0, session = 0, cipher = 0;
+	__u32 ssl_type = 0;
+	int version = 0;
+
+	stashed = bpf_map_lookup_elem(&handshake_calls, &pid_tgid);
+	if (!stashed)
+		return 0;
+	ssl = *stashed;
+	bpf_map_delete_elem(&handshake_calls, &pid_tgid);
+	if (ret <= 0 || !ssl)
+		return 0;
+	/* QUIC objects (3.2+) are not TLS connections. */
+	if (layout.ssl_type != ABSENT &&
+	    (bpf_probe_read_user(&ssl_type, sizeof(ssl_type), (void *)(ssl + layout.ssl_type)) || ssl_type != 0))
+		return 0;
+	s3 = ssl;
+	if (layout.s3_pointer != ABSENT &&
+	    (bpf_probe_read_user(&s3, sizeof(s3), (void *)(ssl + layout.s3_pointer)) || !s3))
+		return 0;
+	if (bpf_probe_read_user(random, sizeof(random), (void *)(s3 + layout.client_random)))
+		return 0;
+	key.tgid = pid_tgid >> 32;
+	key.conn_id = ssl;
+	reported = bpf_map_lookup_elem(&reported_sessions, &key);
+	if (reported && same_random(reported, random))
+		return 0;
+	if (bpf_probe_read_user(&session, sizeof(session), (void *)(ssl + layout.session)) || !session)
+		return 0;
+	bpf_probe_read_user(&version, sizeof(version), (void *)(ssl + layout.version));
+
+	ev = bpf_ringbuf_reserve(&key_events, sizeof(*ev), 0);
+	if (!ev)
+		return 0;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->timestamp_ns = bpf_ktime_get_ns();
+	ev->pid = key.tgid;
+	ev->tls_version = version;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	__builtin_memcpy(ev->client_random, random, sizeof(random));
+	bpf_probe_read_user(ev->master_key, sizeof(ev->master_key), (void *)(session + layout.session_master_key));
+	if (!bpf_probe_read_user(&cipher, sizeof(cipher), (void *)(session + layout.session_cipher)) && cipher)
+		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(cipher + layout.cipher_id));
+	else
+		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(session + layout.session_cipher_id));
+	if (version == TLS1_3_VERSION) {
+		bpf_probe_read_user(ev->handshake_secret, TLS13_SECRET_MAX, (void *)(ssl + layout.handshake_secret));
+		bpf_probe_read_user(ev->handshake_traffic_hash, TLS13_SECRET_MAX,
+				    (void *)(ssl + layout.handshake_traffic_hash));
+		bpf_probe_read_user(ev->client_app_traffic_secret, TLS13_SECRET_MAX,
+				    (void *)(ssl + layout.client_app_traffic_secret));
+		bpf_probe_read_user(ev->server_app_traffic_secret, TLS13_SECRET_MAX,
+				    (void *)(ssl + layout.server_app_traffic_secret));
+		bpf_probe_read_user(ev->exporter_master_secret, TLS13_SECRET_MAX,
+				    (void *)(ssl + layout.exporter_master_secret));
+	}
+	bpf_ringbuf_submit(ev, 0);
+	bpf_map_update_elem(&reported_sessions, &key, random, BPF_ANY);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

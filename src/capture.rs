@@ -11,12 +11,15 @@ use anyhow::{Context, Result};
 use libbpf_rs::RingBufferBuilder;
 use tracing::{debug, info, warn};
 
-use crate::cli::Config;
+use crate::cli::{Config, Mode};
 use crate::conn::ConnTracker;
 use crate::event::{Reassembler, RecordDecoder};
-use crate::modules::Module;
-use crate::probe::{self, Flavor, ProbeSettings};
+use crate::keys::SessionSecrets;
+use crate::modules::openssl::layout::OpensslLayout;
+use crate::modules::{HookTarget, Module};
+use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
 use crate::sink::Sink;
+use crate::sink::keylog::KeylogWriter;
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -30,6 +33,8 @@ pub struct Summary {
     pub bytes: u64,
     pub lost_records: u64,
     pub broken_calls: u64,
+    /// Sessions whose keys went to the key log.
+    pub sessions: u64,
 }
 
 /// Everything that happens to a record after the kernel hands it over.
@@ -38,6 +43,7 @@ struct Pipeline<'s> {
     reassembler: Reassembler,
     tracker: ConnTracker,
     sinks: Vec<&'s mut dyn Sink>,
+    keylog: Option<KeylogWriter>,
     summary: Summary,
 }
 
@@ -54,6 +60,31 @@ impl Pipeline<'_> {
         self.summary.bytes += event.data.len() as u64;
         for record in self.tracker.on_event(event) {
             self.emit(&record);
+        }
+    }
+
+    fn on_secrets(&mut self, record: &[u8]) {
+        let Some(keylog) = self.keylog.as_mut() else { return };
+        let Ok(raw) = plain::from_bytes::<RawMasterSecret>(record) else {
+            warn!(len = record.len(), "dropping a malformed secrets record");
+            return;
+        };
+        let secrets = SessionSecrets::from_raw(raw);
+        match secrets.keylog_lines() {
+            Ok(lines) => match keylog.write_session(&lines, &secrets) {
+                Ok(true) => {
+                    self.summary.sessions += 1;
+                    info!(
+                        "keys of session {} (pid {} {}) written",
+                        hex::encode(&secrets.client_random[..8]),
+                        secrets.pid,
+                        secrets.comm
+                    );
+                }
+                Ok(false) => {}
+                Err(err) => warn!("writing the key log failed: {err}"),
+            },
+            Err(why) => warn!("no keys for a session of pid {} {}: {why}", secrets.pid, secrets.comm),
         }
     }
 
@@ -88,23 +119,49 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let targets = module.discover(config)?;
     probe::ensure_tracefs()?;
     let flavor = Flavor::choose(config.btf)?;
-    let settings = ProbeSettings {
-        target_pid: config.pid,
-        target_uid: config.uid,
-        ring_buffer_bytes: config.ring_buffer_bytes,
-        wakeup_bytes: u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION,
+    let keylog = match config.mode {
+        Mode::Keylog => Some(
+            KeylogWriter::create(&config.keylog_file)
+                .with_context(|| format!("cannot open the key log file {}", config.keylog_file.display()))?,
+        ),
+        _ => None,
     };
-    let mut probes = module.load(flavor, &settings)?;
+
+    // Targets that keep secrets in different places need separate objects,
+    // since the layout is fixed when an object loads.
+    let mut groups: Vec<(Option<OpensslLayout>, Vec<&HookTarget>)> = Vec::new();
     for target in &targets {
-        for hook in &target.hooks {
-            let offset = hook.symbol.file_offset;
-            probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, config.pid)?;
-            probes.attach_uprobe(hook.return_program, &target.binary, offset, true, config.pid)?;
-            debug!(symbol = %hook.symbol.name, offset = format_args!("{offset:#x}"), binary = %target.binary.display(), "hooked");
+        match groups.iter_mut().find(|(layout, _)| *layout == target.key_layout) {
+            Some((_, members)) => members.push(target),
+            None => groups.push((target.key_layout, vec![target])),
         }
-        info!("hooking {target}");
     }
-    let tracepoints = probes.attach_syscall_tracepoints()?;
+    let mut objects = Vec::new();
+    let mut tracepoints = 0;
+    for (key_layout, members) in &groups {
+        let settings = ProbeSettings {
+            key_layout: *key_layout,
+            target_pid: config.pid,
+            target_uid: config.uid,
+            ring_buffer_bytes: config.ring_buffer_bytes,
+            wakeup_bytes: u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION,
+        };
+        let mut probes = module.load(flavor, &settings)?;
+        for target in members {
+            for hook in &target.hooks {
+                let offset = hook.symbol.file_offset;
+                probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, config.pid)?;
+                probes.attach_uprobe(hook.return_program, &target.binary, offset, true, config.pid)?;
+                debug!(symbol = %hook.symbol.name, offset = format_args!("{offset:#x}"), binary = %target.binary.display(), "hooked");
+            }
+            info!("hooking {target}");
+        }
+        // Only the data path needs to learn sockets from syscalls.
+        if config.mode == Mode::Text {
+            tracepoints += probes.attach_syscall_tracepoints()?;
+        }
+        objects.push(probes);
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -116,20 +173,32 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         reassembler: Reassembler::default(),
         tracker: ConnTracker::default(),
         sinks,
+        keylog,
         summary: Summary::default(),
     });
-    let events_map = probes.map("events")?;
+    let maps: Vec<(libbpf_rs::Map<'_>, libbpf_rs::Map<'_>)> = objects
+        .iter()
+        .map(|probes| Ok((probes.map("events")?, probes.map("key_events")?)))
+        .collect::<Result<_>>()?;
     let mut builder = RingBufferBuilder::new();
-    builder.add(&events_map, |record| {
-        pipeline.borrow_mut().on_record(record);
-        0
-    })?;
+    for (events, key_events) in &maps {
+        builder.add(events, |record| {
+            pipeline.borrow_mut().on_record(record);
+            0
+        })?;
+        builder.add(key_events, |record| {
+            pipeline.borrow_mut().on_secrets(record);
+            0
+        })?;
+    }
     let ring = builder.build()?;
+    drop(maps);
 
     info!(
-        "ready: module {} ({flavor:?} BPF), {} probes attached ({} syscall tracepoints) in {} ms; press Ctrl-C to stop",
+        "ready: module {} in {:?} mode ({flavor:?} BPF), {} probes attached ({} syscall tracepoints) in {} ms; press Ctrl-C to stop",
         module.name(),
-        probes.attached(),
+        config.mode,
+        objects.iter().map(LoadedProbes::attached).sum::<usize>(),
         tracepoints,
         started.elapsed().as_millis()
     );
@@ -147,24 +216,27 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         pipeline.borrow_mut().flush();
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
             last_lost_check = Instant::now();
-            let lost = probes.lost_records()?;
+            let lost = total_lost(&objects)?;
             if lost > lost_reported {
-                warn!(
-                    "{} records lost so far: the ring buffer was full (raise --mapsize)",
-                    lost
-                );
+                warn!("{lost} records lost so far: the ring buffer was full (raise --mapsize)");
                 lost_reported = lost;
             }
         }
     }
 
     // Detach first so that nothing new arrives, then drain what is left.
-    probes.detach();
+    for probes in &mut objects {
+        probes.detach();
+    }
     ring.consume()?;
-    let lost = probes.lost_records()?;
+    let lost = total_lost(&objects)?;
     drop(ring);
     let mut pipeline = pipeline.into_inner();
     pipeline.finish();
     pipeline.summary.lost_records = lost;
     Ok(pipeline.summary)
+}
+
+fn total_lost(objects: &[LoadedProbes]) -> Result<u64> {
+    objects.iter().map(LoadedProbes::lost_records).sum()
 }

@@ -121,20 +121,22 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     pub debug: bool,
     pub libssl: Option<PathBuf>,
+    pub mode: Mode,
+    pub keylog_file: PathBuf,
+    /// A version that overrides what is read from the library.
+    pub ssl_version: Option<String>,
 }
 
 impl Cli {
     pub fn into_config(self) -> Result<Config> {
         let global = self.global;
         let ModuleCommand::Tls(tls) = self.module;
-        match Mode::parse(&tls.model)? {
-            Mode::Text => {}
-            Mode::Keylog | Mode::Pcap => {
-                bail!("mode {:?} is not available in this version yet; use -m text", tls.model)
-            }
-        }
-        if let Some(version) = &tls.ssl_version {
-            bail!("--ssl_version {version:?} only matters to keylog and pcap modes, which are not available yet");
+        let mode = Mode::parse(&tls.model)?;
+        if mode == Mode::Pcap {
+            bail!(
+                "mode {:?} is not available in this version yet; use -m text or -m keylog",
+                tls.model
+            )
         }
         if !tls.filter.is_empty() {
             bail!(
@@ -156,6 +158,9 @@ impl Cli {
             ring_buffer_bytes: ring_buffer_bytes(global.mapsize)?,
             debug: global.debug,
             libssl: tls.libssl,
+            mode,
+            keylog_file: tls.keylogfile,
+            ssl_version: tls.ssl_version,
         })
     }
 }
@@ -216,15 +221,26 @@ mod tests {
 
     #[test]
     fn modes_to_come_and_unknown_modes_are_refused() {
-        let later = config(&["ecapture", "tls", "-m", "keylog", "-k", "/tmp/k.log"]).unwrap_err();
-        assert!(later.to_string().contains("not available"), "{later}");
+        let keylog = config(&[
+            "ecapture",
+            "tls",
+            "-m",
+            "key",
+            "-k",
+            "/tmp/k.log",
+            "--ssl_version",
+            "3.0.13",
+        ])
+        .unwrap();
+        assert_eq!(
+            (keylog.mode, keylog.ssl_version.as_deref()),
+            (Mode::Keylog, Some("3.0.13"))
+        );
         let pcap = config(&[
             "ecapture", "tls", "-m", "pcapng", "-w", "x.pcapng", "-i", "lo", "tcp", "port", "443",
         ])
         .unwrap_err();
         assert!(pcap.to_string().contains("not available"), "{pcap}");
-        let version = config(&["ecapture", "tls", "--ssl_version", "openssl 3.0.13"]).unwrap_err();
-        assert!(version.to_string().contains("--ssl_version"), "{version}");
         let unknown = config(&["ecapture", "tls", "-m", "bogus"]).unwrap_err();
         assert!(unknown.to_string().contains("unknown mode"), "{unknown}");
     }

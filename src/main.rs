@@ -4,6 +4,7 @@ mod capture;
 mod cli;
 mod conn;
 mod event;
+mod keys;
 mod logging;
 mod modules;
 mod preflight;
@@ -59,8 +60,8 @@ fn run(cli: Cli) -> Result<()> {
     }
     let summary = capture::run(module.as_ref(), &config, sinks)?;
     info!(
-        "stopped: {} events, {} bytes captured, {} records lost, {} calls incomplete",
-        summary.events, summary.bytes, summary.lost_records, summary.broken_calls
+        "stopped: {} events, {} bytes captured, {} sessions keyed, {} records lost, {} calls incomplete",
+        summary.events, summary.bytes, summary.sessions, summary.lost_records, summary.broken_calls
     );
     Ok(())
 }

@@ -27,7 +27,7 @@ const volatile bool have_bpf_loop = true;
 /* How the call reports the transferred length. */
 enum length_source {
 	LENGTH_FROM_RETURN = 0,   /* SSL_write/SSL_read: return value > 0 */
-	LENGTH_FROM_POINTER = 1,  /* SSL_write_ex/SSL_read_ex: returns 1, *len_ptr */
+	LENGTH_FROM_POINTER = 1,  /* SSL_write_ex/SSL_read_ex and what they call: *len_ptr */
 };
 
 struct tls_call {
@@ -221,7 +221,8 @@ static __always_inline int tls_call_exit(int ret)
 	bpf_map_delete_elem(&active_calls, &pid_tgid);
 
 	if (call.length_source == LENGTH_FROM_POINTER) {
-		if (ret != 1 || bpf_probe_read_user(&total, sizeof(total), (void *)call.len_ptr))
+		/* The _ex functions return 1, the internal ones they call > 0. */
+		if (ret <= 0 || bpf_probe_read_user(&total, sizeof(total), (void *)call.len_ptr))
 			return 0;
 	} else {
 		if (ret <= 0)

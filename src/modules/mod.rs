@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cli::{Config, ModuleCommand};
+use crate::modules::openssl::layout::OpensslLayout;
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
 use crate::target::elf::FunctionSymbol;
 
@@ -30,6 +31,8 @@ pub struct HookTarget {
     /// What the file is, for the user: library and version.
     pub description: String,
     pub hooks: Vec<Hook>,
+    /// Where session secrets live, for modes that read them.
+    pub key_layout: Option<OpensslLayout>,
 }
 
 impl fmt::Display for HookTarget {

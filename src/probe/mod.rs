@@ -9,6 +9,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeOpts};
 
+use crate::modules::openssl::layout::OpensslLayout;
+
 #[cfg(bpf_core)]
 mod openssl_core {
     include!(concat!(env!("OUT_DIR"), "/openssl_core.skel.rs"));
@@ -24,8 +26,15 @@ pub use openssl_core::types::data_event as RawDataEvent;
 #[cfg(all(bpf_nocore, not(bpf_core)))]
 pub use openssl_nocore::types::data_event as RawDataEvent;
 
-// SAFETY: a C struct of integers and byte arrays; any bit pattern is valid.
+/// The session secrets record, generated from `bpf/include/tls_keys.h`.
+#[cfg(bpf_core)]
+pub use openssl_core::types::master_secret_event as RawMasterSecret;
+#[cfg(all(bpf_nocore, not(bpf_core)))]
+pub use openssl_nocore::types::master_secret_event as RawMasterSecret;
+
+// SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawDataEvent {}
+unsafe impl plain::Plain for RawMasterSecret {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -71,6 +80,8 @@ impl Flavor {
 /// Settings written into a BPF object before it loads.
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
+    /// Where the library keeps session secrets; None when keys are not read.
+    pub key_layout: Option<OpensslLayout>,
     pub target_pid: Option<u32>,
     pub target_uid: Option<u32>,
     pub ring_buffer_bytes: u32,
@@ -103,9 +114,42 @@ macro_rules! load_skeleton {
         rodata.filter_by_uid = settings.target_uid.is_some();
         rodata.wakeup_bytes = settings.wakeup_bytes;
         rodata.have_bpf_loop = kernel_has_bpf_loop();
+        if let Some(layout) = &settings.key_layout {
+            write_layout_fields!(&mut rodata.layout, layout);
+        }
         open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
         let loaded = open.load().map_err(explain_bpf_error)?;
         Box::new(loaded) as Box<dyn Skel<'static>>
+    }};
+}
+
+/// The layout as the BPF side reads it. Every skeleton generates its own copy
+/// of `struct openssl_layout`, so this takes the fields one by one.
+macro_rules! write_layout_fields {
+    ($target:expr, $layout:expr) => {{
+        let (target, layout) = ($target, $layout);
+        const ABSENT: u32 = u32::MAX;
+        let tls13 = layout.tls13.unwrap_or(crate::modules::openssl::layout::Tls13Offsets {
+            handshake_secret: 0,
+            handshake_traffic_hash: 0,
+            client_app_traffic_secret: 0,
+            server_app_traffic_secret: 0,
+            exporter_master_secret: 0,
+        });
+        target.ssl_type = layout.ssl_type.unwrap_or(ABSENT);
+        target.version = layout.version;
+        target.session = layout.session;
+        target.s3_pointer = layout.s3_pointer.unwrap_or(ABSENT);
+        target.client_random = layout.client_random;
+        target.session_master_key = layout.session_master_key;
+        target.session_cipher = layout.session_cipher;
+        target.session_cipher_id = layout.session_cipher_id;
+        target.cipher_id = layout.cipher_id;
+        target.handshake_secret = tls13.handshake_secret;
+        target.handshake_traffic_hash = tls13.handshake_traffic_hash;
+        target.client_app_traffic_secret = tls13.client_app_traffic_secret;
+        target.server_app_traffic_secret = tls13.server_app_traffic_secret;
+        target.exporter_master_secret = tls13.exporter_master_secret;
     }};
 }
 

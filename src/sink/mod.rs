@@ -1,6 +1,7 @@
 //! Where records go. Every output (text now; JSON and network later) is a
 //! rendering of the same `Record`.
 
+pub mod keylog;
 pub mod text;
 
 use std::io;

@@ -1,4 +1,5 @@
 //! Finding what to hook: ELF files, their symbols, and where processes map them.
 
+pub mod disasm;
 pub mod elf;
 pub mod libpath;

@@ -3,5 +3,6 @@
 //! (`--test-threads=1`), since probes see the whole machine.
 
 mod bad_input;
+mod keylog;
 mod support;
 mod tls_text;

@@ -1,16 +1,19 @@
 //! OpenSSL and BoringSSL, as shared libraries or linked into a program.
 
+pub mod layout;
 pub mod version;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
-use tracing::debug;
+use anyhow::{Result, anyhow, bail};
+use tracing::{debug, info, warn};
 
+use self::version::SslLibrary;
 use super::{Hook, HookTarget, Module};
-use crate::cli::Config;
+use crate::cli::{Config, Mode};
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
-use crate::target::elf::ElfImage;
+use crate::target::disasm;
+use crate::target::elf::{ElfImage, FunctionSymbol};
 use crate::target::libpath::{self, MappedFile};
 
 /// Exported functions that move application data, with their entry programs
@@ -21,7 +24,7 @@ const DATA_FUNCTIONS: &[(&str, &str)] = &[
     ("SSL_write_ex", "ssl_write_ex_enter"),
     ("SSL_read_ex", "ssl_read_ex_enter"),
 ];
-const RETURN_PROGRAM: &str = "ssl_call_return";
+const DATA_RETURN: &str = "ssl_call_return";
 
 pub struct OpenSsl;
 
@@ -35,9 +38,11 @@ impl Module for OpenSsl {
             libpath::ensure_process_exists(pid)?;
         }
         match (&config.libssl, config.pid) {
-            (Some(path), _) => Ok(vec![hook_target(path)?]),
-            (None, Some(pid)) => targets_mapped_by(pid),
-            (None, None) => system_targets(),
+            (Some(path), _) => Ok(vec![
+                hook_target(path, config).map_err(|err| anyhow!("--libssl: {err:#}"))?,
+            ]),
+            (None, Some(pid)) => Ok(vec![hook_target(&library_mapped_by(pid)?, config)?]),
+            (None, None) => system_targets(config),
         }
     }
 
@@ -46,65 +51,144 @@ impl Module for OpenSsl {
     }
 }
 
-/// Reads `path` and lists the hooks it offers; fails unless it has both
-/// SSL_write and SSL_read.
-pub fn hook_target(path: &Path) -> Result<HookTarget> {
-    let image = ElfImage::open(path).map_err(|err| anyhow::anyhow!("--libssl: {err:#}"))?;
-    let hooks: Vec<Hook> = DATA_FUNCTIONS
-        .iter()
-        .filter_map(|&(name, entry_program)| {
-            Some(Hook {
-                symbol: image.function(name)?,
-                entry_program,
-                return_program: RETURN_PROGRAM,
-            })
-        })
-        .collect();
-    let has = |name: &str| hooks.iter().any(|hook| hook.symbol.name == name);
-    if !has("SSL_write") || !has("SSL_read") {
+fn is_tls_library(image: &ElfImage) -> bool {
+    image.function("SSL_write").is_some() && image.function("SSL_read").is_some()
+}
+
+/// Reads `path` and lists the hooks the configured mode needs there.
+pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
+    let image = ElfImage::open(path)?;
+    if !is_tls_library(&image) {
         bail!(
             "{} has no SSL_write/SSL_read: it is neither OpenSSL nor BoringSSL, nor a program linking them statically",
             path.display()
         );
     }
-    let library = version::detect(&image);
+    let library = match &config.ssl_version {
+        Some(forced) => version::parse_override(forced)?,
+        None => version::detect(&image),
+    };
     debug!(path = %path.display(), %library, "found TLS library");
+    let (hooks, key_layout) = match config.mode {
+        Mode::Text => {
+            let hooks = data_functions(&image).into_iter().map(|(symbol, entry_program)| Hook {
+                symbol,
+                entry_program,
+                return_program: DATA_RETURN,
+            });
+            (hooks.collect(), None)
+        }
+        Mode::Keylog | Mode::Pcap => {
+            let selection = select_key_layout(&library, &image, config.ssl_version.is_some())?;
+            let handshake = image
+                .function("SSL_do_handshake")
+                .ok_or_else(|| anyhow!("{} has no SSL_do_handshake to learn session keys from", path.display()))?;
+            let data = data_functions(&image).into_iter().map(|(symbol, _)| symbol);
+            let hooks = std::iter::once(handshake).chain(data).map(|symbol| Hook {
+                symbol,
+                entry_program: "handshake_enter",
+                return_program: "handshake_return",
+            });
+            (hooks.collect(), Some(*selection.layout))
+        }
+    };
     Ok(HookTarget {
         binary: path.to_path_buf(),
         description: library.to_string(),
         hooks,
+        key_layout,
     })
+}
+
+/// Where application data passes, with the entry program that reads its
+/// arguments. OpenSSL 1.1.1+ funnels SSL_write and SSL_write_ex (and BIO_f_ssl
+/// users such as `openssl s_server -www`, which call neither) through one
+/// internal function per direction; hooking those catches every caller, and
+/// their first instruction is one the kernel emulates instead of
+/// single-stepping. Elsewhere (BoringSSL, 1.0.2, 3.2+) the exported API is used.
+fn data_functions(image: &ElfImage) -> Vec<(FunctionSymbol, &'static str)> {
+    let write = disasm::shared_callee(image, "SSL_write", "SSL_write_ex");
+    let read = disasm::shared_callee(image, "SSL_read", "SSL_read_ex");
+    if let (Some(write), Some(read)) = (write, read) {
+        // Same arguments as the _ex pair: (ssl, buf, num, size_t *len).
+        return vec![(write, "ssl_write_ex_enter"), (read, "ssl_read_ex_enter")];
+    }
+    DATA_FUNCTIONS
+        .iter()
+        .filter_map(|&(name, entry)| Some((image.function(name)?, entry)))
+        .collect()
+}
+
+/// Chooses where the secrets are, saying why; refuses when the library's own
+/// accessors contradict every known layout, rather than write wrong keys.
+fn select_key_layout(library: &SslLibrary, image: &ElfImage, forced: bool) -> Result<layout::Selection> {
+    let version = match library {
+        SslLibrary::OpenSsl(Some(version)) => version.clone(),
+        SslLibrary::OpenSsl(None) => {
+            bail!(
+                "the OpenSSL version of {} is unknown; name it with --ssl_version",
+                image.path().display()
+            )
+        }
+        SslLibrary::BoringSsl => bail!("keylog mode does not support BoringSSL yet; use -m text"),
+    };
+    let selection = if forced {
+        let layout = layout::for_version(&version).layout;
+        let checks = layout::check(layout, image);
+        let reason = format!("--ssl_version {version} forces layout {}", layout.name);
+        layout::Selection { layout, checks, reason }
+    } else {
+        layout::select(&version, image).map_err(|err| anyhow!("{}: {err}", image.path().display()))?
+    };
+    for check in &selection.checks {
+        if check.outcome == layout::CheckOutcome::Disagrees {
+            warn!(
+                "{}: layout {}: {check}; keys may be wrong",
+                image.path().display(),
+                selection.layout.name
+            );
+        }
+    }
+    let checks: Vec<String> = selection.checks.iter().map(ToString::to_string).collect();
+    info!(
+        "{}: {}; {}",
+        image.path().display(),
+        selection.reason,
+        checks.join(", ")
+    );
+    Ok(selection)
 }
 
 /// The libssl the process maps or, failing that, the mapped file (usually
 /// the executable) that has OpenSSL linked in.
-fn targets_mapped_by(pid: u32) -> Result<Vec<HookTarget>> {
+fn library_mapped_by(pid: u32) -> Result<PathBuf> {
     let files = libpath::mapped_files(pid)?;
     let is_libssl = |file: &&MappedFile| file_name(&file.path_in_process).starts_with("libssl.so");
-    let libssl = files
-        .iter()
-        .filter(is_libssl)
-        .filter_map(|file| hook_target(&file.host_path).ok());
-    let linked_in = files
-        .iter()
-        .filter(|file| !is_libssl(file))
-        .filter_map(|file| hook_target(&file.host_path).ok());
-    let found: Vec<HookTarget> = libssl.chain(linked_in).take(1).collect();
-    if found.is_empty() {
-        bail!("process {pid} maps no OpenSSL or BoringSSL; name the library or program with --libssl PATH");
-    }
-    Ok(found)
+    let libssl = files.iter().filter(is_libssl);
+    let linked_in = files.iter().filter(|file| !is_libssl(file));
+    libssl
+        .chain(linked_in)
+        .map(|file| &file.host_path)
+        .find(|path| ElfImage::open(path).is_ok_and(|image| is_tls_library(&image)))
+        .cloned()
+        .ok_or_else(|| {
+            anyhow!("process {pid} maps no OpenSSL or BoringSSL; name the library or program with --libssl PATH")
+        })
 }
 
 /// Every libssl.so.N the dynamic linker knows, so that any process using any
-/// of them is captured.
-fn system_targets() -> Result<Vec<HookTarget>> {
+/// of them is captured. A library the mode cannot use is skipped, saying why.
+fn system_targets(config: &Config) -> Result<Vec<HookTarget>> {
     let found: Vec<HookTarget> = libpath::find_system_libraries(|name| name.starts_with("libssl.so."))
         .iter()
-        .filter_map(|path| hook_target(path).ok())
+        .filter_map(|path| {
+            hook_target(path, config)
+                .inspect_err(|err| warn!("skipping {}: {err:#}", path.display()))
+                .ok()
+        })
         .collect();
     if found.is_empty() {
-        bail!("no libssl.so found in ld.so.cache or the usual directories; name it with --libssl PATH");
+        bail!("no usable libssl.so found in ld.so.cache or the usual directories; name it with --libssl PATH");
     }
     Ok(found)
 }
@@ -118,29 +202,52 @@ fn file_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Config {
+        let argv = ["ecapture", "tls"].iter().chain(args);
+        crate::cli::Cli::try_parse_from(argv).unwrap().into_config().unwrap()
+    }
 
     #[test]
-    fn system_discovery_finds_libssl3_with_all_four_hooks() {
-        let targets = system_targets().unwrap();
+    fn system_discovery_hooks_libssl3_internal_functions() {
+        let targets = system_targets(&config(&[])).unwrap();
         let libssl3 = targets
             .iter()
             .find(|t| t.binary.ends_with("libssl.so.3"))
             .expect("libssl.so.3 found");
         let names: Vec<_> = libssl3.hooks.iter().map(|h| h.symbol.name.as_str()).collect();
-        assert_eq!(names, ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"]);
+        assert_eq!(names, ["SSL_write/SSL_write_ex callee", "SSL_read/SSL_read_ex callee"]);
         assert!(libssl3.description.starts_with("OpenSSL 3."), "{}", libssl3.description);
+        assert!(libssl3.key_layout.is_none());
+    }
+
+    #[test]
+    fn keylog_mode_hooks_the_handshake_with_a_confirmed_layout() {
+        let target = hook_target(
+            Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3"),
+            &config(&["-m", "keylog"]),
+        )
+        .unwrap();
+        let layout = target.key_layout.expect("a layout");
+        assert!(layout.name.starts_with("openssl 3.0"), "{}", layout.name);
+        assert!(target.hooks.iter().all(|h| h.entry_program == "handshake_enter"));
+        assert!(target.hooks.iter().any(|h| h.symbol.name == "SSL_do_handshake"));
     }
 
     #[test]
     fn boringssl_has_the_plain_pair() {
-        let target = hook_target(Path::new("/usr/lib/x86_64-linux-gnu/android/libssl.so.0")).unwrap();
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/android/libssl.so.0");
+        let target = hook_target(path, &config(&[])).unwrap();
         assert_eq!(target.description, "BoringSSL");
-        assert!(target.hooks.iter().any(|h| h.symbol.name == "SSL_write"));
+        // BoringSSL has no _ex pair here: the exported functions are hooked.
+        let names: Vec<_> = target.hooks.iter().map(|h| h.symbol.name.as_str()).collect();
+        assert_eq!(names, ["SSL_write", "SSL_read"]);
     }
 
     #[test]
     fn a_file_without_ssl_is_refused() {
-        let err = hook_target(Path::new("/bin/ls")).unwrap_err();
+        let err = hook_target(Path::new("/bin/ls"), &config(&[])).unwrap_err();
         assert!(err.to_string().contains("has no SSL_write/SSL_read"), "{err}");
     }
 }

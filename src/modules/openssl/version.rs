@@ -23,6 +23,20 @@ impl fmt::Display for SslLibrary {
     }
 }
 
+/// Reads a --ssl_version value: "openssl 3.0.13", "3.0.13" or "boringssl".
+pub fn parse_override(text: &str) -> anyhow::Result<SslLibrary> {
+    let lower = text.trim().to_ascii_lowercase();
+    if lower.starts_with("boringssl") {
+        return Ok(SslLibrary::BoringSsl);
+    }
+    let version = lower.strip_prefix("openssl").unwrap_or(&lower).trim();
+    parse_banner(&format!("OpenSSL {version}"))
+        .map(|v| SslLibrary::OpenSsl(Some(v)))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--ssl_version {text:?} is not a version like \"openssl 3.0.13\" or \"boringssl\"")
+        })
+}
+
 /// Functions only BoringSSL exports; OpenSSL never had them.
 const BORINGSSL_ONLY: &[&str] = &["SSL_CTX_set_strict_cipher_list", "SSL_get_curve_id"];
 
@@ -123,6 +137,20 @@ mod tests {
         let library_banner = text.split("Library: ").nth(1).unwrap_or(&text);
         let expected = parse_banner(library_banner.trim_end_matches([')', '\n'])).unwrap();
         assert_eq!(detect(&image), SslLibrary::OpenSsl(Some(expected)));
+    }
+
+    #[test]
+    fn version_overrides() {
+        assert_eq!(
+            parse_override("openssl 3.0.13").unwrap(),
+            SslLibrary::OpenSsl(Some("3.0.13".into()))
+        );
+        assert_eq!(
+            parse_override("1.1.1w").unwrap(),
+            SslLibrary::OpenSsl(Some("1.1.1w".into()))
+        );
+        assert_eq!(parse_override("boringssl_a_13").unwrap(), SslLibrary::BoringSsl);
+        assert!(parse_override("latest").is_err());
     }
 
     #[test]

@@ -1,0 +1,413 @@
+//! Where OpenSSL keeps a session's secrets, per release family, and how the
+//! chosen layout is checked against the library actually loaded.
+//!
+//! The offsets are facts about OpenSSL's struct definitions (ssl_st,
+//! ssl_connection_st from 3.2, ssl_session_st, ssl_cipher_st) on 64-bit
+//! builds, as published in eCapture's offset tables. Exported accessors read
+//! some of the same fields, so their machine code reveals the offsets of the
+//! build at hand; a layout is trusted only when they agree.
+
+use std::fmt;
+
+use crate::target::disasm;
+use crate::target::elf::ElfImage;
+
+/// Offsets into an SSL object (and the objects it points to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpensslLayout {
+    pub name: &'static str,
+    /// 3.2+: the object type tag that tells TLS connections from QUIC.
+    pub ssl_type: Option<u32>,
+    pub version: u32,
+    pub session: u32,
+    /// Up to 1.1.1 the s3 state is a separate allocation: client_random is
+    /// relative to the pointer stored at this offset.
+    pub s3_pointer: Option<u32>,
+    pub client_random: u32,
+    pub session_master_key: u32,
+    pub session_cipher: u32,
+    pub session_cipher_id: u32,
+    pub cipher_id: u32,
+    /// TLS 1.3 secrets in the SSL object; None before 1.1.1.
+    pub tls13: Option<Tls13Offsets>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tls13Offsets {
+    pub handshake_secret: u32,
+    pub handshake_traffic_hash: u32,
+    pub client_app_traffic_secret: u32,
+    pub server_app_traffic_secret: u32,
+    pub exporter_master_secret: u32,
+}
+
+const fn tls13(handshake_secret: u32) -> Option<Tls13Offsets> {
+    // In every release with TLS 1.3 these five arrays of EVP_MAX_MD_SIZE
+    // bytes sit at the same distances from handshake_secret.
+    Some(Tls13Offsets {
+        handshake_secret,
+        handshake_traffic_hash: handshake_secret + 0x180,
+        client_app_traffic_secret: handshake_secret + 0x1c0,
+        server_app_traffic_secret: handshake_secret + 0x200,
+        exporter_master_secret: handshake_secret + 0x240,
+    })
+}
+
+const fn up_to_3_1(name: &'static str, session: u32, client_random: u32, cipher: u32, hs: u32) -> OpensslLayout {
+    OpensslLayout {
+        name,
+        ssl_type: None,
+        version: 0,
+        session,
+        s3_pointer: None,
+        client_random,
+        session_master_key: 0x50,
+        session_cipher: cipher,
+        session_cipher_id: cipher + 8,
+        cipher_id: 0x18,
+        tls13: tls13(hs),
+    }
+}
+
+const fn from_3_2(
+    name: &'static str,
+    version: u32,
+    session: u32,
+    client_random: u32,
+    cipher: u32,
+    hs: u32,
+) -> OpensslLayout {
+    OpensslLayout {
+        name,
+        ssl_type: Some(0),
+        version,
+        session,
+        s3_pointer: None,
+        client_random,
+        session_master_key: 0x50,
+        session_cipher: cipher,
+        session_cipher_id: cipher + 8,
+        cipher_id: 0x18,
+        tls13: tls13(hs),
+    }
+}
+
+const fn openssl_1_1_1(name: &'static str, session: u32, cipher: u32, hs: u32) -> OpensslLayout {
+    OpensslLayout {
+        s3_pointer: Some(0xa8),
+        ..up_to_3_1(name, session, 0xb8, cipher, hs)
+    }
+}
+
+pub const LAYOUTS: &[OpensslLayout] = &[
+    OpensslLayout {
+        name: "openssl 1.0.2",
+        ssl_type: None,
+        version: 0,
+        session: 0x130,
+        s3_pointer: Some(0x80),
+        client_random: 0xc4,
+        session_master_key: 0x14,
+        session_cipher: 0xe0,
+        session_cipher_id: 0xe8,
+        cipher_id: 0x10,
+        tls13: None,
+    },
+    OpensslLayout {
+        name: "openssl 1.1.0",
+        ssl_type: None,
+        version: 0,
+        session: 0x178,
+        s3_pointer: Some(0x90),
+        client_random: 0xb0,
+        session_master_key: 0x8,
+        session_cipher: 0xd8,
+        session_cipher_id: 0xe0,
+        cipher_id: 0x10,
+        tls13: None,
+    },
+    openssl_1_1_1("openssl 1.1.1a", 0x510, 0x1f8, 0x174),
+    openssl_1_1_1("openssl 1.1.1b", 0x508, 0x1f8, 0x174),
+    openssl_1_1_1("openssl 1.1.1d", 0x510, 0x1f8, 0x17c),
+    openssl_1_1_1("openssl 1.1.1j", 0x510, 0x1f0, 0x17c),
+    up_to_3_1("openssl 3.0.0", 0x918, 0x160, 0x2f8, 0x584),
+    up_to_3_1("openssl 3.0.12", 0x938, 0x160, 0x2f8, 0x584),
+    from_3_2("openssl 3.2.0", 0x40, 0x880, 0x140, 0x300, 0x53c),
+    from_3_2("openssl 3.2.3", 0x40, 0x880, 0x140, 0x2f8, 0x53c),
+    from_3_2("openssl 3.2.4", 0x48, 0x888, 0x148, 0x2f8, 0x544),
+    from_3_2("openssl 3.3.0", 0x40, 0x880, 0x140, 0x300, 0x53c),
+    from_3_2("openssl 3.3.2", 0x40, 0x880, 0x140, 0x2f8, 0x53c),
+    from_3_2("openssl 3.3.3", 0x48, 0x888, 0x148, 0x2f8, 0x544),
+    from_3_2("openssl 3.4.0", 0x40, 0x880, 0x140, 0x2f8, 0x53c),
+    from_3_2("openssl 3.4.1", 0x48, 0x888, 0x148, 0x2f8, 0x544),
+    from_3_2("openssl 3.5.0", 0x48, 0x900, 0x188, 0x2f8, 0x5bc),
+];
+
+fn layout(name: &str) -> &'static OpensslLayout {
+    LAYOUTS
+        .iter()
+        .find(|l| l.name == name)
+        .expect("layout table names are fixed")
+}
+
+/// The release families and the layout each uses. `known_up_to` is the last
+/// release whose layout is established; later ones get the nearest layout
+/// with a warning.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LayoutChoice {
+    pub layout: &'static OpensslLayout,
+    /// False when the version lies outside the known releases.
+    pub known: bool,
+}
+
+/// Picks the layout for an OpenSSL version string such as "3.0.13" or "1.1.1w".
+pub fn for_version(version: &str) -> LayoutChoice {
+    let (major, minor, patch, letter) = split_version(version);
+    let pick = |name: &str, known: bool| LayoutChoice {
+        layout: layout(name),
+        known,
+    };
+    match (major, minor) {
+        (1, 0) => pick("openssl 1.0.2", patch == 2),
+        (1, 1) if patch == 0 => pick("openssl 1.1.0", true),
+        (1, 1) => match letter {
+            None | Some('a') => pick("openssl 1.1.1a", patch == 1),
+            Some('b' | 'c') => pick("openssl 1.1.1b", true),
+            Some('d'..='i') => pick("openssl 1.1.1d", true),
+            Some(_) => pick("openssl 1.1.1j", letter <= Some('w')),
+        },
+        (3, 0) if patch == 12 => pick("openssl 3.0.12", true),
+        (3, 0) => pick("openssl 3.0.0", patch <= 21),
+        (3, 1) => pick("openssl 3.0.0", patch <= 8),
+        (3, 2) => match patch {
+            0..=2 => pick("openssl 3.2.0", true),
+            3 => pick("openssl 3.2.3", true),
+            _ => pick("openssl 3.2.4", patch <= 6),
+        },
+        (3, 3) => match patch {
+            0 | 1 => pick("openssl 3.3.0", true),
+            2 => pick("openssl 3.3.2", true),
+            _ => pick("openssl 3.3.3", patch <= 7),
+        },
+        (3, 4) if patch == 0 => pick("openssl 3.4.0", true),
+        (3, 4) => pick("openssl 3.4.1", patch <= 6),
+        (3, 5) => pick("openssl 3.5.0", patch <= 7),
+        (3, 6) => pick("openssl 3.5.0", patch <= 2),
+        (4, 0) => pick("openssl 3.5.0", patch <= 1),
+        (0..=1, _) => pick("openssl 1.0.2", false),
+        _ => pick("openssl 3.5.0", false),
+    }
+}
+
+fn split_version(version: &str) -> (u32, u32, u32, Option<char>) {
+    let mut parts = version.split('.');
+    let mut number = || {
+        parts
+            .next()
+            .map(|p| p.chars().take_while(char::is_ascii_digit).collect::<String>())
+    };
+    let major = number().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let minor = number().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let patch_text = version.split('.').nth(2).unwrap_or("");
+    let digits: String = patch_text.chars().take_while(char::is_ascii_digit).collect();
+    let letter = patch_text[digits.len()..]
+        .chars()
+        .next()
+        .filter(char::is_ascii_lowercase);
+    (major, minor, digits.parse().unwrap_or(0), letter)
+}
+
+/// One offset compared with what an accessor function reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldCheck {
+    pub field: &'static str,
+    pub accessor: &'static str,
+    pub offset: u32,
+    pub outcome: CheckOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Agrees,
+    Disagrees,
+    /// The accessor is missing or could not be decoded on this architecture.
+    Unverified,
+}
+
+impl fmt::Display for FieldCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match self.outcome {
+            CheckOutcome::Agrees => "confirmed by",
+            CheckOutcome::Disagrees => "CONTRADICTED by",
+            CheckOutcome::Unverified => "not checked against",
+        };
+        write!(f, "{} at {:#x} {verdict} {}", self.field, self.offset, self.accessor)
+    }
+}
+
+/// Compares `layout` with the accessors in `image`.
+pub fn check(layout: &OpensslLayout, image: &ElfImage) -> Vec<FieldCheck> {
+    let mut fields = vec![
+        ("session", "SSL_get_session", layout.session),
+        (
+            "client random",
+            "SSL_get_client_random",
+            layout.s3_pointer.unwrap_or(layout.client_random),
+        ),
+        ("master key", "SSL_SESSION_get_master_key", layout.session_master_key),
+        ("cipher", "SSL_SESSION_get0_cipher", layout.session_cipher),
+        ("cipher id", "SSL_CIPHER_get_id", layout.cipher_id),
+    ];
+    if layout.ssl_type.is_none() {
+        // From 3.2 SSL_version goes through a type check; before, it is one load.
+        fields.push(("version", "SSL_version", layout.version));
+    }
+    fields
+        .into_iter()
+        .map(|(field, accessor, offset)| {
+            let outcome = match disasm::first_argument_offsets(image, accessor) {
+                Some(offsets) if offsets.contains(&u64::from(offset)) => CheckOutcome::Agrees,
+                Some(offsets) if !offsets.is_empty() => CheckOutcome::Disagrees,
+                _ => CheckOutcome::Unverified,
+            };
+            FieldCheck {
+                field,
+                accessor,
+                offset,
+                outcome,
+            }
+        })
+        .collect()
+}
+
+/// The outcome of choosing a layout for one library.
+#[derive(Debug)]
+pub struct Selection {
+    pub layout: &'static OpensslLayout,
+    pub checks: Vec<FieldCheck>,
+    /// Why this layout, for the user.
+    pub reason: String,
+}
+
+/// Chooses the layout for `version`, trusting it only if no accessor
+/// contradicts it; otherwise looks for the layout the accessors confirm.
+pub fn select(version: &str, image: &ElfImage) -> Result<Selection, String> {
+    let choice = for_version(version);
+    let checks = check(choice.layout, image);
+    if checks.iter().all(|c| c.outcome != CheckOutcome::Disagrees) {
+        let reason = if choice.known {
+            format!("OpenSSL {version} uses layout {}", choice.layout.name)
+        } else {
+            format!(
+                "OpenSSL {version} is newer than the known releases; nearest layout {}",
+                choice.layout.name
+            )
+        };
+        return Ok(Selection {
+            layout: choice.layout,
+            checks,
+            reason,
+        });
+    }
+    let contradicted: Vec<String> = checks
+        .iter()
+        .filter(|c| c.outcome == CheckOutcome::Disagrees)
+        .map(ToString::to_string)
+        .collect();
+    let confirmed = LAYOUTS.iter().find_map(|candidate| {
+        let checks = check(candidate, image);
+        let all_agree = checks.iter().all(|c| c.outcome == CheckOutcome::Agrees);
+        all_agree.then_some((candidate, checks))
+    });
+    match confirmed {
+        Some((layout, checks)) => Ok(Selection {
+            layout,
+            checks,
+            reason: format!(
+                "OpenSSL {version} would use layout {}, but {}; its accessors match layout {} instead",
+                choice.layout.name,
+                contradicted.join(", "),
+                layout.name
+            ),
+        }),
+        None => Err(format!(
+            "no known layout fits OpenSSL {version}: layout {}: {}; no keys will be written for it (pass --ssl_version to force one)",
+            choice.layout.name,
+            contradicted.join(", ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn version_families() {
+        assert_eq!(for_version("1.0.2u").layout.name, "openssl 1.0.2");
+        assert_eq!(for_version("1.1.0l").layout.name, "openssl 1.1.0");
+        assert_eq!(for_version("1.1.1a").layout.name, "openssl 1.1.1a");
+        assert_eq!(for_version("1.1.1c").layout.name, "openssl 1.1.1b");
+        assert_eq!(for_version("1.1.1g").layout.name, "openssl 1.1.1d");
+        assert_eq!(for_version("1.1.1w").layout.name, "openssl 1.1.1j");
+        assert_eq!(for_version("3.0.12").layout.name, "openssl 3.0.12");
+        assert_eq!(for_version("3.0.13").layout.name, "openssl 3.0.0");
+        assert_eq!(for_version("3.1.4").layout.name, "openssl 3.0.0");
+        assert_eq!(for_version("3.2.3").layout.name, "openssl 3.2.3");
+        assert_eq!(for_version("3.2.5").layout.name, "openssl 3.2.4");
+        assert_eq!(for_version("3.3.2").layout.name, "openssl 3.3.2");
+        assert_eq!(for_version("3.4.0").layout.name, "openssl 3.4.0");
+        assert_eq!(
+            for_version("3.5.0"),
+            LayoutChoice {
+                layout: layout("openssl 3.5.0"),
+                known: true
+            }
+        );
+        assert_eq!(
+            for_version("3.9.0"),
+            LayoutChoice {
+                layout: layout("openssl 3.5.0"),
+                known: false
+            }
+        );
+        assert!(!for_version("3.0.99").known);
+    }
+
+    #[test]
+    fn tls13_offsets_follow_the_tables() {
+        let l = for_version("3.0.1").layout.tls13.unwrap();
+        assert_eq!((l.handshake_traffic_hash, l.exporter_master_secret), (0x704, 0x7c4));
+        let l = for_version("3.5.0").layout.tls13.unwrap();
+        assert_eq!(
+            (l.client_app_traffic_secret, l.server_app_traffic_secret),
+            (0x77c, 0x7bc)
+        );
+        assert!(for_version("1.1.0h").layout.tls13.is_none());
+    }
+
+    #[test]
+    fn system_libssl_layout_is_confirmed_by_its_accessors() {
+        let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap();
+        let version = match super::super::version::detect(&image) {
+            super::super::version::SslLibrary::OpenSsl(Some(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        let selection = select(&version, &image).unwrap();
+        assert!(
+            selection.checks.iter().all(|c| c.outcome == CheckOutcome::Agrees),
+            "{:?}",
+            selection.checks
+        );
+        // The two 3.0 layouts differ only in where the session pointer is:
+        // exactly one of them fits this build.
+        let fits = |name| {
+            check(layout(name), &image)
+                .iter()
+                .all(|c| c.outcome == CheckOutcome::Agrees)
+        };
+        assert_ne!(fits("openssl 3.0.0"), fits("openssl 3.0.12"));
+        assert!(!fits("openssl 1.1.1j"));
+    }
+}

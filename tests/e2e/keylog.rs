@@ -1,0 +1,200 @@
+//! `ecapture tls -m keylog`: tshark, given only the key log ecapture wrote,
+//! decrypts an independent capture (dumpcap) of the same traffic.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// dumpcap on loopback for one port, stopped and flushed on `finish`.
+struct PacketCapture {
+    guard: Guard,
+    file: PathBuf,
+}
+
+impl PacketCapture {
+    fn start(dir: &Path, port: u16) -> PacketCapture {
+        let file = dir.join("traffic.pcapng");
+        let guard = Guard::spawn(
+            "dumpcap",
+            Command::new("dumpcap")
+                .args(["-q", "-i", "lo", "-f", &format!("tcp port {port}"), "-w"])
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        // dumpcap creates the file once it captures.
+        let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+        while !file.exists() {
+            assert!(std::time::Instant::now() < deadline, "dumpcap did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PacketCapture { guard, file }
+    }
+
+    fn finish(mut self) -> PathBuf {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.guard.pid() as i32, libc::SIGINT) };
+        self.guard.wait(PEER_TIMEOUT);
+        self.file.clone()
+    }
+}
+
+/// The HTTP request URIs tshark can read in `pcap` with `keylog` (and only it).
+fn decrypted_uris(pcap: &Path, keylog: &Path) -> Vec<String> {
+    let out = run_peer(
+        "tshark",
+        Command::new("tshark")
+            .arg("-r")
+            .arg(pcap)
+            .arg("-o")
+            .arg(format!("tls.keylog_file:{}", keylog.display()))
+            .args(["-Y", "http.request", "-T", "fields", "-e", "http.request.uri"]),
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+/// Runs `traffic` under `ecapture tls -m keylog EXTRA...` and a packet capture,
+/// then returns (key log text, URIs tshark decrypts).
+fn keylog_run(port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec<String>) {
+    let dir = scratch_dir();
+    let keylog = dir.path().join("keys.log");
+    let packets = PacketCapture::start(dir.path(), port);
+    let mut args = vec!["tls", "-m", "keylog", "-k", keylog.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let capture = Capture::start(&args);
+    traffic();
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let pcap = packets.finish();
+    let mode = std::fs::metadata(&keylog)
+        .expect("key log written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key log holds secrets");
+    let text = std::fs::read_to_string(&keylog).unwrap();
+    // Without keys tshark sees no HTTP at all: the assertion below can fail.
+    assert!(decrypted_uris(&pcap, Path::new("/dev/null")).is_empty());
+    (text, decrypted_uris(&pcap, &keylog))
+}
+
+fn curl(port: u16, path: &str, extra: &[&str]) {
+    run_peer(
+        "curl",
+        Command::new("curl")
+            .args(["-sk", "--http1.1"])
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{port}{path}")),
+    );
+}
+
+#[test]
+fn client_side_keys_tls13_and_tls12() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let (v13, v12) = (format!("/{}", marker("tls13")), format!("/{}", marker("tls12")));
+    // The server runs as root, curl as nobody: -u keeps only the client's keys.
+    let (keys, uris) = keylog_run(port, &["-u", "65534"], || {
+        let as_nobody = [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sk",
+            "--http1.1",
+        ];
+        for (path, version) in [(&v13, "--tlsv1.3"), (&v12, "--tls-max")] {
+            let mut command = Command::new("setpriv");
+            command.args(as_nobody).arg(version);
+            if version == "--tls-max" {
+                command.arg("1.2");
+            }
+            run_peer("curl", command.arg(format!("https://127.0.0.1:{port}{path}")));
+        }
+    });
+    assert!(
+        uris.contains(&v13) && uris.contains(&v12),
+        "tshark decrypted {uris:?}\n{keys}"
+    );
+    for label in [
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+        "CLIENT_TRAFFIC_SECRET_0",
+        "SERVER_TRAFFIC_SECRET_0",
+        "EXPORTER_SECRET",
+        "CLIENT_RANDOM",
+    ] {
+        assert_eq!(
+            keys.lines().filter(|l| l.starts_with(&format!("{label} "))).count(),
+            1,
+            "{label}:\n{keys}"
+        );
+    }
+}
+
+#[test]
+fn server_side_keys_from_a_python_server() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (server, port) = start_https_server();
+    let path = format!("/{}", marker("server-keys"));
+    let pid = server.pid().to_string();
+    let (keys, uris) = keylog_run(port, &["--pid", &pid], || curl(port, &path, &[]));
+    assert_eq!(uris, [path], "{keys}");
+}
+
+#[test]
+fn openssl_s_server_keys_tls12() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (cert, key) = certificate();
+    let port = free_port();
+    // -www answers a GET with a status page; keep stdin open.
+    let mut server = Guard::spawn(
+        "openssl s_server",
+        Command::new("openssl")
+            .args(["s_server", "-www", "-tls1_2", "-accept", &port.to_string()])
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let path = format!("/{}", marker("s_server"));
+    let pid = server.pid().to_string();
+    let (keys, uris) = keylog_run(port, &["--pid", &pid], || curl(port, &path, &[]));
+    assert!(keys.starts_with("CLIENT_RANDOM "), "{keys}");
+    assert_eq!(uris, [path]);
+    drop(server.child.stdin.take());
+}
+
+#[test]
+fn statically_linked_client_keys() {
+    if !e2e_enabled() {
+        return;
+    }
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    let binary = build_tls_client(
+        "tls_static",
+        &[&format!("{lib}/libssl.a"), &format!("{lib}/libcrypto.a"), "-lpthread"],
+    );
+    let (_server, port) = start_https_server();
+    let path = format!("/{}", marker("static-keys"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let (keys, uris) = keylog_run(port, &["--libssl", binary.to_str().unwrap()], || {
+        run_peer(
+            "tls_static",
+            Command::new(&binary).args(["127.0.0.1", &port.to_string(), &request]),
+        );
+    });
+    assert_eq!(uris, [path], "{keys}");
+}
