@@ -182,19 +182,11 @@ fn statically_linked_client_keys() {
     if !e2e_enabled() {
         return;
     }
-    let lib = "/usr/lib/x86_64-linux-gnu";
-    let binary = build_tls_client(
-        "tls_static",
-        &[&format!("{lib}/libssl.a"), &format!("{lib}/libcrypto.a"), "-lpthread"],
-    );
+    let binary = static_openssl_client();
     let (_server, port) = start_https_server();
     let path = format!("/{}", marker("static-keys"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let (keys, uris) = keylog_run(port, &["--libssl", binary.to_str().unwrap()], || {
-        run_peer(
-            "tls_static",
-            Command::new(&binary).args(["127.0.0.1", &port.to_string(), &request]),
-        );
+        tls_client_get(&binary, port, &path)
     });
     assert_eq!(uris, [path], "{keys}");
 }

@@ -342,3 +342,22 @@ pub fn find_record<'a>(stdout: &'a str, needles: &[&str]) -> &'a str {
 pub fn truncate(text: &str) -> &str {
     &text[..text.len().min(6000)]
 }
+
+/// tests/peers/tls_client.c linked statically against the system OpenSSL.
+pub fn static_openssl_client() -> PathBuf {
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    build_tls_client(
+        "tls_static",
+        &[&format!("{lib}/libssl.a"), &format!("{lib}/libcrypto.a"), "-lpthread"],
+    )
+}
+
+/// Sends a GET for `path` with a tls_client build and checks the reply.
+pub fn tls_client_get(binary: &Path, port: u16, path: &str) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let reply = run_peer(
+        "tls_client",
+        Command::new(binary).args(["127.0.0.1", &port.to_string(), &request]),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+}

@@ -147,29 +147,16 @@ fn openssl_s_client_and_s_server_both_ends() {
     find_record(&out.stdout, &[&client, "Received", &format!("{server_says}\n")]);
 }
 
-fn raw_client_request(binary: &std::path::Path, port: u16, path: &str) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let reply = run_peer(
-        "tls_client",
-        Command::new(binary).args(["127.0.0.1", &port.to_string(), &request]),
-    );
-    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
-}
-
 #[test]
 fn openssl_linked_statically_into_a_program() {
     if !e2e_enabled() {
         return;
     }
-    let lib = "/usr/lib/x86_64-linux-gnu";
-    let binary = build_tls_client(
-        "tls_static",
-        &[&format!("{lib}/libssl.a"), &format!("{lib}/libcrypto.a"), "-lpthread"],
-    );
+    let binary = static_openssl_client();
     let (_server, port) = start_https_server();
     let capture = Capture::start(&["tls", "--libssl", binary.to_str().unwrap()]);
     let path = format!("/{}", marker("static"));
-    raw_client_request(&binary, port, &path);
+    tls_client_get(&binary, port, &path);
     let out = capture.stop();
     assert!(
         out.stderr.contains("OpenSSL 3."),
@@ -202,7 +189,7 @@ fn boringssl_client() {
     let (_server, port) = start_https_server();
     let capture = Capture::start(&["tls", "--libssl", &libssl]);
     let path = format!("/{}", marker("boringssl"));
-    raw_client_request(&binary, port, &path);
+    tls_client_get(&binary, port, &path);
     let out = capture.stop();
     assert!(out.stderr.contains("BoringSSL"), "{}", out.stderr);
     let request = find_record(

@@ -53,24 +53,15 @@ const fn tls13(handshake_secret: u32) -> Option<Tls13Offsets> {
     })
 }
 
-const fn up_to_3_1(name: &'static str, session: u32, client_random: u32, cipher: u32, hs: u32) -> OpensslLayout {
-    OpensslLayout {
-        name,
-        ssl_type: None,
-        version: 0,
-        session,
-        s3_pointer: None,
-        client_random,
-        session_master_key: 0x50,
-        session_cipher: cipher,
-        session_cipher_id: cipher + 8,
-        cipher_id: 0x18,
-        tls13: tls13(hs),
-    }
-}
+/// From 3.2 an SSL object starts with a type tag (0 for a TLS connection)
+/// and the connection's fields follow the common header.
+const TYPE_TAG: Option<u32> = Some(0);
 
-const fn from_3_2(
+/// The shape shared by 1.1.1 to 3.5: the TLS 1.3 secrets inline, the cipher
+/// id just after the cipher pointer in the session.
+const fn modern(
     name: &'static str,
+    ssl_type: Option<u32>,
     version: u32,
     session: u32,
     client_random: u32,
@@ -79,7 +70,7 @@ const fn from_3_2(
 ) -> OpensslLayout {
     OpensslLayout {
         name,
-        ssl_type: Some(0),
+        ssl_type,
         version,
         session,
         s3_pointer: None,
@@ -95,10 +86,11 @@ const fn from_3_2(
 const fn openssl_1_1_1(name: &'static str, session: u32, cipher: u32, hs: u32) -> OpensslLayout {
     OpensslLayout {
         s3_pointer: Some(0xa8),
-        ..up_to_3_1(name, session, 0xb8, cipher, hs)
+        ..modern(name, None, 0, session, 0xb8, cipher, hs)
     }
 }
 
+/// modern(name, type tag, version, session, client_random, session cipher, handshake_secret)
 pub const LAYOUTS: &[OpensslLayout] = &[
     OpensslLayout {
         name: "openssl 1.0.2",
@@ -130,17 +122,17 @@ pub const LAYOUTS: &[OpensslLayout] = &[
     openssl_1_1_1("openssl 1.1.1b", 0x508, 0x1f8, 0x174),
     openssl_1_1_1("openssl 1.1.1d", 0x510, 0x1f8, 0x17c),
     openssl_1_1_1("openssl 1.1.1j", 0x510, 0x1f0, 0x17c),
-    up_to_3_1("openssl 3.0.0", 0x918, 0x160, 0x2f8, 0x584),
-    up_to_3_1("openssl 3.0.12", 0x938, 0x160, 0x2f8, 0x584),
-    from_3_2("openssl 3.2.0", 0x40, 0x880, 0x140, 0x300, 0x53c),
-    from_3_2("openssl 3.2.3", 0x40, 0x880, 0x140, 0x2f8, 0x53c),
-    from_3_2("openssl 3.2.4", 0x48, 0x888, 0x148, 0x2f8, 0x544),
-    from_3_2("openssl 3.3.0", 0x40, 0x880, 0x140, 0x300, 0x53c),
-    from_3_2("openssl 3.3.2", 0x40, 0x880, 0x140, 0x2f8, 0x53c),
-    from_3_2("openssl 3.3.3", 0x48, 0x888, 0x148, 0x2f8, 0x544),
-    from_3_2("openssl 3.4.0", 0x40, 0x880, 0x140, 0x2f8, 0x53c),
-    from_3_2("openssl 3.4.1", 0x48, 0x888, 0x148, 0x2f8, 0x544),
-    from_3_2("openssl 3.5.0", 0x48, 0x900, 0x188, 0x2f8, 0x5bc),
+    modern("openssl 3.0.0", None, 0, 0x918, 0x160, 0x2f8, 0x584),
+    modern("openssl 3.0.12", None, 0, 0x938, 0x160, 0x2f8, 0x584),
+    modern("openssl 3.2.0", TYPE_TAG, 0x40, 0x880, 0x140, 0x300, 0x53c),
+    modern("openssl 3.2.3", TYPE_TAG, 0x40, 0x880, 0x140, 0x2f8, 0x53c),
+    modern("openssl 3.2.4", TYPE_TAG, 0x48, 0x888, 0x148, 0x2f8, 0x544),
+    modern("openssl 3.3.0", TYPE_TAG, 0x40, 0x880, 0x140, 0x300, 0x53c),
+    modern("openssl 3.3.2", TYPE_TAG, 0x40, 0x880, 0x140, 0x2f8, 0x53c),
+    modern("openssl 3.3.3", TYPE_TAG, 0x48, 0x888, 0x148, 0x2f8, 0x544),
+    modern("openssl 3.4.0", TYPE_TAG, 0x40, 0x880, 0x140, 0x2f8, 0x53c),
+    modern("openssl 3.4.1", TYPE_TAG, 0x48, 0x888, 0x148, 0x2f8, 0x544),
+    modern("openssl 3.5.0", TYPE_TAG, 0x48, 0x900, 0x188, 0x2f8, 0x5bc),
 ];
 
 fn layout(name: &str) -> &'static OpensslLayout {
