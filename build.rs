@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROBES: &[&str] = &["openssl"];
+const PROBES: &[&str] = &["openssl", "packets"];
 const FLAVORS: &[&str] = &["core", "nocore"];
 
 fn main() {

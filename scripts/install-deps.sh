@@ -3,9 +3,9 @@
 # Safe to run repeatedly: it only calls apt-get when a package is missing.
 set -euo pipefail
 
-build_pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev make)
+build_pkgs=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config linux-libc-dev make)
 cross_pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross linux-libc-dev-arm64-cross qemu-user-static)
-cross_arm64_libs=(libelf-dev:arm64 zlib1g-dev:arm64)
+cross_arm64_libs=(libelf-dev:arm64 zlib1g-dev:arm64 libpcap-dev:arm64)
 test_pkgs=(curl openssl libssl-dev python3 android-libboringssl android-libboringssl-dev
            tshark nginx wrk bpftrace bpftool iproute2 procps)
 

@@ -2,10 +2,13 @@
 //! from the ring buffer through reassembly, connection tracking and parsing
 //! to the sinks until SIGINT or SIGTERM.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use libbpf_rs::RingBufferBuilder;
@@ -13,13 +16,15 @@ use tracing::{debug, info, warn};
 
 use crate::cli::{Config, Mode};
 use crate::conn::ConnTracker;
-use crate::event::{Reassembler, RecordDecoder};
+use crate::event::{Reassembler, RecordDecoder, monotonic_epoch};
 use crate::keys::SessionSecrets;
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::{HookTarget, Module};
+use crate::probe::packets::{self, PacketProbes, RawPacketMeta};
 use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
 use crate::sink::Sink;
 use crate::sink::keylog::KeylogWriter;
+use crate::sink::pcapng::PacketFile;
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -33,8 +38,10 @@ pub struct Summary {
     pub bytes: u64,
     pub lost_records: u64,
     pub broken_calls: u64,
-    /// Sessions whose keys went to the key log.
+    /// Sessions whose keys were written.
     pub sessions: u64,
+    pub packets: u64,
+    pub lost_packets: u64,
 }
 
 /// Everything that happens to a record after the kernel hands it over.
@@ -44,6 +51,9 @@ struct Pipeline<'s> {
     tracker: ConnTracker,
     sinks: Vec<&'s mut dyn Sink>,
     keylog: Option<KeylogWriter>,
+    packets: Option<PacketFile<Box<dyn Write>>>,
+    keyed_sessions: HashSet<[u8; 32]>,
+    boot_time: SystemTime,
     summary: Summary,
 }
 
@@ -63,29 +73,57 @@ impl Pipeline<'_> {
         }
     }
 
+    /// A session's secrets: to the key log file and into the pcapng file.
     fn on_secrets(&mut self, record: &[u8]) {
-        let Some(keylog) = self.keylog.as_mut() else { return };
         let Ok(raw) = plain::from_bytes::<RawMasterSecret>(record) else {
             warn!(len = record.len(), "dropping a malformed secrets record");
             return;
         };
         let secrets = SessionSecrets::from_raw(raw);
-        match secrets.keylog_lines() {
-            Ok(lines) => match keylog.write_session(&lines, &secrets) {
-                Ok(true) => {
-                    self.summary.sessions += 1;
-                    info!(
-                        "keys of session {} (pid {} {}) written",
-                        hex::encode(&secrets.client_random[..8]),
-                        secrets.pid,
-                        secrets.comm
-                    );
-                }
-                Ok(false) => {}
-                Err(err) => warn!("writing the key log failed: {err}"),
-            },
-            Err(why) => warn!("no keys for a session of pid {} {}: {why}", secrets.pid, secrets.comm),
+        // Both ends of a connection share its client random and its secrets.
+        if !self.keyed_sessions.insert(secrets.client_random) {
+            return;
         }
+        let lines = match secrets.keylog_lines() {
+            Ok(lines) => lines,
+            Err(why) => return warn!("no keys for a session of pid {} {}: {why}", secrets.pid, secrets.comm),
+        };
+        if let Some(keylog) = self.keylog.as_mut()
+            && let Err(err) = keylog.write(&lines)
+        {
+            warn!("writing the key log failed: {err}");
+        }
+        if let Some(packets) = self.packets.as_mut()
+            && let Err(err) = packets.write_secrets(&lines)
+        {
+            warn!("writing the pcapng file failed: {err}");
+        }
+        self.summary.sessions += 1;
+        let random = hex::encode(&secrets.client_random[..8]);
+        info!(
+            "keys of session {random}... (pid {} {}) written",
+            secrets.pid, secrets.comm
+        );
+    }
+
+    /// A packet sample: its header, then its bytes.
+    fn on_packet(&mut self, sample: &[u8]) {
+        let Some(packets) = self.packets.as_mut() else { return };
+        let header_len = std::mem::size_of::<RawPacketMeta>();
+        // perf hands samples over at 4-byte alignment: copy the header out.
+        let mut meta = RawPacketMeta::default();
+        if plain::copy_from_bytes(&mut meta, sample).is_err() {
+            return warn!(len = sample.len(), "dropping a malformed packet sample");
+        }
+        let Some(data) = sample.get(header_len..header_len + meta.captured_len as usize) else {
+            return warn!(len = sample.len(), "dropping a truncated packet sample");
+        };
+        let comment = (meta.pid != 0).then(|| {
+            let comm: Vec<u8> = meta.comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+            format!("pid={} comm={}", meta.pid, String::from_utf8_lossy(&comm))
+        });
+        let time = self.boot_time + Duration::from_nanos(meta.timestamp_ns);
+        packets.push(time, data, meta.len, comment);
     }
 
     fn emit(&mut self, record: &crate::sink::Record) {
@@ -96,12 +134,18 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Hands buffered output over, so that events show up live.
-    fn flush(&mut self) {
+    /// Hands buffered output over, so that events show up live; with
+    /// `everything`, packets still held back are written too.
+    fn flush(&mut self, everything: bool) {
         for sink in &mut self.sinks {
             if let Err(err) = sink.flush() {
                 warn!("writing output failed: {err}");
             }
+        }
+        if let Some(packets) = self.packets.as_mut()
+            && let Err(err) = packets.release(everything)
+        {
+            warn!("writing the pcapng file failed: {err}");
         }
     }
 
@@ -109,7 +153,8 @@ impl Pipeline<'_> {
         for record in self.tracker.finish_all() {
             self.emit(&record);
         }
-        self.flush();
+        self.flush(true);
+        self.summary.packets = self.packets.as_ref().map_or(0, |p| p.packets_written);
         self.summary.broken_calls = self.reassembler.broken_calls;
     }
 }
@@ -119,13 +164,44 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let targets = module.discover(config)?;
     probe::ensure_tracefs()?;
     let flavor = Flavor::choose(config.btf)?;
-    let keylog = match config.mode {
-        Mode::Keylog => Some(
-            KeylogWriter::create(&config.keylog_file)
-                .with_context(|| format!("cannot open the key log file {}", config.keylog_file.display()))?,
+    let keylog = match &config.keylog_file {
+        Some(path) => Some(
+            KeylogWriter::create(path).with_context(|| format!("cannot open the key log file {}", path.display()))?,
         ),
-        _ => None,
+        None => None,
     };
+    let mut packet_probes = None;
+    let mut packets = None;
+    if config.mode == Mode::Pcap {
+        let interface = match &config.interface {
+            Some(name) => name.clone(),
+            None => packets::default_route_interface()?,
+        };
+        let ifindex = packets::interface_index(&interface)?;
+        let out: Box<dyn Write> = if config.pcap_file.as_os_str() == "-" {
+            Box::new(BufWriter::new(std::io::stdout()))
+        } else {
+            Box::new(BufWriter::new(File::create(&config.pcap_file).with_context(|| {
+                format!("cannot create the pcapng file {}", config.pcap_file.display())
+            })?))
+        };
+        packets = Some(PacketFile::new(
+            out,
+            &interface,
+            packets::MAX_CAPTURE,
+            config.filter.as_deref(),
+        )?);
+        let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE)?;
+        probes.attach(ifindex, packets::is_loopback(&interface))?;
+        info!(
+            "capturing packets on {interface}{}",
+            config
+                .filter
+                .as_ref()
+                .map_or(String::new(), |f| format!(" matching {f:?}"))
+        );
+        packet_probes = Some(probes);
+    }
 
     // Targets that keep secrets in different places need separate objects,
     // since the layout is fixed when an object loads.
@@ -174,6 +250,9 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         tracker: ConnTracker::default(),
         sinks,
         keylog,
+        packets,
+        keyed_sessions: HashSet::new(),
+        boot_time: monotonic_epoch(),
         summary: Summary::default(),
     });
     let maps: Vec<(libbpf_rs::Map<'_>, libbpf_rs::Map<'_>)> = objects
@@ -193,13 +272,21 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     }
     let ring = builder.build()?;
     drop(maps);
+    let lost_packets = Cell::new(0u64);
+    let perf = match &packet_probes {
+        Some(probes) => Some(probes.perf_buffer(
+            |_cpu, sample| pipeline.borrow_mut().on_packet(sample),
+            |_cpu, count| lost_packets.set(lost_packets.get() + count),
+        )?),
+        None => None,
+    };
 
+    let attached = objects.iter().map(LoadedProbes::attached).sum::<usize>()
+        + packet_probes.as_ref().map_or(0, PacketProbes::attached);
     info!(
-        "ready: module {} in {:?} mode ({flavor:?} BPF), {} probes attached ({} syscall tracepoints) in {} ms; press Ctrl-C to stop",
+        "ready: module {} in {:?} mode ({flavor:?} BPF), {attached} probes attached ({tracepoints} syscall tracepoints) in {} ms; press Ctrl-C to stop",
         module.name(),
         config.mode,
-        objects.iter().map(LoadedProbes::attached).sum::<usize>(),
-        tracepoints,
         started.elapsed().as_millis()
     );
 
@@ -207,13 +294,17 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let mut last_lost_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // Wakeups are batched in the kernel, so drain on every timeout too.
-        if let Err(err) = ring.poll(POLL_INTERVAL)
+        let polled = match &perf {
+            Some(perf) => perf.poll(POLL_INTERVAL),
+            None => ring.poll(POLL_INTERVAL),
+        };
+        if let Err(err) = polled
             && err.kind() != libbpf_rs::ErrorKind::Interrupted
         {
-            return Err(err).context("reading the ring buffer");
+            return Err(err).context("reading events from the kernel");
         }
         ring.consume()?;
-        pipeline.borrow_mut().flush();
+        pipeline.borrow_mut().flush(false);
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
             last_lost_check = Instant::now();
             let lost = total_lost(&objects)?;
@@ -228,12 +319,19 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     for probes in &mut objects {
         probes.detach();
     }
+    if let Some(perf) = &perf {
+        perf.consume()?;
+    }
     ring.consume()?;
     let lost = total_lost(&objects)?;
-    drop(ring);
+    drop((ring, perf));
+    if let Some(probes) = packet_probes.as_mut() {
+        probes.detach();
+    }
     let mut pipeline = pipeline.into_inner();
     pipeline.finish();
     pipeline.summary.lost_records = lost;
+    pipeline.summary.lost_packets = lost_packets.get();
     Ok(pipeline.summary)
 }
 

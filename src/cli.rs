@@ -65,13 +65,13 @@ pub struct TlsArgs {
     /// The libssl to hook, or a program with OpenSSL or BoringSSL linked in.
     #[arg(long, value_name = "PATH")]
     pub libssl: Option<PathBuf>,
-    /// Key log file for keylog mode.
-    #[arg(short = 'k', long, default_value = "ecapture_openssl_key.log", value_name = "FILE")]
-    pub keylogfile: PathBuf,
-    /// pcapng file for pcap mode.
+    /// Key log file: keylog mode writes it (default ecapture_openssl_key.log); pcap mode also writes it when given.
+    #[arg(short = 'k', long, value_name = "FILE")]
+    pub keylogfile: Option<PathBuf>,
+    /// pcapng file for pcap mode; "-" streams it to stdout.
     #[arg(short = 'w', long, default_value = "save.pcapng", value_name = "FILE")]
     pub pcapfile: PathBuf,
-    /// Network interface for pcap mode.
+    /// Network interface for pcap mode (default: the one on the default route).
     #[arg(short = 'i', long, value_name = "IFACE")]
     pub ifname: Option<String>,
     /// Override the detected OpenSSL version, such as "openssl 3.0.13" or "boringssl".
@@ -122,7 +122,12 @@ pub struct Config {
     pub debug: bool,
     pub libssl: Option<PathBuf>,
     pub mode: Mode,
-    pub keylog_file: PathBuf,
+    /// Where key log lines go, if anywhere.
+    pub keylog_file: Option<PathBuf>,
+    pub pcap_file: PathBuf,
+    pub interface: Option<String>,
+    /// pcap-filter expression for the packets of pcap mode.
+    pub filter: Option<String>,
     /// A version that overrides what is read from the library.
     pub ssl_version: Option<String>,
 }
@@ -132,15 +137,9 @@ impl Cli {
         let global = self.global;
         let ModuleCommand::Tls(tls) = self.module;
         let mode = Mode::parse(&tls.model)?;
-        if mode == Mode::Pcap {
+        if mode != Mode::Pcap && !tls.filter.is_empty() {
             bail!(
-                "mode {:?} is not available in this version yet; use -m text or -m keylog",
-                tls.model
-            )
-        }
-        if !tls.filter.is_empty() {
-            bail!(
-                "a pcap filter expression ({}) needs -m pcap, which is not available yet",
+                "a pcap filter expression ({}) only applies to -m pcap",
                 tls.filter.join(" ")
             );
         }
@@ -159,7 +158,16 @@ impl Cli {
             debug: global.debug,
             libssl: tls.libssl,
             mode,
-            keylog_file: tls.keylogfile,
+            keylog_file: match mode {
+                Mode::Keylog => Some(
+                    tls.keylogfile
+                        .unwrap_or_else(|| PathBuf::from("ecapture_openssl_key.log")),
+                ),
+                _ => tls.keylogfile,
+            },
+            pcap_file: tls.pcapfile,
+            interface: tls.ifname,
+            filter: (!tls.filter.is_empty()).then(|| tls.filter.join(" ")),
             ssl_version: tls.ssl_version,
         })
     }
@@ -220,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn modes_to_come_and_unknown_modes_are_refused() {
+    fn modes_and_their_flags() {
         let keylog = config(&[
             "ecapture",
             "tls",
@@ -239,8 +247,11 @@ mod tests {
         let pcap = config(&[
             "ecapture", "tls", "-m", "pcapng", "-w", "x.pcapng", "-i", "lo", "tcp", "port", "443",
         ])
-        .unwrap_err();
-        assert!(pcap.to_string().contains("not available"), "{pcap}");
+        .unwrap();
+        assert_eq!(pcap.filter.as_deref(), Some("tcp port 443"));
+        assert_eq!(pcap.keylog_file, None);
+        let stray = config(&["ecapture", "tls", "tcp", "port", "443"]).unwrap_err();
+        assert!(stray.to_string().contains("only applies to -m pcap"), "{stray}");
         let unknown = config(&["ecapture", "tls", "-m", "bogus"]).unwrap_err();
         assert!(unknown.to_string().contains("unknown mode"), "{unknown}");
     }

@@ -135,7 +135,8 @@ fn socket_pair(
     })
 }
 
-fn monotonic_epoch() -> SystemTime {
+/// Wall-clock time at which CLOCK_MONOTONIC (bpf_ktime_get_ns) was zero.
+pub fn monotonic_epoch() -> SystemTime {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };

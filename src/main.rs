@@ -60,8 +60,14 @@ fn run(cli: Cli) -> Result<()> {
     }
     let summary = capture::run(module.as_ref(), &config, sinks)?;
     info!(
-        "stopped: {} events, {} bytes captured, {} sessions keyed, {} records lost, {} calls incomplete",
-        summary.events, summary.bytes, summary.sessions, summary.lost_records, summary.broken_calls
+        "stopped: {} events, {} bytes captured, {} sessions keyed, {} packets written, {} records lost, {} packets lost, {} calls incomplete",
+        summary.events,
+        summary.bytes,
+        summary.sessions,
+        summary.packets,
+        summary.lost_records,
+        summary.lost_packets,
+        summary.broken_calls
     );
     Ok(())
 }

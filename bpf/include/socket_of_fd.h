@@ -22,7 +22,7 @@
 #define ECAP_AF_INET6 10
 
 struct in6_addr___ecap {
-	__u8 s6_addr[16];
+	__u8 bytes[16];
 };
 
 struct sock_common {

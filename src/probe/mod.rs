@@ -11,6 +11,8 @@ use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeOpts};
 
 use crate::modules::openssl::layout::OpensslLayout;
 
+pub mod packets;
+
 #[cfg(bpf_core)]
 mod openssl_core {
     include!(concat!(env!("OUT_DIR"), "/openssl_core.skel.rs"));
@@ -95,16 +97,27 @@ pub struct LoadedProbes {
     links: Vec<Link>,
 }
 
-/// Opens a generated skeleton, writes the settings into its read-only data,
-/// and loads it. A macro because each skeleton is its own set of types.
+/// Opens a generated skeleton, lets `$configure` fill its read-only data
+/// and map sizes (with the open skeleton bound to `$open`), and loads it.
+/// A macro because each skeleton is its own set of types.
 macro_rules! load_skeleton {
-    ($module:ident :: $builder:ident, $settings:expr) => {{
-        let settings: &ProbeSettings = $settings;
+    ($module:ident :: $builder:ident, |$open:ident| $configure:block) => {{
         // libbpf-rs skeletons borrow their storage; the storage must outlive
         // the loaded object, which lives for the whole capture.
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = $module::$builder::default().open(storage).map_err(explain_bpf_error)?;
-        let rodata = open
+        let mut $open = $module::$builder::default().open(storage).map_err(explain_bpf_error)?;
+        $configure
+        let loaded = $open.load().map_err(explain_bpf_error)?;
+        Box::new(loaded) as Box<dyn Skel<'static>>
+    }};
+}
+pub(crate) use load_skeleton;
+
+/// Writes the TLS capture settings into an open openssl skeleton.
+macro_rules! configure_openssl {
+    ($open:ident, $settings:expr) => {{
+        let settings: &ProbeSettings = $settings;
+        let rodata = $open
             .maps
             .rodata_data
             .as_deref_mut()
@@ -117,9 +130,7 @@ macro_rules! load_skeleton {
         if let Some(layout) = &settings.key_layout {
             write_layout_fields!(&mut rodata.layout, layout);
         }
-        open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
-        let loaded = open.load().map_err(explain_bpf_error)?;
-        Box::new(loaded) as Box<dyn Skel<'static>>
+        $open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
     }};
 }
 
@@ -166,7 +177,7 @@ fn kernel_has_bpf_loop() -> bool {
 }
 
 /// Turns libbpf's errno into a line that says what to do.
-fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
+pub(crate) fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
     match err.kind() {
         libbpf_rs::ErrorKind::PermissionDenied => anyhow!(
             "the kernel refused to load BPF programs ({err}); run as root on the host, outside user namespaces, \
@@ -187,9 +198,17 @@ impl LoadedProbes {
     pub fn load_openssl(flavor: Flavor, settings: &ProbeSettings) -> Result<LoadedProbes> {
         let skel = match flavor {
             #[cfg(bpf_core)]
-            Flavor::Core => load_skeleton!(openssl_core::OpensslCoreSkelBuilder, settings),
+            Flavor::Core => {
+                load_skeleton!(openssl_core::OpensslCoreSkelBuilder, |open| {
+                    configure_openssl!(open, settings)
+                })
+            }
             #[cfg(bpf_nocore)]
-            Flavor::NoCore => load_skeleton!(openssl_nocore::OpensslNocoreSkelBuilder, settings),
+            Flavor::NoCore => {
+                load_skeleton!(openssl_nocore::OpensslNocoreSkelBuilder, |open| {
+                    configure_openssl!(open, settings)
+                })
+            }
             #[allow(unreachable_patterns)]
             _ => bail!("{flavor:?} BPF objects are not built in"),
         };

@@ -2,6 +2,7 @@
 //! rendering of the same `Record`.
 
 pub mod keylog;
+pub mod pcapng;
 pub mod text;
 
 use std::io;

@@ -64,11 +64,32 @@ fn unknown_model() {
 }
 
 #[test]
-fn mode_not_available_yet() {
+fn bad_pcap_filter() {
     if e2e_enabled() {
         refused(
-            &mut ecapture(&["tls", "-m", "pcapng", "-i", "lo"]),
-            "not available in this version yet",
+            &mut ecapture(&[
+                "tls",
+                "-m",
+                "pcap",
+                "-i",
+                "lo",
+                "-w",
+                "/dev/null",
+                "tcp",
+                "port",
+                "banana",
+            ]),
+            "bad pcap filter",
+        );
+    }
+}
+
+#[test]
+fn unknown_interface() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["tls", "-m", "pcap", "-i", "nosuchif0", "-w", "/dev/null"]),
+            "no network interface named",
         );
     }
 }

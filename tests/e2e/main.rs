@@ -4,5 +4,6 @@
 
 mod bad_input;
 mod keylog;
+mod pcapng;
 mod support;
 mod tls_text;

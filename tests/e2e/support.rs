@@ -123,6 +123,8 @@ pub fn run_peer(name: &str, command: &mut Command) -> String {
 /// What a finished capture printed.
 pub struct CaptureOutput {
     pub stdout: String,
+    /// stdout byte for byte, for binary output such as `-w -`.
+    pub raw_stdout: Vec<u8>,
     pub stderr: String,
     pub status: ExitStatus,
 }
@@ -196,8 +198,10 @@ impl Capture {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid() as i32, signal) };
         let status = self.guard.wait(EXIT_TIMEOUT);
+        let raw_stdout = std::fs::read(&self.stdout_path).unwrap_or_default();
         CaptureOutput {
-            stdout: read_lossy(&self.stdout_path),
+            stdout: String::from_utf8_lossy(&raw_stdout).into_owned(),
+            raw_stdout,
             stderr: read_lossy(&self.stderr_path),
             status,
         }
@@ -217,6 +221,7 @@ pub fn run_ecapture_with(command: &mut Command) -> CaptureOutput {
     let output = command.stdin(Stdio::null()).output().unwrap();
     CaptureOutput {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        raw_stdout: output.stdout,
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         status: output.status,
     }

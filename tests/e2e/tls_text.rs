@@ -248,7 +248,7 @@ fn two_mebibyte_request_body_arrives_complete() {
     let server_side = find_record(&out.stdout, &["Received", &format!("POST {path} HTTP/1.1\r\n")]);
     assert!(server_side.contains(&expected), "the server's read side is incomplete");
     assert!(
-        out.stderr.contains("0 records lost, 0 calls incomplete"),
+        out.stderr.contains(" 0 records lost,") && out.stderr.contains(" 0 calls incomplete"),
         "{}",
         out.stderr
     );

@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Packets for pcapng mode: TC classifiers copy every packet of an interface to
+ * userspace, each labelled with the process that owns its connection.
+ *
+ * Owners are learned without kprobes: when connect() or accept() returns, the
+ * syscall tracepoints run in the owning process, and its new socket's
+ * addresses are read through CO-RE (so the non-CO-RE build has no owners).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "packet_event.h"
+#include "socket_of_fd.h"
+
+/* Largest sample perf can carry (its size field is 16 bits), less headers. */
+#define MAX_CAPTURE (65535 - 512)
+
+const volatile __u32 snap_len = MAX_CAPTURE;
+
+/* A TCP connection as its owner sees it: src is the owner's end. On
+ * loopback both ends are local, each with its own owner. Ports host order. */
+struct flow_key {
+	__u16 family;
+	__u16 src_port;
+	__u16 dst_port;
+	__u16 _pad;
+	__u8 src_addr[16];
+	__u8 dst_addr[16];
+};
+
+struct flow_owner {
+	__u32 pid;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct flow_owner);
+} flow_owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);  /* pid_tgid */
+	__type(value, __s32); /* fd being connected */
+} connecting SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} packets SEC(".maps");
+
+struct packet_meta _packet_meta_btf_anchor = {};
+
+static __always_inline void remember_owner(long fd)
+{
+	struct conn_tuple tuple = {};
+	struct flow_owner owner = {};
+	struct flow_key key = {};
+	__u64 sk = socket_of_fd(fd);
+
+	if (!sk)
+		return;
+	read_conn_tuple(sk, &tuple);
+	if (!tuple.family)
+		return;
+	owner.pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+	key.family = tuple.family;
+	key.src_port = tuple.local_port;
+	key.dst_port = tuple.remote_port;
+	__builtin_memcpy(key.src_addr, tuple.local_addr, 16);
+	__builtin_memcpy(key.dst_addr, tuple.remote_addr, 16);
+	bpf_map_update_elem(&flow_owners, &key, &owner, BPF_ANY);
+}
+
+struct syscall_enter_ctx {
+	__u64 common;
+	long syscall_nr;
+	unsigned long args[6];
+};
+
+struct syscall_exit_ctx {
+	__u64 common;
+	long syscall_nr;
+	long ret;
+};
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int connect_enter(struct syscall_enter_ctx *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__s32 fd = ctx->args[0];
+
+	bpf_map_update_elem(&connecting, &pid_tgid, &fd, BPF_ANY);
+	return 0;
+}
+
+/* Even a non-blocking connect (EINPROGRESS) has both ends set by now. */
+SEC("tracepoint/syscalls/sys_exit_connect")
+int connect_exit(struct syscall_exit_ctx *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__s32 *fd = bpf_map_lookup_elem(&connecting, &pid_tgid);
+
+	if (!fd)
+		return 0;
+	remember_owner(*fd);
+	bpf_map_delete_elem(&connecting, &pid_tgid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int accept4_exit(struct syscall_exit_ctx *ctx)
+{
+	if (ctx->ret >= 0)
+		remember_owner(ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int accept_exit(struct syscall_exit_ctx *ctx)
+{
+	if (ctx->ret >= 0)
+		remember_owner(ctx->ret);
+	return 0;
+}
+
+/* Reads the packet's addresses and ports into key, our end first: the source
+ * for a packet we send, the destination for one we receive. False if the
+ * packet is not TCP over IP. */
+static __always_inline bool packet_flow(struct __sk_buff *skb, struct flow_key *key, bool received)
+{
+	/* Where the packet's source and destination addresses go in the key. */
+	__u8 *source_slot = received ? key->dst_addr : key->src_addr;
+	__u8 *destination_slot = received ? key->src_addr : key->dst_addr;
+	__u32 l4_offset;
+	__u16 ports[2];
+	__u8 protocol;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return false;
+		protocol = ip.protocol;
+		l4_offset = ETH_HLEN + ip.ihl * 4;
+		key->family = 2; /* AF_INET */
+		__builtin_memcpy(source_slot, &ip.saddr, 4);
+		__builtin_memcpy(destination_slot, &ip.daddr, 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return false;
+		protocol = ip6.nexthdr;
+		l4_offset = ETH_HLEN + sizeof(ip6);
+		key->family = 10; /* AF_INET6 */
+		__builtin_memcpy(source_slot, &ip6.saddr, 16);
+		__builtin_memcpy(destination_slot, &ip6.daddr, 16);
+	} else {
+		return false;
+	}
+	if (protocol != IPPROTO_TCP || bpf_skb_load_bytes(skb, l4_offset, ports, sizeof(ports)))
+		return false;
+	key->src_port = bpf_ntohs(ports[received ? 1 : 0]);
+	key->dst_port = bpf_ntohs(ports[received ? 0 : 1]);
+	return true;
+}
+
+static __always_inline int capture(struct __sk_buff *skb, enum packet_direction direction)
+{
+	struct packet_meta meta = {};
+	struct flow_key key = {};
+	struct flow_owner *owner;
+	__u64 captured = skb->len;
+
+	if (captured > snap_len)
+		captured = snap_len;
+	meta.timestamp_ns = bpf_ktime_get_ns();
+	meta.ifindex = skb->ifindex;
+	meta.len = skb->len;
+	meta.captured_len = captured;
+	meta.direction = direction;
+	if (packet_flow(skb, &key, direction == PACKET_INGRESS)) {
+		owner = bpf_map_lookup_elem(&flow_owners, &key);
+		if (owner) {
+			meta.pid = owner->pid;
+			__builtin_memcpy(meta.comm, owner->comm, sizeof(meta.comm));
+		}
+	}
+	/* The upper 32 bits of the flags ask perf to append that many packet bytes. */
+	bpf_perf_event_output(skb, &packets, BPF_F_CURRENT_CPU | (captured << 32), &meta, sizeof(meta));
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int capture_ingress(struct __sk_buff *skb)
+{
+	return capture(skb, PACKET_INGRESS);
+}
+
+SEC("tc")
+int capture_egress(struct __sk_buff *skb)
+{
+	return capture(skb, PACKET_EGRESS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,171 @@
+//! `ecapture tls -m pcapng`: a file tshark decrypts on its own, with each
+//! packet's process in its comment, filtered as asked, and an interface left
+//! as it was found.
+
+use std::process::Command;
+
+use pcap_parser::pcapng::Block;
+
+use crate::support::*;
+
+fn qdiscs(interface: &str) -> String {
+    run_peer("tc", Command::new("tc").args(["qdisc", "show", "dev", interface]))
+}
+
+/// tshark's fields for the HTTP requests it can decrypt from `file` alone.
+fn decrypted_requests(file: &std::path::Path) -> Vec<(String, String)> {
+    let out = run_peer(
+        "tshark",
+        Command::new("tshark").arg("-r").arg(file).args([
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "frame.comment",
+        ]),
+    );
+    out.lines()
+        .map(|line| {
+            let (uri, comment) = line.split_once('\t').unwrap_or((line, ""));
+            (uri.to_string(), comment.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn tshark_decrypts_the_file_alone_and_comments_name_the_process() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let (_other, other_port) = start_https_server();
+    let dir = scratch_dir();
+    let file = dir.path().join("capture.pcapng");
+    let keylog = dir.path().join("keys.log");
+    let qdiscs_before = qdiscs("lo");
+    let capture = Capture::start(&[
+        "tls",
+        "-m",
+        "pcapng",
+        "-i",
+        "lo",
+        "-w",
+        file.to_str().unwrap(),
+        "-k",
+        keylog.to_str().unwrap(),
+        "tcp",
+        "port",
+        &port.to_string(),
+    ]);
+    assert!(qdiscs("lo").contains("clsact"), "no clsact qdisc while capturing");
+    let (v13, v12, other) = (
+        format!("/{}", marker("pcap13")),
+        format!("/{}", marker("pcap12")),
+        format!("/{}", marker("other")),
+    );
+    run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}{v13}")]),
+    );
+    run_peer(
+        "curl",
+        Command::new("curl").args([
+            "-sk",
+            "--http1.1",
+            "--tls-max",
+            "1.2",
+            &format!("https://127.0.0.1:{port}{v12}"),
+        ]),
+    );
+    run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{other_port}{other}")]),
+    );
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(qdiscs("lo"), qdiscs_before, "the interface was not restored");
+
+    let requests = decrypted_requests(&file);
+    for path in [&v13, &v12] {
+        let (_, comment) = requests
+            .iter()
+            .find(|(uri, _)| uri == path)
+            .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}"));
+        assert!(
+            comment.contains("comm=curl") && comment.starts_with("pid="),
+            "comment {comment:?}"
+        );
+    }
+    // The filter kept the other server's traffic out, in the kernel's copy or ours.
+    let ports = run_peer(
+        "tshark",
+        Command::new("tshark")
+            .arg("-r")
+            .arg(&file)
+            .args(["-T", "fields", "-e", "tcp.srcport", "-e", "tcp.dstport"]),
+    );
+    assert!(!ports.is_empty());
+    assert!(
+        ports.lines().all(|l| l.split('\t').any(|p| p == port.to_string())),
+        "other traffic in the file:\n{ports}"
+    );
+    assert!(!requests.iter().any(|(uri, _)| uri == &other));
+    // -k writes the key log too.
+    assert!(std::fs::read_to_string(&keylog).unwrap().contains("CLIENT_RANDOM "));
+
+    // An independent parser agrees on the structure: secrets before packets.
+    let bytes = std::fs::read(&file).unwrap();
+    let (rest, parsed) = pcap_parser::parse_pcapng(&bytes).expect("valid pcapng");
+    assert!(rest.is_empty());
+    let blocks = &parsed.sections[0].blocks;
+    assert!(matches!(blocks[0], Block::SectionHeader(_)) && matches!(blocks[1], Block::InterfaceDescription(_)));
+    let first_secrets = blocks
+        .iter()
+        .position(|b| matches!(b, Block::DecryptionSecrets(_)))
+        .expect("a DSB");
+    let first_packet = blocks
+        .iter()
+        .position(|b| matches!(b, Block::EnhancedPacket(_)))
+        .expect("packets");
+    assert!(
+        first_secrets < first_packet,
+        "secrets must precede the packets they decrypt"
+    );
+}
+
+#[test]
+fn pcapng_streams_to_stdout() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&[
+        "tls",
+        "-m",
+        "pcap",
+        "-i",
+        "lo",
+        "-w",
+        "-",
+        "tcp",
+        "port",
+        &port.to_string(),
+    ]);
+    let path = format!("/{}", marker("stdout"));
+    run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}{path}")]),
+    );
+    let out = capture.stop();
+    let dir = scratch_dir();
+    let file = dir.path().join("stdout.pcapng");
+    std::fs::write(&file, &out.raw_stdout).unwrap();
+    assert!(
+        decrypted_requests(&file).iter().any(|(uri, _)| uri == &path),
+        "{}",
+        out.stderr
+    );
+}
