@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use crate::target::elf::{ElfImage, FunctionSymbol};
 
 /// Longest stretch of an accessor we decode before giving up.
+#[cfg(target_arch = "x86_64")]
 const MAX_INSTRUCTIONS: usize = 64;
 
 /// Displacements of every memory operand based on the function's first

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use object::elf::{PF_X, PT_LOAD};
 use object::read::elf::{Dyn, ElfFile64, ProgramHeader};
-use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
+use object::{Endianness, Object, ObjectSymbol, SymbolKind};
 
 /// A function symbol placed in the file, checked to lie inside an executable
 /// segment: the only kind of address a uprobe may go on.
@@ -70,28 +70,6 @@ impl ElfImage {
         })
     }
 
-    /// The file offset of `address`, if it lies in an executable segment.
-    pub fn file_offset_of(&self, address: u64) -> Option<u64> {
-        executable_file_offset(&self.parse().ok()?, address)
-    }
-
-    /// The name of the section holding `address`.
-    pub fn section_name_at(&self, address: u64) -> Option<String> {
-        let elf = self.parse().ok()?;
-        elf.sections()
-            .find(|section| address >= section.address() && address < section.address() + section.size())
-            .and_then(|section| section.name().ok().map(str::to_string))
-    }
-
-    /// The machine code of a function found by `function`, from its file
-    /// offset; a symbol without a size gets a short window.
-    pub fn function_code(&self, symbol: &FunctionSymbol) -> Option<&[u8]> {
-        let start = usize::try_from(symbol.file_offset).ok()?;
-        let len = if symbol.size > 0 { symbol.size as usize } else { 256 };
-        let end = start.checked_add(len)?.min(self.data.len());
-        self.data.get(start..end)
-    }
-
     /// The DT_NEEDED entries: the shared libraries this file links against.
     pub fn needed_libraries(&self) -> Vec<String> {
         let Ok(elf) = self.parse() else { return Vec::new() };
@@ -121,6 +99,34 @@ impl ElfImage {
             let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
             &rest[..end]
         })
+    }
+}
+
+/// Reading machine code: so far only the x86_64 decoder does.
+#[cfg(target_arch = "x86_64")]
+impl ElfImage {
+    /// The file offset of `address`, if it lies in an executable segment.
+    pub fn file_offset_of(&self, address: u64) -> Option<u64> {
+        executable_file_offset(&self.parse().ok()?, address)
+    }
+
+    /// The name of the section holding `address`.
+    pub fn section_name_at(&self, address: u64) -> Option<String> {
+        use object::ObjectSection;
+
+        let elf = self.parse().ok()?;
+        elf.sections()
+            .find(|section| address >= section.address() && address < section.address() + section.size())
+            .and_then(|section| section.name().ok().map(str::to_string))
+    }
+
+    /// The machine code of a function found by `function`, from its file
+    /// offset; a symbol without a size gets a short window.
+    pub fn function_code(&self, symbol: &FunctionSymbol) -> Option<&[u8]> {
+        let start = usize::try_from(symbol.file_offset).ok()?;
+        let len = if symbol.size > 0 { symbol.size as usize } else { 256 };
+        let end = start.checked_add(len)?.min(self.data.len());
+        self.data.get(start..end)
     }
 }
 
