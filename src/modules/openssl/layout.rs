@@ -279,6 +279,9 @@ pub struct Selection {
     pub checks: Vec<FieldCheck>,
     /// Why this layout, for the user.
     pub reason: String,
+    /// False when the layout is a guess: a version newer than the known
+    /// releases, or a layout other than the version's own.
+    pub expected: bool,
 }
 
 /// Chooses the layout for `version`, trusting it only if no accessor
@@ -296,6 +299,7 @@ pub fn select(version: &str, image: &ElfImage) -> Result<Selection, String> {
             )
         };
         return Ok(Selection {
+            expected: choice.known,
             layout: choice.layout,
             checks,
             reason,
@@ -313,6 +317,7 @@ pub fn select(version: &str, image: &ElfImage) -> Result<Selection, String> {
     });
     match confirmed {
         Some((layout, checks)) => Ok(Selection {
+            expected: false,
             layout,
             checks,
             reason: format!(

@@ -136,7 +136,12 @@ fn select_key_layout(library: &SslLibrary, image: &ElfImage, forced: bool) -> Re
         let layout = layout::for_version(&version).layout;
         let checks = layout::check(layout, image);
         let reason = format!("--ssl_version {version} forces layout {}", layout.name);
-        layout::Selection { layout, checks, reason }
+        layout::Selection {
+            layout,
+            checks,
+            reason,
+            expected: true,
+        }
     } else {
         layout::select(&version, image).map_err(|err| anyhow!("{}: {err}", image.path().display()))?
     };
@@ -150,12 +155,17 @@ fn select_key_layout(library: &SslLibrary, image: &ElfImage, forced: bool) -> Re
         }
     }
     let checks: Vec<String> = selection.checks.iter().map(ToString::to_string).collect();
-    info!(
+    let detail = format!(
         "{}: {}; {}",
         image.path().display(),
         selection.reason,
         checks.join(", ")
     );
+    if selection.expected {
+        info!("{detail}");
+    } else {
+        warn!("{detail}");
+    }
     Ok(selection)
 }
 
