@@ -3,6 +3,8 @@
 #   make nocore          release build whose BPF objects need no kernel BTF
 #   CROSS_ARCH=arm64 make   aarch64 build from an x86_64 host
 #   make test            unit and end-to-end tests (root; installs what they need)
+#   make bench           throughput, latency, CPU and completeness against no tracer and bpftrace
+#   make bench-quick     the same, under two minutes
 #   make run ARGS="tls --pid 123"
 #   make clean
 
@@ -26,7 +28,7 @@ endif
 TARGET_FLAG := $(if $(RUST_TARGET),--target $(RUST_TARGET))
 RELEASE_DIR := target/$(if $(RUST_TARGET),$(RUST_TARGET)/)release
 
-.PHONY: all nocore deps test e2e unit run clean lint
+.PHONY: all nocore deps test run clean lint bench bench-quick
 
 all: deps
 	$(CARGO) build --release $(TARGET_FLAG)
@@ -47,6 +49,14 @@ test: all
 	@scripts/install-deps.sh all
 	$(CARGO) test --release --bins
 	$(CARGO) test --release --test e2e -- --test-threads=1
+
+bench: all
+	@scripts/install-deps.sh all
+	python3 bench/run.py
+
+bench-quick: all
+	@scripts/install-deps.sh all
+	python3 bench/run.py --quick
 
 run: all
 	bin/ecapture $(ARGS)
