@@ -49,7 +49,7 @@ impl ConnTracker {
             Direction::Egress => 0,
             Direction::Ingress => 1,
         };
-        let parsed = session.http.push(direction, &event.data);
+        let parsed = session.http.push(direction, std::mem::take(&mut event.data));
         out.extend(parsed.into_iter().map(|p| record(&event.meta, p)));
         out
     }

@@ -71,12 +71,19 @@ struct Stream {
 
 impl Http1Session {
     /// Adds bytes of one direction (0 or 1) and returns what they completed.
-    pub fn push(&mut self, direction: usize, data: &[u8]) -> Vec<Parsed> {
+    /// Takes the bytes by value: data that is not HTTP is passed on without
+    /// being copied.
+    pub fn push(&mut self, direction: usize, data: impl Into<Vec<u8>>) -> Vec<Parsed> {
+        let data = data.into();
         let stream = &mut self.streams[direction];
         if stream.raw {
-            return vec![Parsed::Raw(data.to_vec())];
+            return vec![Parsed::Raw(data)];
         }
-        stream.buf.extend_from_slice(data);
+        if stream.buf.is_empty() {
+            stream.buf = data;
+        } else {
+            stream.buf.extend_from_slice(&data);
+        }
         let mut out = Vec::new();
         while !stream.buf.is_empty() {
             match parse_message(&stream.buf, &mut self.head_requests, false) {

@@ -1,7 +1,6 @@
 //! Human-readable output: a header line per record, then the payload as text
 //! when it is printable and as a hexdump otherwise.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +13,7 @@ pub struct TextSink<W: Write> {
     force_hex: bool,
     truncate: Option<usize>,
     /// Reused between records so that rendering does not allocate each time.
-    scratch: String,
+    scratch: Vec<u8>,
 }
 
 impl<W: Write> TextSink<W> {
@@ -23,7 +22,7 @@ impl<W: Write> TextSink<W> {
             out,
             force_hex,
             truncate,
-            scratch: String::new(),
+            scratch: Vec::new(),
         }
     }
 }
@@ -32,7 +31,7 @@ impl<W: Write> Sink for TextSink<W> {
     fn emit(&mut self, record: &Record) -> io::Result<()> {
         self.scratch.clear();
         render(&mut self.scratch, record, self.force_hex, self.truncate);
-        self.out.write_all(self.scratch.as_bytes())
+        self.out.write_all(&self.scratch)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -40,7 +39,7 @@ impl<W: Write> Sink for TextSink<W> {
     }
 }
 
-fn render(out: &mut String, record: &Record, force_hex: bool, truncate: Option<usize>) {
+fn render(out: &mut Vec<u8>, record: &Record, force_hex: bool, truncate: Option<usize>) {
     let meta = &record.meta;
     let (verb, preposition) = match meta.direction {
         Direction::Egress => ("Sent", "to"),
@@ -69,63 +68,62 @@ fn render(out: &mut String, record: &Record, force_hex: bool, truncate: Option<u
     if let Some(pair) = meta.sockets {
         let _ = write!(out, " {preposition} {} (local {})", pair.remote, pair.local);
     }
-    out.push_str(":\n");
+    out.extend_from_slice(b":\n");
     match &record.payload {
         Payload::Http(message) => {
-            let mut shown = String::from_utf8_lossy(&message.head).into_owned();
+            out.extend_from_slice(&message.head);
             if !message.notes.is_empty() {
-                let _ = writeln!(shown, "[body: {}]", message.notes.join("; "));
+                let _ = writeln!(out, "[body: {}]", message.notes.join("; "));
             }
-            out.push_str(&shown);
             render_bytes(out, &message.body, force_hex, truncate);
         }
         Payload::Raw(bytes) => render_bytes(out, bytes, force_hex, truncate),
     }
-    if !out.ends_with('\n') {
-        out.push('\n');
+    if !out.ends_with(b"\n") {
+        out.push(b'\n');
     }
-    out.push('\n');
+    out.push(b'\n');
 }
 
-fn render_bytes(out: &mut String, bytes: &[u8], force_hex: bool, truncate: Option<usize>) {
+fn render_bytes(out: &mut Vec<u8>, bytes: &[u8], force_hex: bool, truncate: Option<usize>) {
     let shown = &bytes[..truncate.map_or(bytes.len(), |n| n.min(bytes.len()))];
-    match std::str::from_utf8(shown) {
-        Ok(text) if !force_hex && is_printable(text) => out.push_str(text),
-        _ => hexdump(out, shown),
+    if !force_hex && is_printable(shown) {
+        out.extend_from_slice(shown);
+    } else {
+        hexdump(out, shown);
     }
     if shown.len() < bytes.len() {
         let _ = write!(out, "\n[{} more bytes not shown]", bytes.len() - shown.len());
     }
 }
 
-fn is_printable(text: &str) -> bool {
-    text.chars().all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+/// UTF-8 text without control characters other than line breaks and tabs.
+/// A byte loop first: it is the hot path for every payload shown.
+fn is_printable(bytes: &[u8]) -> bool {
+    let control = |b: u8| (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')) || b == 0x7f;
+    !bytes.iter().any(|&b| control(b)) && std::str::from_utf8(bytes).is_ok()
 }
 
 /// Offset, 16 bytes in hex, and the same bytes as ASCII.
-fn hexdump(out: &mut String, bytes: &[u8]) {
+fn hexdump(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for (line, row) in bytes.chunks(16).enumerate() {
         let _ = write!(out, "{:08x}  ", line * 16);
         for i in 0..16 {
             match row.get(i) {
-                Some(b) => {
-                    let _ = write!(out, "{b:02x} ");
-                }
-                None => out.push_str("   "),
+                Some(&b) => out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)], b' ']),
+                None => out.extend_from_slice(b"   "),
             }
             if i == 7 {
-                out.push(' ');
+                out.push(b' ');
             }
         }
-        out.push_str(" |");
-        out.extend(row.iter().map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' {
-                b as char
-            } else {
-                '.'
-            }
-        }));
-        out.push_str("|\n");
+        out.extend_from_slice(b" |");
+        out.extend(
+            row.iter()
+                .map(|&b| if b.is_ascii_graphic() || b == b' ' { b } else { b'.' }),
+        );
+        out.extend_from_slice(b"|\n");
     }
 }
 
@@ -181,9 +179,9 @@ mod tests {
     }
 
     fn rendered(payload: Payload, hex: bool, truncate: Option<usize>) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         render(&mut out, &Record { meta: meta(), payload }, hex, truncate);
-        out
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -202,6 +200,13 @@ mod tests {
         assert!(text.contains("|...A|"), "{text}");
         let hex = rendered(Payload::Raw(b"hello".to_vec()), true, None);
         assert!(hex.contains("68 65 6c 6c 6f"), "{hex}");
+        let utf8 = rendered(Payload::Raw("héllo wörld\r\n".as_bytes().to_vec()), false, None);
+        assert!(utf8.contains("héllo wörld\r\n"), "{utf8}");
+        let escape = rendered(Payload::Raw(b"a\x1b[31mred".to_vec()), false, None);
+        assert!(
+            escape.contains("|a.[31mred|"),
+            "terminal escapes are never printed raw: {escape}"
+        );
         let cut = rendered(Payload::Raw(b"hello world".to_vec()), false, Some(5));
         assert!(cut.contains("hello\n[6 more bytes not shown]"), "{cut}");
     }
