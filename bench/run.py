@@ -60,6 +60,17 @@ def proc_stats(pid):
     return cpu, int(hwm.group(1)) if hwm else 0
 
 
+def bpf_program_costs():
+    """Average run time of each ecapture program, from kernel.bpf_stats_enabled."""
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=False).stdout
+    costs = {}
+    for prog in json.loads(out or "[]"):
+        name = prog.get("name", "")
+        if prog.get("run_cnt") and (name.startswith(("ssl_", "handshake_", "sys_enter_"))):
+            costs[name] = prog["run_time_ns"] / prog["run_cnt"]
+    return costs
+
+
 class Tracer:
     """One tracer configuration, started before a workload and stopped after."""
 
@@ -95,6 +106,7 @@ class Tracer:
             return False
         if self.config.startswith("ecapture"):
             self.result["cpu_s"], self.result["rss_kib"] = proc_stats(self.proc.pid)
+            self.result["bpf_ns_per_run"] = bpf_program_costs()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)
@@ -244,6 +256,9 @@ def report(results):
             for field in ["throughput", "p50_ms", "p99_ms", "cpu_s", "rss_kib", "ready_ms", "lost"]:
                 row[field] = summarize([s.get(field) for s in samples])
             row["ratio"] = row["throughput"]["median"] / base
+            costs = [s["bpf_ns_per_run"] for s in samples if s.get("bpf_ns_per_run")]
+            if costs:
+                row["bpf_ns_per_run"] = {name: statistics.median(c[name] for c in costs if name in c) for name in costs[0]}
             if config.startswith("ecapture-text"):
                 row["completeness"] = summarize([s["captured_bytes"] / s["transferred_bytes"] for s in samples
                                                  if "captured_bytes" in s])
@@ -264,6 +279,14 @@ def print_table(table):
               f"{cell('ready_ms', '{:.0f}'):>8} {cell('lost', '{:.0f}'):>5} {cell('completeness', '{:.3f}'):>14}")
 
 
+def print_program_costs(table):
+    print("\nBPF program cost, ns per run (kernel.bpf_stats_enabled, median of rounds):")
+    for row in table:
+        if row.get("bpf_ns_per_run"):
+            costs = ", ".join(f"{name} {ns:.0f}" for name, ns in sorted(row["bpf_ns_per_run"].items()))
+            print(f"  {row['workload']:16} {row['config']:16} {costs}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a run under two minutes")
@@ -277,6 +300,7 @@ def main():
     results = run(args)
     table = report(results)
     print_table(table)
+    print_program_costs(table)
     out_dir = ROOT / "target" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{time.strftime('%Y%m%dT%H%M%S')}{'-quick' if args.quick else ''}.json"

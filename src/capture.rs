@@ -170,74 +170,14 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         ),
         None => None,
     };
-    let mut packet_probes = None;
-    let mut packets = None;
-    if config.mode == Mode::Pcap {
-        let interface = match &config.interface {
-            Some(name) => name.clone(),
-            None => packets::default_route_interface()?,
-        };
-        let ifindex = packets::interface_index(&interface)?;
-        let out: Box<dyn Write> = if config.pcap_file.as_os_str() == "-" {
-            Box::new(BufWriter::new(std::io::stdout()))
-        } else {
-            Box::new(BufWriter::new(File::create(&config.pcap_file).with_context(|| {
-                format!("cannot create the pcapng file {}", config.pcap_file.display())
-            })?))
-        };
-        packets = Some(PacketFile::new(
-            out,
-            &interface,
-            packets::MAX_CAPTURE,
-            config.filter.as_deref(),
-        )?);
-        let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE)?;
-        probes.attach(ifindex, packets::is_loopback(&interface))?;
-        info!(
-            "capturing packets on {interface}{}",
-            config
-                .filter
-                .as_ref()
-                .map_or(String::new(), |f| format!(" matching {f:?}"))
-        );
-        packet_probes = Some(probes);
-    }
-
-    // Targets that keep secrets in different places need separate objects,
-    // since the layout is fixed when an object loads.
-    let mut groups: Vec<(Option<OpensslLayout>, Vec<&HookTarget>)> = Vec::new();
-    for target in &targets {
-        match groups.iter_mut().find(|(layout, _)| *layout == target.key_layout) {
-            Some((_, members)) => members.push(target),
-            None => groups.push((target.key_layout, vec![target])),
+    let (mut packet_probes, packets) = match config.mode {
+        Mode::Pcap => {
+            let (probes, file) = start_packet_capture(config, flavor)?;
+            (Some(probes), Some(file))
         }
-    }
-    let mut objects = Vec::new();
-    let mut tracepoints = 0;
-    for (key_layout, members) in &groups {
-        let settings = ProbeSettings {
-            key_layout: *key_layout,
-            target_pid: config.pid,
-            target_uid: config.uid,
-            ring_buffer_bytes: config.ring_buffer_bytes,
-            wakeup_bytes: u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION,
-        };
-        let mut probes = module.load(flavor, &settings)?;
-        for target in members {
-            for hook in &target.hooks {
-                let offset = hook.symbol.file_offset;
-                probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, config.pid)?;
-                probes.attach_uprobe(hook.return_program, &target.binary, offset, true, config.pid)?;
-                debug!(symbol = %hook.symbol.name, offset = format_args!("{offset:#x}"), binary = %target.binary.display(), "hooked");
-            }
-            info!("hooking {target}");
-        }
-        // Only the data path needs to learn sockets from syscalls.
-        if config.mode == Mode::Text {
-            tracepoints += probes.attach_syscall_tracepoints()?;
-        }
-        objects.push(probes);
-    }
+        _ => (None, None),
+    };
+    let (mut objects, tracepoints) = load_tls_objects(module, config, flavor, &targets)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -337,4 +277,74 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
 
 fn total_lost(objects: &[LoadedProbes]) -> Result<u64> {
     objects.iter().map(LoadedProbes::lost_records).sum()
+}
+
+/// Loads the module's BPF object (one per secrets layout: the layout is fixed
+/// when an object loads) and attaches every hook. Returns the objects and the
+/// number of syscall tracepoints attached.
+fn load_tls_objects(
+    module: &dyn Module,
+    config: &Config,
+    flavor: Flavor,
+    targets: &[HookTarget],
+) -> Result<(Vec<LoadedProbes>, usize)> {
+    let mut groups: Vec<(Option<OpensslLayout>, Vec<&HookTarget>)> = Vec::new();
+    for target in targets {
+        match groups.iter_mut().find(|(layout, _)| *layout == target.key_layout) {
+            Some((_, members)) => members.push(target),
+            None => groups.push((target.key_layout, vec![target])),
+        }
+    }
+    let mut objects = Vec::new();
+    let mut tracepoints = 0;
+    for (key_layout, members) in &groups {
+        let settings = ProbeSettings {
+            key_layout: *key_layout,
+            target_pid: config.pid,
+            target_uid: config.uid,
+            ring_buffer_bytes: config.ring_buffer_bytes,
+            wakeup_bytes: u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION,
+        };
+        let mut probes = module.load(flavor, &settings)?;
+        for target in members {
+            for hook in &target.hooks {
+                let offset = hook.symbol.file_offset;
+                probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, config.pid)?;
+                probes.attach_uprobe(hook.return_program, &target.binary, offset, true, config.pid)?;
+                debug!(symbol = %hook.symbol.name, offset = format_args!("{offset:#x}"), binary = %target.binary.display(), "hooked");
+            }
+            info!("hooking {target}");
+        }
+        // Only the data path needs to learn sockets from syscalls.
+        if config.mode == Mode::Text {
+            tracepoints += probes.attach_syscall_tracepoints()?;
+        }
+        objects.push(probes);
+    }
+    Ok((objects, tracepoints))
+}
+
+/// Opens the pcapng output and starts capturing on the chosen interface.
+fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes, PacketFile<Box<dyn Write>>)> {
+    let interface = match &config.interface {
+        Some(name) => name.clone(),
+        None => packets::default_route_interface()?,
+    };
+    let ifindex = packets::interface_index(&interface)?;
+    let out: Box<dyn Write> = if config.pcap_file.as_os_str() == "-" {
+        Box::new(BufWriter::new(std::io::stdout()))
+    } else {
+        let file = File::create(&config.pcap_file)
+            .with_context(|| format!("cannot create the pcapng file {}", config.pcap_file.display()))?;
+        Box::new(BufWriter::new(file))
+    };
+    let file = PacketFile::new(out, &interface, packets::MAX_CAPTURE, config.filter.as_deref())?;
+    let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE)?;
+    probes.attach(ifindex, packets::is_loopback(&interface))?;
+    let matching = config
+        .filter
+        .as_ref()
+        .map_or(String::new(), |f| format!(" matching {f:?}"));
+    info!("capturing packets on {interface}{matching}");
+    Ok((probes, file))
 }
