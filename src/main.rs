@@ -52,8 +52,7 @@ fn run(cli: Cli) -> Result<()> {
     preflight::check()?;
 
     let mut stdout_sink = TextSink::new(BufWriter::new(std::io::stdout().lock()), config.hex, config.truncate);
-    let mut file_sink =
-        log_file.map(|file| TextSink::new(BufWriter::new(SharedFile(file)), config.hex, config.truncate));
+    let mut file_sink = log_file.map(|file| TextSink::new(SharedFile(file), config.hex, config.truncate));
     let mut sinks: Vec<&mut dyn Sink> = vec![&mut stdout_sink];
     if let Some(sink) = file_sink.as_mut() {
         sinks.push(sink);
@@ -72,7 +71,8 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// The log file, shared between the log writer and the event sink.
+/// The log file, shared between the log writer and the event sink. Unbuffered:
+/// each record and each log line is one write, so they never interleave.
 struct SharedFile(Arc<File>);
 
 impl Write for SharedFile {
