@@ -62,6 +62,9 @@ struct {
 } packets SEC(".maps");
 
 struct packet_meta _packet_meta_btf_anchor = {};
+/* Userspace fills flow_owners with connections that predate the capture. */
+struct flow_key _flow_key_btf_anchor = {};
+struct flow_owner _flow_owner_btf_anchor = {};
 
 static __always_inline void remember_owner(long fd)
 {

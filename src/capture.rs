@@ -22,6 +22,7 @@ use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::packets::{self, PacketProbes, RawPacketMeta};
 use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
+use crate::procnet;
 use crate::sink::Sink;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
@@ -340,6 +341,7 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
     };
     let file = PacketFile::new(out, &interface, packets::MAX_CAPTURE, config.filter.as_deref())?;
     let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE)?;
+    probes.add_owners(&procnet::connection_owners())?;
     probes.attach(ifindex, packets::is_loopback(&interface))?;
     let matching = config
         .filter

@@ -2,9 +2,9 @@
 //! protocol state, and names its sockets when the kernel could not.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::event::{DataEvent, Direction, EventMeta, SocketPair};
+use crate::procnet;
 use crate::proto::http1::{Http1Session, Parsed};
 use crate::sink::{Payload, Record};
 
@@ -83,47 +83,10 @@ fn record(meta: &EventMeta, parsed: Parsed) -> Record {
 /// Names the TCP connection behind `fd` from /proc, for kernels where the
 /// probes cannot read sockets (no BTF). Once per session, never per event.
 pub fn sockets_from_procfs(pid: u32, fd: i32) -> Option<SocketPair> {
-    if fd < 0 {
-        return None;
-    }
-    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_string();
-    ["tcp", "tcp6"].iter().find_map(|table| {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
-        find_in_tcp_table(&text, &inode)
-    })
-}
-
-/// Finds the socket with `inode` in a /proc/net/tcp{,6} table.
-fn find_in_tcp_table(table: &str, inode: &str) -> Option<SocketPair> {
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(9) != Some(&inode) {
-            return None;
-        }
-        Some(SocketPair {
-            local: parse_proc_addr(fields.get(1)?)?,
-            remote: parse_proc_addr(fields.get(2)?)?,
-        })
-    })
-}
-
-/// "0100007F:1F90" (IPv4) or 32 hex digits and a port (IPv6). The kernel
-/// prints each 32-bit word of the address in host order.
-fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
-    let (addr_hex, port_hex) = text.split_once(':')?;
-    let port = u16::from_str_radix(port_hex, 16).ok()?;
-    let mut bytes = Vec::with_capacity(16);
-    for word in addr_hex.as_bytes().chunks(8) {
-        let value = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
-        bytes.extend_from_slice(&value.to_ne_bytes());
-    }
-    let ip: IpAddr = match bytes.len() {
-        4 => Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(),
-        16 => Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).into(),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+    let inode = procnet::socket_inode(pid, fd)?;
+    procnet::tcp_sockets(pid)
+        .into_iter()
+        .find_map(|(found, pair)| (found == inode).then_some(pair))
 }
 
 #[cfg(test)]
@@ -141,12 +104,6 @@ mod tests {
         assert_eq!(pair.remote, listener.local_addr().unwrap());
         assert_eq!(pair.local, client.local_addr().unwrap());
         assert!(sockets_from_procfs(std::process::id(), -1).is_none());
-    }
-
-    #[test]
-    fn parses_ipv6_table_addresses() {
-        let addr = parse_proc_addr("00000000000000000000000001000000:20FB").unwrap();
-        assert_eq!(addr, "[::1]:8443".parse().unwrap());
     }
 
     fn event(fd: i32, direction: Direction, data: &[u8]) -> DataEvent {

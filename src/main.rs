@@ -9,6 +9,7 @@ mod logging;
 mod modules;
 mod preflight;
 mod probe;
+mod procnet;
 mod proto;
 mod sink;
 mod target;

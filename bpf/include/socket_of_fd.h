@@ -86,6 +86,23 @@ static __always_inline __u64 socket_of_fd(int fd)
 	return (__u64)BPF_CORE_READ(sock, sk);
 }
 
+static __always_inline bool is_v4_mapped(const __u8 *addr)
+{
+	const __u32 *words = (const __u32 *)addr;
+
+	return words[0] == 0 && words[1] == 0 && words[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void unmap_v4(__u8 *addr)
+{
+	__u32 *words = (__u32 *)addr;
+
+	words[0] = words[3];
+	words[1] = 0;
+	words[2] = 0;
+	words[3] = 0;
+}
+
 static __always_inline void read_conn_tuple(__u64 sk_addr, struct conn_tuple *tuple)
 {
 	struct sock_common *skc = (struct sock_common *)sk_addr;
@@ -97,6 +114,13 @@ static __always_inline void read_conn_tuple(__u64 sk_addr, struct conn_tuple *tu
 	} else if (family == ECAP_AF_INET6) {
 		bpf_core_read(tuple->local_addr, sizeof(tuple->local_addr), &skc->skc_v6_rcv_saddr);
 		bpf_core_read(tuple->remote_addr, sizeof(tuple->remote_addr), &skc->skc_v6_daddr);
+		/* A dual-stack socket talking IPv4 holds ::ffff:a.b.c.d; name it as
+		 * the IPv4 connection its packets carry. */
+		if (is_v4_mapped(tuple->local_addr) && is_v4_mapped(tuple->remote_addr)) {
+			unmap_v4(tuple->local_addr);
+			unmap_v4(tuple->remote_addr);
+			family = ECAP_AF_INET;
+		}
 	} else {
 		return;
 	}

@@ -3,15 +3,17 @@
 //! connection. Detaching restores the interface as it was found.
 
 use std::mem::MaybeUninit;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{
-    Link, MapCore, OpenObject, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook, TcHookBuilder,
+    Link, MapCore, MapFlags, OpenObject, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook, TcHookBuilder,
 };
 
 use super::{Flavor, explain_bpf_error, load_skeleton};
+use crate::event::SocketPair;
 
 #[cfg(bpf_core)]
 mod packets_core {
@@ -28,8 +30,15 @@ pub use packets_core::types::packet_meta as RawPacketMeta;
 #[cfg(all(bpf_nocore, not(bpf_core)))]
 pub use packets_nocore::types::packet_meta as RawPacketMeta;
 
-// SAFETY: a C struct of integers and byte arrays; any bit pattern is valid.
+#[cfg(bpf_core)]
+use packets_core::types::{flow_key as FlowKey, flow_owner as FlowOwner};
+#[cfg(all(bpf_nocore, not(bpf_core)))]
+use packets_nocore::types::{flow_key as FlowKey, flow_owner as FlowOwner};
+
+// SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawPacketMeta {}
+unsafe impl plain::Plain for FlowKey {}
+unsafe impl plain::Plain for FlowOwner {}
 
 /// Largest packet prefix one perf sample carries.
 pub const MAX_CAPTURE: u32 = 65535 - 512;
@@ -121,6 +130,43 @@ impl PacketProbes {
         Ok(())
     }
 
+    /// Records the owners of connections that were open before the capture
+    /// started, which no connect() or accept() will announce.
+    pub fn add_owners(&self, owners: &[(u32, String, SocketPair)]) -> Result<()> {
+        let map = self
+            .skel
+            .object()
+            .maps()
+            .find(|m| m.name() == "flow_owners")
+            .ok_or_else(|| anyhow!("no flow_owners map"))?;
+        for (pid, comm, pair) in owners {
+            let (family, local, remote) = match (pair.local.ip(), pair.remote.ip()) {
+                (IpAddr::V4(l), IpAddr::V4(r)) => (AF_INET, padded(&l.octets()), padded(&r.octets())),
+                (IpAddr::V6(l), IpAddr::V6(r)) => (AF_INET6, l.octets(), r.octets()),
+                _ => continue,
+            };
+            let key = FlowKey {
+                family,
+                src_port: pair.local.port(),
+                dst_port: pair.remote.port(),
+                src_addr: local,
+                dst_addr: remote,
+                ..Default::default()
+            };
+            let mut owner = FlowOwner {
+                pid: *pid,
+                ..Default::default()
+            };
+            for (slot, byte) in owner.comm.iter_mut().zip(comm.bytes().take(15)) {
+                *slot = byte as _;
+            }
+            // SAFETY: plain C structs, viewed as their bytes.
+            let (key, owner) = unsafe { (plain::as_bytes(&key), plain::as_bytes(&owner)) };
+            map.update(key, owner, MapFlags::ANY)?;
+        }
+        Ok(())
+    }
+
     /// Hands every packet sample (header then bytes) to `on_sample`, and the
     /// count of samples perf dropped to `on_lost`.
     pub fn perf_buffer<'a>(
@@ -171,6 +217,15 @@ impl Drop for PacketProbes {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+fn padded(ipv4: &[u8; 4]) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..4].copy_from_slice(ipv4);
+    out
 }
 
 fn clsact_hook(ifindex: i32) -> libbpf_sys::bpf_tc_hook {

@@ -153,22 +153,8 @@ fn openssl_s_server_keys_tls12() {
     if !e2e_enabled() {
         return;
     }
-    let (cert, key) = certificate();
-    let port = free_port();
-    // -www answers a GET with a status page; keep stdin open.
-    let mut server = Guard::spawn(
-        "openssl s_server",
-        Command::new("openssl")
-            .args(["s_server", "-www", "-tls1_2", "-accept", &port.to_string()])
-            .arg("-cert")
-            .arg(cert)
-            .arg("-key")
-            .arg(key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    // -www answers a GET with a status page.
+    let (mut server, port) = spawn_s_server(&["-www", "-tls1_2"]);
     let path = format!("/{}", marker("s_server"));
     let pid = server.pid().to_string();
     let (keys, uris) = keylog_run(port, &["--pid", &pid], || curl(port, &path, &[]));

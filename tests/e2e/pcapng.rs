@@ -169,3 +169,53 @@ fn pcapng_streams_to_stdout() {
         out.stderr
     );
 }
+
+#[test]
+fn connections_open_before_the_capture_are_attributed_too() {
+    use std::io::Write;
+
+    if !e2e_enabled() {
+        return;
+    }
+    let (mut server, port) = spawn_s_server(&["-quiet", "-naccept", "1"]);
+    let mut client = spawn_s_client(port);
+    let replies = Lines::of(client.child.stdout.take().unwrap());
+    let next_reply = || replies.next();
+    // The connection is up before ecapture starts.
+    writeln!(server.child.stdin.as_mut().unwrap(), "before").unwrap();
+    assert_eq!(next_reply(), "before");
+
+    let dir = scratch_dir();
+    let file = dir.path().join("late.pcapng");
+    let capture = Capture::start(&[
+        "tls",
+        "-m",
+        "pcap",
+        "-i",
+        "lo",
+        "-w",
+        file.to_str().unwrap(),
+        "tcp",
+        "port",
+        &port.to_string(),
+    ]);
+    writeln!(server.child.stdin.as_mut().unwrap(), "after").unwrap();
+    assert_eq!(next_reply(), "after");
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    drop(client.child.stdin.take());
+    drop(server.child.stdin.take());
+
+    let comments = run_peer(
+        "tshark",
+        Command::new("tshark")
+            .arg("-r")
+            .arg(&file)
+            .args(["-T", "fields", "-e", "frame.comment"]),
+    );
+    let server_pid = format!("pid={} comm=openssl", server.pid());
+    assert!(
+        comments.lines().any(|c| c == server_pid),
+        "no packet names the server:\n{comments}"
+    );
+}

@@ -366,3 +366,83 @@ pub fn tls_client_get(binary: &Path, port: u16, path: &str) {
     );
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
 }
+
+/// `openssl s_server` on a fresh port with our certificate, its stdin piped
+/// (it sends what arrives there, and stops at its end). Returns once it listens.
+pub fn spawn_s_server(options: &[&str]) -> (Guard, u16) {
+    let (cert, key) = certificate();
+    let port = free_port();
+    let server = Guard::spawn(
+        "openssl s_server",
+        Command::new("openssl")
+            .arg("s_server")
+            .args(options)
+            .args(["-accept", &port.to_string()])
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // Probing with a connection would use up -naccept: watch the socket table.
+    let listening = |port: u16| {
+        let port_hex = format!(":{port:04X} ");
+        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+            std::fs::read_to_string(table).unwrap_or_default().lines().any(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                fields
+                    .get(1)
+                    .is_some_and(|local| format!("{local} ").ends_with(&port_hex))
+                    && fields.get(3) == Some(&"0A")
+            })
+        })
+    };
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    while !listening(port) {
+        assert!(Instant::now() < deadline, "s_server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, port)
+}
+
+/// Lines a child prints, read on a thread so that every wait is bounded.
+pub struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    pub fn of(output: impl Read + Send + 'static) -> Lines {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            std::io::BufRead::lines(std::io::BufReader::new(output))
+                .map_while(Result::ok)
+                .try_for_each(|line| sender.send(line))
+        });
+        Lines(receiver)
+    }
+
+    pub fn next(&self) -> String {
+        self.0
+            .recv_timeout(PEER_TIMEOUT)
+            .expect("the peer printed a line in time")
+    }
+}
+
+/// `openssl s_client` connected to `port`, stdin and stdout piped; it ends
+/// when its stdin does.
+pub fn spawn_s_client(port: u16) -> Guard {
+    Guard::spawn(
+        "openssl s_client",
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-no_ign_eof",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+}
