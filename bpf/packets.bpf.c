@@ -208,13 +208,13 @@ static __always_inline int capture(struct __sk_buff *skb, enum packet_direction 
 	return TC_ACT_OK;
 }
 
-SEC("tc")
+SEC("tcx/ingress")
 int capture_ingress(struct __sk_buff *skb)
 {
 	return capture(skb, PACKET_INGRESS);
 }
 
-SEC("tc")
+SEC("tcx/egress")
 int capture_egress(struct __sk_buff *skb)
 {
 	return capture(skb, PACKET_EGRESS);

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use anyhow::{Context, Result, anyhow, bail};
+use libbpf_rs::AsRawLibbpf;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{
     Link, MapCore, MapFlags, OpenObject, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook, TcHookBuilder,
@@ -104,7 +105,6 @@ impl PacketProbes {
                 self.links.push(link);
             }
         }
-        self.created_qdisc_on = create_clsact(ifindex)?.then_some(ifindex);
         let points: &[(&str, TcAttachPoint)] = if loopback {
             &[("capture_egress", TC_EGRESS)]
         } else {
@@ -115,6 +115,18 @@ impl PacketProbes {
                 .progs()
                 .find(|p| p.name() == program)
                 .ok_or_else(|| anyhow!("BPF program {program} is missing"))?;
+            // A TCX link (Linux 6.6) goes away with the process, even a killed
+            // one; a clsact filter outlives it, so it is only the fallback.
+            match attach_tcx(&prog, ifindex) {
+                Ok(link) => {
+                    self.links.push(link);
+                    continue;
+                }
+                Err(err) => tracing::debug!("TCX unavailable ({err}); using a clsact filter"),
+            }
+            if self.created_qdisc_on.is_none() && create_clsact(ifindex)? {
+                self.created_qdisc_on = Some(ifindex);
+            }
             let mut hook = TcHookBuilder::new(prog.as_fd())
                 .ifindex(ifindex)
                 .handle(TC_HANDLE)
@@ -226,6 +238,22 @@ fn padded(ipv4: &[u8; 4]) -> [u8; 16] {
     let mut out = [0; 16];
     out[..4].copy_from_slice(ipv4);
     out
+}
+
+/// Attaches a classifier as a TCX link, after any already there.
+fn attach_tcx(prog: &libbpf_rs::Program<'_>, ifindex: i32) -> std::io::Result<Link> {
+    let opts = libbpf_sys::bpf_tcx_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_tcx_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: a loaded program, a valid options struct; libbpf returns NULL
+    // and sets errno on failure, or a link we then own.
+    let link = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), ifindex, &opts) };
+    match std::ptr::NonNull::new(link) {
+        // SAFETY: a link libbpf just created, owned by nothing else.
+        Some(link) => Ok(unsafe { Link::from_ptr(link) }),
+        None => Err(std::io::Error::last_os_error()),
+    }
 }
 
 fn clsact_hook(ifindex: i32) -> libbpf_sys::bpf_tc_hook {

@@ -12,6 +12,12 @@ fn qdiscs(interface: &str) -> String {
     run_peer("tc", Command::new("tc").args(["qdisc", "show", "dev", interface]))
 }
 
+/// A TCX link (bpftool 7.1 prints its type as 11) or a clsact qdisc.
+fn classifier_attached() -> bool {
+    let links = run_peer("bpftool", Command::new("bpftool").args(["link", "show"]));
+    links.lines().any(|l| l.contains(": tcx ") || l.contains(": type 11 ")) || qdiscs("lo").contains("clsact")
+}
+
 /// tshark's fields for the HTTP requests it can decrypt from `file` alone.
 fn decrypted_requests(file: &std::path::Path) -> Vec<(String, String)> {
     let out = run_peer(
@@ -60,7 +66,7 @@ fn tshark_decrypts_the_file_alone_and_comments_name_the_process() {
         "port",
         &port.to_string(),
     ]);
-    assert!(qdiscs("lo").contains("clsact"), "no clsact qdisc while capturing");
+    assert!(classifier_attached(), "no TC classifier while capturing");
     let (v13, v12, other) = (
         format!("/{}", marker("pcap13")),
         format!("/{}", marker("pcap12")),
@@ -180,10 +186,11 @@ fn connections_open_before_the_capture_are_attributed_too() {
     let (mut server, port) = spawn_s_server(&["-quiet", "-naccept", "1"]);
     let mut client = spawn_s_client(port);
     let replies = Lines::of(client.child.stdout.take().unwrap());
-    let next_reply = || replies.next();
     // The connection is up before ecapture starts.
+    // The client speaks first: s_server reads its stdin only once a session is up.
+    writeln!(client.child.stdin.as_mut().unwrap(), "hello").unwrap();
     writeln!(server.child.stdin.as_mut().unwrap(), "before").unwrap();
-    assert_eq!(next_reply(), "before");
+    assert_eq!(replies.next(), "before");
 
     let dir = scratch_dir();
     let file = dir.path().join("late.pcapng");
@@ -200,7 +207,7 @@ fn connections_open_before_the_capture_are_attributed_too() {
         &port.to_string(),
     ]);
     writeln!(server.child.stdin.as_mut().unwrap(), "after").unwrap();
-    assert_eq!(next_reply(), "after");
+    assert_eq!(replies.next(), "after");
     let out = capture.stop();
     assert!(out.status.success(), "{}", out.stderr);
     drop(client.child.stdin.take());

@@ -208,6 +208,21 @@ impl Capture {
     }
 }
 
+/// A test that fails mid-capture still stops ecapture the way a user would,
+/// so that it detaches everything; SIGKILL only if it does not exit in time.
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.guard.child.try_wait() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + EXIT_TIMEOUT;
+            while Instant::now() < deadline && matches!(self.guard.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 fn read_lossy(path: &Path) -> String {
     let mut bytes = Vec::new();
     if let Ok(mut file) = File::open(path) {
