@@ -8,6 +8,15 @@ use pcap_parser::pcapng::Block;
 
 use crate::support::*;
 
+/// `ecapture tls -m pcapng` on loopback into `output`, for one TCP port.
+fn capture_port(output: &str, port: u16, extra: &[&str]) -> Capture {
+    let port = port.to_string();
+    let mut args = vec!["tls", "-m", "pcapng", "-i", "lo", "-w", output];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["tcp", "port", &port]);
+    Capture::start(&args)
+}
+
 fn qdiscs(interface: &str) -> String {
     run_peer("tc", Command::new("tc").args(["qdisc", "show", "dev", interface]))
 }
@@ -52,20 +61,7 @@ fn tshark_decrypts_the_file_alone_and_comments_name_the_process() {
     let file = dir.path().join("capture.pcapng");
     let keylog = dir.path().join("keys.log");
     let qdiscs_before = qdiscs("lo");
-    let capture = Capture::start(&[
-        "tls",
-        "-m",
-        "pcapng",
-        "-i",
-        "lo",
-        "-w",
-        file.to_str().unwrap(),
-        "-k",
-        keylog.to_str().unwrap(),
-        "tcp",
-        "port",
-        &port.to_string(),
-    ]);
+    let capture = capture_port(file.to_str().unwrap(), port, &["-k", keylog.to_str().unwrap()]);
     assert!(classifier_attached(), "no TC classifier while capturing");
     let (v13, v12, other) = (
         format!("/{}", marker("pcap13")),
@@ -148,18 +144,7 @@ fn pcapng_streams_to_stdout() {
         return;
     }
     let (_server, port) = start_https_server();
-    let capture = Capture::start(&[
-        "tls",
-        "-m",
-        "pcap",
-        "-i",
-        "lo",
-        "-w",
-        "-",
-        "tcp",
-        "port",
-        &port.to_string(),
-    ]);
+    let capture = capture_port("-", port, &[]);
     let path = format!("/{}", marker("stdout"));
     run_peer(
         "curl",
@@ -194,18 +179,7 @@ fn connections_open_before_the_capture_are_attributed_too() {
 
     let dir = scratch_dir();
     let file = dir.path().join("late.pcapng");
-    let capture = Capture::start(&[
-        "tls",
-        "-m",
-        "pcap",
-        "-i",
-        "lo",
-        "-w",
-        file.to_str().unwrap(),
-        "tcp",
-        "port",
-        &port.to_string(),
-    ]);
+    let capture = capture_port(file.to_str().unwrap(), port, &[]);
     writeln!(server.child.stdin.as_mut().unwrap(), "after").unwrap();
     assert_eq!(replies.next(), "after");
     let out = capture.stop();
