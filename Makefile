@@ -46,16 +46,16 @@ lint: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test: all
-	@scripts/install-deps.sh all
+	@scripts/install-deps.sh test
 	$(CARGO) test --release --bins
 	$(CARGO) test --release --test e2e -- --test-threads=1
 
 bench: all
-	@scripts/install-deps.sh all
+	@scripts/install-deps.sh test
 	python3 bench/run.py
 
 bench-quick: all
-	@scripts/install-deps.sh all
+	@scripts/install-deps.sh test
 	python3 bench/run.py --quick
 
 run: all

@@ -3,23 +3,25 @@
 # Safe to run repeatedly: it only calls apt-get when a package is missing.
 set -euo pipefail
 
-build_pkgs=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config linux-libc-dev make)
+build_pkgs=(clang llvm gcc libc6-dev libelf-dev zlib1g-dev libpcap-dev pkg-config linux-libc-dev make)
 cross_pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross linux-libc-dev-arm64-cross qemu-user-static)
 cross_arm64_libs=(libelf-dev:arm64 zlib1g-dev:arm64 libpcap-dev:arm64)
 test_pkgs=(curl openssl libssl-dev python3 android-libboringssl android-libboringssl-dev
            tshark nginx wrk bpftrace bpftool iproute2 procps)
 
+# build: `make`; cross: `CROSS_ARCH=arm64 make`; test: `make test` and `make bench`; all: everything.
+mode="${1:-all}"
 want=("${build_pkgs[@]}")
-case "${1:-all}" in
+case "$mode" in
   build) ;;
   cross) want+=("${cross_pkgs[@]}" "${cross_arm64_libs[@]}") ;;
+  test)  want+=("${test_pkgs[@]}") ;;
   all)   want+=("${cross_pkgs[@]}" "${cross_arm64_libs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [build|cross|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|cross|test|all]" >&2; exit 2 ;;
 esac
 
 if [[ " ${want[*]} " == *":arm64 "* ]] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
   dpkg --add-architecture arm64
-  rm -f /var/lib/apt/lists/lock.ecapture-stamp
 fi
 
 missing=()
@@ -36,6 +38,10 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [[ "${1:-all}" != build ]] && command -v rustup >/dev/null; then
-  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+if [[ "$mode" == cross || "$mode" == all ]] && command -v rustup >/dev/null \
+   && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  rustup target add aarch64-unknown-linux-gnu || {
+    echo "install-deps: cannot add the Rust aarch64 target (rustup target add aarch64-unknown-linux-gnu)" >&2
+    exit 1
+  }
 fi
