@@ -12,6 +12,7 @@ use anyhow::Result;
 use crate::cli::{Config, ModuleCommand};
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
+use crate::target::disasm::ProbeSite;
 use crate::target::elf::FunctionSymbol;
 
 /// A function to probe: an entry program on its first instruction, and a
@@ -19,6 +20,8 @@ use crate::target::elf::FunctionSymbol;
 #[derive(Debug, Clone)]
 pub struct Hook {
     pub symbol: FunctionSymbol,
+    /// The instruction the entry probe replaces, and what it costs.
+    pub site: Option<ProbeSite>,
     pub entry_program: &'static str,
     pub return_program: &'static str,
 }
@@ -37,7 +40,14 @@ pub struct HookTarget {
 
 impl fmt::Display for HookTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.hooks.iter().map(|h| h.symbol.name.as_str()).collect();
+        let names: Vec<String> = self
+            .hooks
+            .iter()
+            .map(|h| match &h.site {
+                Some(site) => format!("{} at {:#x} ({site})", h.symbol.name, h.symbol.address),
+                None => format!("{} at {:#x}", h.symbol.name, h.symbol.address),
+            })
+            .collect();
         write!(
             f,
             "{} ({}): {}",

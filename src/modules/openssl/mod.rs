@@ -72,6 +72,7 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
     let (hooks, key_layout) = match config.mode {
         Mode::Text => {
             let hooks = data_functions(&image).into_iter().map(|(symbol, entry_program)| Hook {
+                site: disasm::probe_site(&image, &symbol),
                 symbol,
                 entry_program,
                 return_program: DATA_RETURN,
@@ -85,6 +86,7 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
                 .ok_or_else(|| anyhow!("{} has no SSL_do_handshake to learn session keys from", path.display()))?;
             let data = data_functions(&image).into_iter().map(|(symbol, _)| symbol);
             let hooks = std::iter::once(handshake).chain(data).map(|symbol| Hook {
+                site: disasm::probe_site(&image, &symbol),
                 symbol,
                 entry_program: "handshake_enter",
                 return_program: "handshake_return",
