@@ -118,6 +118,15 @@ static __always_inline bool same_random(const __u8 *a, const __u8 *b)
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
 }
 
+/* Secrets live in zero-filled memory until they are derived; 16 zero bytes
+ * at the start of one means it is not there yet. */
+static __always_inline bool is_zero_secret(const __u8 *secret)
+{
+	const __u64 *words = (const __u64 *)secret;
+
+	return words[0] == 0 && words[1] == 0;
+}
+
 /* Returns > 0 once the handshake is complete (SSL_do_handshake returns 1,
  * reads and writes return bytes or 1). */
 SEC("uretprobe")
@@ -182,6 +191,17 @@ int BPF_URETPROBE(handshake_return, int ret)
 				    (void *)(ssl + layout.server_app_traffic_secret));
 		bpf_probe_read_user(ev->exporter_master_secret, TLS13_SECRET_MAX,
 				    (void *)(ssl + layout.exporter_master_secret));
+		/* A server may return from the handshake before it has read the
+		 * client's Finished, when the client's application secret is not
+		 * derived yet: report the session on a later call instead. */
+		if (is_zero_secret(ev->client_app_traffic_secret) ||
+		    is_zero_secret(ev->server_app_traffic_secret)) {
+			bpf_ringbuf_discard(ev, 0);
+			return 0;
+		}
+	} else if (is_zero_secret(ev->master_key)) {
+		bpf_ringbuf_discard(ev, 0);
+		return 0;
 	}
 	bpf_ringbuf_submit(ev, 0);
 	bpf_map_update_elem(&reported_sessions, &key, random, BPF_ANY);

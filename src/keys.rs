@@ -82,8 +82,13 @@ impl SessionSecrets {
                     ),
                     ("EXPORTER_SECRET", self.exporter_master_secret[..len].to_vec()),
                 ];
-                if self.handshake_secret[..len].iter().all(|&b| b == 0) {
-                    return Err("the TLS 1.3 handshake secret reads as zero".into());
+                let missing = [
+                    ("handshake secret", &self.handshake_secret[..len]),
+                    ("client application secret", &self.client_app_traffic_secret[..len]),
+                    ("server application secret", &self.server_app_traffic_secret[..len]),
+                ];
+                if let Some((name, _)) = missing.iter().find(|(_, secret)| secret.iter().all(|&b| b == 0)) {
+                    return Err(format!("the TLS 1.3 {name} reads as zero"));
                 }
                 let mut lines = String::new();
                 for (label, secret) in secrets {
