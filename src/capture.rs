@@ -82,13 +82,17 @@ impl Pipeline<'_> {
         };
         let secrets = SessionSecrets::from_raw(raw);
         // Both ends of a connection share its client random and its secrets.
-        if !self.keyed_sessions.insert(secrets.client_random) {
+        if self.keyed_sessions.contains(&secrets.client_random) {
             return;
         }
         let lines = match secrets.keylog_lines() {
             Ok(lines) => lines,
-            Err(why) => return warn!("no keys for a session of pid {} {}: {why}", secrets.pid, secrets.comm),
+            Err(why) => {
+                warn!("no keys for a session of pid {} {}: {why}", secrets.pid, secrets.comm);
+                return;
+            }
         };
+        self.keyed_sessions.insert(secrets.client_random);
         if let Some(keylog) = self.keylog.as_mut()
             && let Err(err) = keylog.write(&lines)
         {
@@ -114,10 +118,12 @@ impl Pipeline<'_> {
         // perf hands samples over at 4-byte alignment: copy the header out.
         let mut meta = RawPacketMeta::default();
         if plain::copy_from_bytes(&mut meta, sample).is_err() {
-            return warn!(len = sample.len(), "dropping a malformed packet sample");
+            warn!(len = sample.len(), "dropping a malformed packet sample");
+            return;
         }
         let Some(data) = sample.get(header_len..header_len + meta.captured_len as usize) else {
-            return warn!(len = sample.len(), "dropping a truncated packet sample");
+            warn!(len = sample.len(), "dropping a truncated packet sample");
+            return;
         };
         let comment = (meta.pid != 0).then(|| {
             let comm: Vec<u8> = meta.comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
