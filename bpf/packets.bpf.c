@@ -19,6 +19,7 @@
 #include <bpf/bpf_endian.h>
 #include "packet_event.h"
 #include "socket_of_fd.h"
+#include "syscall_tracepoint.h"
 
 /* Largest sample perf can carry (its size field is 16 bits), less headers. */
 #define MAX_CAPTURE (65535 - 512)
@@ -87,18 +88,6 @@ static __always_inline void remember_owner(long fd)
 	__builtin_memcpy(key.dst_addr, tuple.remote_addr, 16);
 	bpf_map_update_elem(&flow_owners, &key, &owner, BPF_ANY);
 }
-
-struct syscall_enter_ctx {
-	__u64 common;
-	long syscall_nr;
-	unsigned long args[6];
-};
-
-struct syscall_exit_ctx {
-	__u64 common;
-	long syscall_nr;
-	long ret;
-};
 
 SEC("tracepoint/syscalls/sys_enter_connect")
 int connect_enter(struct syscall_enter_ctx *ctx)

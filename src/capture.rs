@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::RingBufferBuilder;
@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::cli::{Config, Mode};
 use crate::conn::ConnTracker;
-use crate::event::{Reassembler, RecordDecoder, monotonic_epoch};
+use crate::event::{Reassembler, RecordDecoder, comm_string};
 use crate::keys::SessionSecrets;
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::{HookTarget, Module};
@@ -54,7 +54,6 @@ struct Pipeline<'s> {
     keylog: Option<KeylogWriter>,
     packets: Option<PacketFile<Box<dyn Write>>>,
     keyed_sessions: HashSet<[u8; 32]>,
-    boot_time: SystemTime,
     summary: Summary,
 }
 
@@ -125,11 +124,8 @@ impl Pipeline<'_> {
             warn!(len = sample.len(), "dropping a truncated packet sample");
             return;
         };
-        let comment = (meta.pid != 0).then(|| {
-            let comm: Vec<u8> = meta.comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-            format!("pid={} comm={}", meta.pid, String::from_utf8_lossy(&comm))
-        });
-        let time = self.boot_time + Duration::from_nanos(meta.timestamp_ns);
+        let comment = (meta.pid != 0).then(|| format!("pid={} comm={}", meta.pid, comm_string(&meta.comm)));
+        let time = self.decoder.wall_clock(meta.timestamp_ns);
         packets.push(time, data, meta.len, comment);
     }
 
@@ -199,7 +195,6 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         keylog,
         packets,
         keyed_sessions: HashSet::new(),
-        boot_time: monotonic_epoch(),
         summary: Summary::default(),
     });
     let maps: Vec<(libbpf_rs::Map<'_>, libbpf_rs::Map<'_>)> = objects

@@ -71,6 +71,11 @@ impl RecordDecoder {
         }
     }
 
+    /// The wall-clock time of a bpf_ktime_get_ns() stamp.
+    pub fn wall_clock(&self, monotonic_ns: u64) -> SystemTime {
+        self.boot_time + Duration::from_nanos(monotonic_ns)
+    }
+
     /// Returns None for a record too short to hold its own header.
     pub fn decode<'a>(&mut self, record: &'a [u8]) -> Option<Chunk<'a>> {
         let header = record.get(..HEADER_LEN)?;
@@ -80,15 +85,13 @@ impl RecordDecoder {
         staging[..HEADER_LEN].copy_from_slice(header);
         let raw = &*self.staging;
         let data = record.get(HEADER_LEN..HEADER_LEN + raw.data_len as usize)?;
-        let comm_len = raw.comm.iter().position(|&c| c == 0).unwrap_or(raw.comm.len());
-        let comm: Vec<u8> = raw.comm[..comm_len].iter().map(|&c| c as u8).collect();
         Some(Chunk {
             meta: EventMeta {
-                timestamp: self.boot_time + Duration::from_nanos(raw.timestamp_ns),
+                timestamp: self.wall_clock(raw.timestamp_ns),
                 pid: raw.pid,
                 tid: raw.tid,
                 uid: raw.uid,
-                comm: String::from_utf8_lossy(&comm).into_owned(),
+                comm: comm_string(&raw.comm),
                 fd: raw.fd,
                 conn_id: raw.conn_id,
                 direction: if raw.direction == 0 {
@@ -109,6 +112,12 @@ impl RecordDecoder {
             data,
         })
     }
+}
+
+/// A task's comm as the kernel gives it: a C char array, NUL-padded.
+pub fn comm_string(comm: &[i8]) -> String {
+    let bytes: Vec<u8> = comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 const AF_INET: u16 = 2;
@@ -136,7 +145,7 @@ fn socket_pair(
 }
 
 /// Wall-clock time at which CLOCK_MONOTONIC (bpf_ktime_get_ns) was zero.
-pub fn monotonic_epoch() -> SystemTime {
+fn monotonic_epoch() -> SystemTime {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use hkdf::Hkdf;
 use sha2::{Sha256, Sha384};
 
+use crate::event::comm_string;
 use crate::probe::RawMasterSecret;
 
 const TLS1_2_VERSION: u32 = 0x0303;
@@ -29,11 +30,9 @@ pub struct SessionSecrets {
 
 impl SessionSecrets {
     pub fn from_raw(raw: &RawMasterSecret) -> Self {
-        let comm_len = raw.comm.iter().position(|&c| c == 0).unwrap_or(raw.comm.len());
-        let comm: Vec<u8> = raw.comm[..comm_len].iter().map(|&c| c as u8).collect();
         SessionSecrets {
             pid: raw.pid,
-            comm: String::from_utf8_lossy(&comm).into_owned(),
+            comm: comm_string(&raw.comm),
             tls_version: raw.tls_version,
             cipher_id: raw.cipher_id,
             client_random: raw.client_random,

@@ -11,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include "tls_event.h"
 #include "socket_of_fd.h"
+#include "syscall_tracepoint.h"
 
 /* Set by userspace before load; the verifier prunes what they disable. */
 const volatile __u32 target_pid = 0;   /* tgid to keep, 0 = all */
@@ -284,13 +285,6 @@ static __always_inline int note_socket_fd(long fd)
 	bpf_map_update_elem(&session_sockets, &key, &fresh, BPF_ANY);
 	return 0;
 }
-
-/* The layout of every syscalls:sys_enter_* tracepoint record. */
-struct syscall_enter_ctx {
-	__u64 common;
-	long syscall_nr;
-	unsigned long args[6];
-};
 
 #define NOTE_FD_OF_SYSCALL(name)                                             \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                          \
