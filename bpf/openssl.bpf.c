@@ -55,24 +55,38 @@ int BPF_URETPROBE(ssl_call_return, int ret)
 struct openssl_layout {
 	__u32 ssl_type;           /* 3.2+: SSL_TYPE_SSL_CONNECTION is 0; ABSENT before */
 	__u32 version;            /* int ssl->version */
-	__u32 session;            /* SSL_SESSION *ssl->session */
-	__u32 s3_pointer;         /* up to 1.1.1: struct ssl3_state_st *ssl->s3; else ABSENT */
+	__u32 session;            /* SSL_SESSION *, in ssl or (session_in_s3) in s3 */
+	__u32 session_in_s3;      /* BoringSSL: s3->established_session */
+	__u32 session_version;    /* BoringSSL: uint16_t session->ssl_version; else ABSENT */
+	__u32 s3_pointer;         /* struct ssl3_state_st *ssl->s3 (up to 1.1.1, BoringSSL); else ABSENT */
 	__u32 client_random;      /* s3.client_random[32], from ssl or from *s3_pointer */
 	__u32 session_master_key; /* session->master_key[] */
 	__u32 session_cipher;     /* const SSL_CIPHER *session->cipher */
-	__u32 session_cipher_id;  /* unsigned long session->cipher_id */
+	__u32 session_cipher_id;  /* unsigned long session->cipher_id; ABSENT in BoringSSL */
 	__u32 cipher_id;          /* uint32_t cipher->id */
+	/* OpenSSL's TLS 1.3 secrets, in the SSL object. */
 	__u32 handshake_secret;
 	__u32 handshake_traffic_hash;
 	__u32 client_app_traffic_secret;
 	__u32 server_app_traffic_secret;
 	__u32 exporter_master_secret;
+	/* BoringSSL's, in its handshake object; s3_handshake is ABSENT elsewhere. */
+	__u32 s3_handshake;            /* SSL_HANDSHAKE *s3->hs */
+	__u32 s3_write_traffic_secret; /* s3->write_traffic_secret[] */
+	__u32 s3_exporter_secret;      /* s3->exporter_secret[] */
+	__u32 hs_hash_len;             /* low byte of the secrets' length */
+	__u32 hs_client_handshake_secret;
+	__u32 hs_server_handshake_secret;
+	__u32 hs_client_traffic_secret_0;
+	__u32 hs_server_traffic_secret_0;
 };
 
 const volatile struct openssl_layout layout = {};
 
 #define TLS1_3_VERSION 0x0304
 #define ABSENT 0xffffffff
+/* SSL_MAX_MD_SIZE: BoringSSL's secrets are at most SHA-384 long. */
+#define BORINGSSL_SECRET_MAX 48
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -111,7 +125,7 @@ int BPF_UPROBE(handshake_enter, void *ssl)
 	return 0;
 }
 
-static __always_inline bool same_random(const __u8 *a, const __u8 *b)
+static __always_inline bool same_32_bytes(const __u8 *a, const __u8 *b)
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
@@ -127,6 +141,43 @@ static __always_inline bool is_zero_secret(const __u8 *secret)
 	return words[0] == 0 && words[1] == 0;
 }
 
+/* A session is its SSL object in its process, reported once per client
+ * random: an object reused for a new connection is a new session. */
+static __always_inline bool already_reported(struct session_key *key, __u64 pid_tgid, __u64 ssl,
+					     const __u8 *random)
+{
+	__u8 *reported;
+
+	key->tgid = pid_tgid >> 32;
+	key->conn_id = ssl;
+	reported = bpf_map_lookup_elem(&reported_sessions, key);
+	return reported && same_32_bytes(reported, random);
+}
+
+/* A zeroed record for the session, saying whose and when. */
+static __always_inline struct master_secret_event *start_report(const struct session_key *key,
+								 const __u8 *random, int version)
+{
+	struct master_secret_event *ev = bpf_ringbuf_reserve(&key_events, sizeof(*ev), 0);
+
+	if (!ev)
+		return NULL;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->timestamp_ns = bpf_ktime_get_ns();
+	ev->pid = key->tgid;
+	ev->tls_version = version;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	__builtin_memcpy(ev->client_random, random, TLS_RANDOM_LEN);
+	return ev;
+}
+
+static __always_inline void send_report(struct master_secret_event *ev, const struct session_key *key,
+					const __u8 *random)
+{
+	bpf_ringbuf_submit(ev, 0);
+	bpf_map_update_elem(&reported_sessions, key, random, BPF_ANY);
+}
+
 /* Returns > 0 once the handshake is complete (SSL_do_handshake returns 1,
  * reads and writes return bytes or 1). */
 SEC("uretprobe")
@@ -136,7 +187,6 @@ int BPF_URETPROBE(handshake_return, int ret)
 	struct session_key key = {};
 	struct master_secret_event *ev;
 	__u8 random[TLS_RANDOM_LEN];
-	__u8 *reported;
 	__u64 *stashed, ssl, s3 = 0, session = 0, cipher = 0;
 	__u32 ssl_type = 0;
 	int version = 0;
@@ -158,28 +208,26 @@ int BPF_URETPROBE(handshake_return, int ret)
 		return 0;
 	if (bpf_probe_read_user(random, sizeof(random), (void *)(s3 + layout.client_random)))
 		return 0;
-	key.tgid = pid_tgid >> 32;
-	key.conn_id = ssl;
-	reported = bpf_map_lookup_elem(&reported_sessions, &key);
-	if (reported && same_random(reported, random))
+	if (already_reported(&key, pid_tgid, ssl, random))
 		return 0;
-	if (bpf_probe_read_user(&session, sizeof(session), (void *)(ssl + layout.session)) || !session)
+	if (bpf_probe_read_user(&session, sizeof(session),
+				(void *)((layout.session_in_s3 ? s3 : ssl) + layout.session)) || !session)
 		return 0;
-	bpf_probe_read_user(&version, sizeof(version), (void *)(ssl + layout.version));
+	if (layout.session_version != ABSENT)
+		bpf_probe_read_user(&version, sizeof(__u16), (void *)(session + layout.session_version));
+	else
+		bpf_probe_read_user(&version, sizeof(version), (void *)(ssl + layout.version));
+	/* BoringSSL's TLS 1.3 secrets went out while its Finished flight was written. */
+	if (version == TLS1_3_VERSION && layout.s3_handshake != ABSENT)
+		return 0;
 
-	ev = bpf_ringbuf_reserve(&key_events, sizeof(*ev), 0);
+	ev = start_report(&key, random, version);
 	if (!ev)
 		return 0;
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->timestamp_ns = bpf_ktime_get_ns();
-	ev->pid = key.tgid;
-	ev->tls_version = version;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	__builtin_memcpy(ev->client_random, random, sizeof(random));
 	bpf_probe_read_user(ev->master_key, sizeof(ev->master_key), (void *)(session + layout.session_master_key));
 	if (!bpf_probe_read_user(&cipher, sizeof(cipher), (void *)(session + layout.session_cipher)) && cipher)
 		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(cipher + layout.cipher_id));
-	else
+	else if (layout.session_cipher_id != ABSENT)
 		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(session + layout.session_cipher_id));
 	if (version == TLS1_3_VERSION) {
 		bpf_probe_read_user(ev->handshake_secret, TLS13_SECRET_MAX, (void *)(ssl + layout.handshake_secret));
@@ -203,9 +251,84 @@ int BPF_URETPROBE(handshake_return, int ret)
 		bpf_ringbuf_discard(ev, 0);
 		return 0;
 	}
-	bpf_ringbuf_submit(ev, 0);
-	bpf_map_update_elem(&reported_sessions, &key, random, BPF_ANY);
+	send_report(ev, &key, random);
 	return 0;
 }
+
+/*
+ * BoringSSL frees its handshake object, the only holder of the TLS 1.3
+ * handshake traffic secrets, before SSL_do_handshake returns. Every secret
+ * exists once the library writes its Finished flight (a client's last
+ * flight, a server's first), so they are read at the write syscalls of a
+ * thread inside a hooked call.
+ */
+static __always_inline int read_boringssl_secrets(void)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct session_key key = {};
+	struct master_secret_event *ev;
+	__u8 random[TLS_RANDOM_LEN], written[TLS_RANDOM_LEN];
+	__u64 *stashed, ssl, s3 = 0, hs = 0;
+	__u8 hash_len = 0;
+
+	stashed = bpf_map_lookup_elem(&handshake_calls, &pid_tgid);
+	if (!stashed)
+		return 0;
+	ssl = *stashed;
+	if (bpf_probe_read_user(&s3, sizeof(s3), (void *)(ssl + layout.s3_pointer)) || !s3)
+		return 0;
+	if (bpf_probe_read_user(&hs, sizeof(hs), (void *)(s3 + layout.s3_handshake)) || !hs)
+		return 0;
+	/* Zero until the server's hello fixes the hash: nothing to read yet. */
+	if (bpf_probe_read_user(&hash_len, sizeof(hash_len), (void *)(hs + layout.hs_hash_len)) ||
+	    (hash_len != 32 && hash_len != 48))
+		return 0;
+	if (bpf_probe_read_user(random, sizeof(random), (void *)(s3 + layout.client_random)))
+		return 0;
+	if (already_reported(&key, pid_tgid, ssl, random))
+		return 0;
+
+	ev = start_report(&key, random, TLS1_3_VERSION);
+	if (!ev)
+		return 0;
+	bpf_probe_read_user(ev->client_app_traffic_secret, BORINGSSL_SECRET_MAX,
+			    (void *)(hs + layout.hs_client_traffic_secret_0));
+	bpf_probe_read_user(ev->server_app_traffic_secret, BORINGSSL_SECRET_MAX,
+			    (void *)(hs + layout.hs_server_traffic_secret_0));
+	/* The first flight of a client, or a TLS 1.2 handshake. */
+	if (is_zero_secret(ev->client_app_traffic_secret) || is_zero_secret(ev->server_app_traffic_secret)) {
+		bpf_ringbuf_discard(ev, 0);
+		return 0;
+	}
+	bpf_probe_read_user(ev->client_handshake_traffic_secret, BORINGSSL_SECRET_MAX,
+			    (void *)(hs + layout.hs_client_handshake_secret));
+	bpf_probe_read_user(ev->server_handshake_traffic_secret, BORINGSSL_SECRET_MAX,
+			    (void *)(hs + layout.hs_server_handshake_secret));
+	bpf_probe_read_user(ev->exporter_master_secret, BORINGSSL_SECRET_MAX,
+			    (void *)(s3 + layout.s3_exporter_secret));
+	/* The flight is encrypted with this end's application secret by now. */
+	bpf_probe_read_user(written, sizeof(written), (void *)(s3 + layout.s3_write_traffic_secret));
+	if (same_32_bytes(written, ev->client_app_traffic_secret) ||
+	    same_32_bytes(written, ev->server_app_traffic_secret))
+		ev->handshake_form = HANDSHAKE_SECRETS_AS_HELD;
+	else
+		ev->handshake_form = HANDSHAKE_SECRETS_CONTRADICTED;
+	ev->secret_len = hash_len;
+	send_report(ev, &key, random);
+	return 0;
+}
+
+/* Attached for BoringSSL only; the data path has its own sys_enter_ programs. */
+#define READ_BORINGSSL_SECRETS_AT(name)                                      \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                          \
+	int boringssl_sys_enter_##name(struct syscall_enter_ctx *ctx)        \
+	{                                                                    \
+		return read_boringssl_secrets();                             \
+	}
+
+READ_BORINGSSL_SECRETS_AT(write)
+READ_BORINGSSL_SECRETS_AT(writev)
+READ_BORINGSSL_SECRETS_AT(sendto)
+READ_BORINGSSL_SECRETS_AT(sendmsg)
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -317,9 +317,12 @@ fn load_tls_objects(
             }
             info!("hooking {target}");
         }
-        // Only the data path needs to learn sockets from syscalls.
+        // The data path learns sockets from syscalls; BoringSSL's TLS 1.3
+        // secrets are read as the handshake writes to its socket.
         if config.mode == Mode::Text {
-            tracepoints += probes.attach_syscall_tracepoints()?;
+            tracepoints += probes.attach_syscall_tracepoints("")?;
+        } else if key_layout.is_some_and(|layout| layout.handshake_object.is_some()) {
+            tracepoints += probes.attach_syscall_tracepoints("boringssl_")?;
         }
         objects.push(probes);
     }

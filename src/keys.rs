@@ -12,6 +12,29 @@ use crate::probe::RawMasterSecret;
 const TLS1_2_VERSION: u32 = 0x0303;
 const TLS1_3_VERSION: u32 = 0x0304;
 
+/// enum handshake_secrets_form in bpf/include/tls_keys.h.
+const HANDSHAKE_SECRETS_TO_DERIVE: u8 = 0;
+const HANDSHAKE_SECRETS_AS_HELD: u8 = 1;
+
+/// Where a TLS 1.3 session's handshake traffic secrets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeSecrets {
+    /// OpenSSL keeps the handshake secret and the transcript hash they are
+    /// derived from; the cipher suite sizes them.
+    ToDerive {
+        handshake_secret: [u8; 64],
+        transcript_hash: [u8; 64],
+    },
+    /// BoringSSL keeps the secrets themselves, `len` bytes long.
+    AsHeld {
+        client: [u8; 64],
+        server: [u8; 64],
+        len: usize,
+    },
+    /// BoringSSL, where the run-time check of the layout failed.
+    Contradicted,
+}
+
 /// The secrets of one TLS session, as read from the library.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSecrets {
@@ -21,8 +44,7 @@ pub struct SessionSecrets {
     pub cipher_id: u32,
     pub client_random: [u8; 32],
     pub master_key: [u8; 48],
-    pub handshake_secret: [u8; 64],
-    pub handshake_traffic_hash: [u8; 64],
+    pub handshake: HandshakeSecrets,
     pub client_app_traffic_secret: [u8; 64],
     pub server_app_traffic_secret: [u8; 64],
     pub exporter_master_secret: [u8; 64],
@@ -30,6 +52,18 @@ pub struct SessionSecrets {
 
 impl SessionSecrets {
     pub fn from_raw(raw: &RawMasterSecret) -> Self {
+        let handshake = match raw.handshake_form {
+            HANDSHAKE_SECRETS_TO_DERIVE => HandshakeSecrets::ToDerive {
+                handshake_secret: raw.handshake_secret,
+                transcript_hash: raw.handshake_traffic_hash,
+            },
+            HANDSHAKE_SECRETS_AS_HELD => HandshakeSecrets::AsHeld {
+                client: raw.client_handshake_traffic_secret,
+                server: raw.server_handshake_traffic_secret,
+                len: usize::from(raw.secret_len).min(raw.client_handshake_traffic_secret.len()),
+            },
+            _ => HandshakeSecrets::Contradicted,
+        };
         SessionSecrets {
             pid: raw.pid,
             comm: comm_string(&raw.comm),
@@ -37,8 +71,7 @@ impl SessionSecrets {
             cipher_id: raw.cipher_id,
             client_random: raw.client_random,
             master_key: raw.master_key,
-            handshake_secret: raw.handshake_secret,
-            handshake_traffic_hash: raw.handshake_traffic_hash,
+            handshake,
             client_app_traffic_secret: raw.client_app_traffic_secret,
             server_app_traffic_secret: raw.server_app_traffic_secret,
             exporter_master_secret: raw.exporter_master_secret,
@@ -51,38 +84,16 @@ impl SessionSecrets {
         let random = hex::encode(self.client_random);
         match self.tls_version {
             TLS1_3_VERSION => {
-                let hash = Tls13Hash::for_cipher(self.cipher_id)
-                    .ok_or_else(|| format!("unknown TLS 1.3 cipher suite {:#x}", self.cipher_id))?;
-                let len = hash.len();
+                let (len, client_handshake, server_handshake) = self.handshake_traffic_secrets()?;
                 let secrets = [
-                    (
-                        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
-                        hash.expand_label(
-                            &self.handshake_secret[..len],
-                            "c hs traffic",
-                            &self.handshake_traffic_hash[..len],
-                        ),
-                    ),
-                    (
-                        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-                        hash.expand_label(
-                            &self.handshake_secret[..len],
-                            "s hs traffic",
-                            &self.handshake_traffic_hash[..len],
-                        ),
-                    ),
-                    (
-                        "CLIENT_TRAFFIC_SECRET_0",
-                        self.client_app_traffic_secret[..len].to_vec(),
-                    ),
-                    (
-                        "SERVER_TRAFFIC_SECRET_0",
-                        self.server_app_traffic_secret[..len].to_vec(),
-                    ),
-                    ("EXPORTER_SECRET", self.exporter_master_secret[..len].to_vec()),
+                    ("CLIENT_HANDSHAKE_TRAFFIC_SECRET", &client_handshake[..]),
+                    ("SERVER_HANDSHAKE_TRAFFIC_SECRET", &server_handshake[..]),
+                    ("CLIENT_TRAFFIC_SECRET_0", &self.client_app_traffic_secret[..len]),
+                    ("SERVER_TRAFFIC_SECRET_0", &self.server_app_traffic_secret[..len]),
+                    ("EXPORTER_SECRET", &self.exporter_master_secret[..len]),
                 ];
                 let missing = [
-                    ("handshake secret", &self.handshake_secret[..len]),
+                    ("handshake secret", &client_handshake[..]),
                     ("client application secret", &self.client_app_traffic_secret[..len]),
                     ("server application secret", &self.server_app_traffic_secret[..len]),
                 ];
@@ -102,6 +113,31 @@ impl SessionSecrets {
                 Ok(format!("CLIENT_RANDOM {random} {}\n", hex::encode(self.master_key)))
             }
             other => Err(format!("unknown TLS version {other:#x}")),
+        }
+    }
+
+    /// The secrets' length and the client's and server's handshake traffic
+    /// secrets.
+    fn handshake_traffic_secrets(&self) -> Result<(usize, Vec<u8>, Vec<u8>), String> {
+        match &self.handshake {
+            HandshakeSecrets::ToDerive {
+                handshake_secret,
+                transcript_hash,
+            } => {
+                let hash = Tls13Hash::for_cipher(self.cipher_id)
+                    .ok_or_else(|| format!("unknown TLS 1.3 cipher suite {:#x}", self.cipher_id))?;
+                let len = hash.len();
+                let derive = |label| hash.expand_label(&handshake_secret[..len], label, &transcript_hash[..len]);
+                Ok((len, derive("c hs traffic"), derive("s hs traffic")))
+            }
+            HandshakeSecrets::AsHeld { client, server, len } if matches!(len, 32 | 48) => {
+                Ok((*len, client[..*len].to_vec(), server[..*len].to_vec()))
+            }
+            HandshakeSecrets::AsHeld { len, .. } => Err(format!("secrets of {len} bytes fit no TLS 1.3 hash")),
+            HandshakeSecrets::Contradicted => Err(
+                "the BoringSSL layout does not fit this library: its write traffic secret matches neither application secret (force another with --ssl_version)"
+                    .into(),
+            ),
         }
     }
 }
@@ -199,8 +235,10 @@ mod tests {
             cipher_id,
             client_random: [0xab; 32],
             master_key: [0x11; 48],
-            handshake_secret: padded(HANDSHAKE_SECRET),
-            handshake_traffic_hash: padded(HELLO_HASH),
+            handshake: HandshakeSecrets::ToDerive {
+                handshake_secret: padded(HANDSHAKE_SECRET),
+                transcript_hash: padded(HELLO_HASH),
+            },
             client_app_traffic_secret: padded(CLIENT_AP),
             server_app_traffic_secret: [0x22; 64],
             exporter_master_secret: padded(EXPORTER),
@@ -224,6 +262,26 @@ mod tests {
             "{sha384}"
         );
         assert!(secrets(TLS1_3_VERSION, 0x0300_c02f).keylog_lines().is_err());
+    }
+
+    #[test]
+    fn boringssl_handshake_secrets_are_used_as_held() {
+        let mut session = secrets(TLS1_3_VERSION, 0);
+        session.handshake = HandshakeSecrets::AsHeld {
+            client: padded(CLIENT_HS),
+            server: padded(SERVER_HS),
+            len: 32,
+        };
+        let lines = session.keylog_lines().unwrap();
+        let random = "ab".repeat(32);
+        assert!(
+            lines.starts_with(&format!(
+                "CLIENT_HANDSHAKE_TRAFFIC_SECRET {random} {CLIENT_HS}\nSERVER_HANDSHAKE_TRAFFIC_SECRET {random} {SERVER_HS}\n"
+            )),
+            "{lines}"
+        );
+        session.handshake = HandshakeSecrets::Contradicted;
+        assert!(session.keylog_lines().unwrap_err().contains("does not fit"));
     }
 
     #[test]

@@ -147,15 +147,37 @@ macro_rules! write_layout_fields {
             server_app_traffic_secret: 0,
             exporter_master_secret: 0,
         });
+        let hs = layout
+            .handshake_object
+            .unwrap_or(crate::modules::openssl::layout::HandshakeObjectOffsets {
+                s3_handshake: ABSENT,
+                s3_write_traffic_secret: 0,
+                s3_exporter_secret: 0,
+                hash_len: 0,
+                client_handshake_secret: 0,
+                server_handshake_secret: 0,
+                client_traffic_secret_0: 0,
+                server_traffic_secret_0: 0,
+            });
         target.ssl_type = layout.ssl_type.unwrap_or(ABSENT);
         target.version = layout.version;
         target.session = layout.session;
+        target.session_in_s3 = u32::from(layout.session_in_s3);
+        target.session_version = layout.session_version.unwrap_or(ABSENT);
         target.s3_pointer = layout.s3_pointer.unwrap_or(ABSENT);
         target.client_random = layout.client_random;
         target.session_master_key = layout.session_master_key;
         target.session_cipher = layout.session_cipher;
-        target.session_cipher_id = layout.session_cipher_id;
+        target.session_cipher_id = layout.session_cipher_id.unwrap_or(ABSENT);
         target.cipher_id = layout.cipher_id;
+        target.s3_handshake = hs.s3_handshake;
+        target.s3_write_traffic_secret = hs.s3_write_traffic_secret;
+        target.s3_exporter_secret = hs.s3_exporter_secret;
+        target.hs_hash_len = hs.hash_len;
+        target.hs_client_handshake_secret = hs.client_handshake_secret;
+        target.hs_server_handshake_secret = hs.server_handshake_secret;
+        target.hs_client_traffic_secret_0 = hs.client_traffic_secret_0;
+        target.hs_server_traffic_secret_0 = hs.server_traffic_secret_0;
         target.handshake_secret = tls13.handshake_secret;
         target.handshake_traffic_hash = tls13.handshake_traffic_hash;
         target.client_app_traffic_secret = tls13.client_app_traffic_secret;
@@ -253,23 +275,23 @@ impl LoadedProbes {
         Ok(())
     }
 
-    /// Attaches every `sys_enter_*` program to its syscall tracepoint.
-    pub fn attach_syscall_tracepoints(&mut self) -> Result<usize> {
-        let names: Vec<String> = self
+    /// Attaches every program named `{prefix}sys_enter_NAME` to the syscall
+    /// tracepoint sys_enter_NAME.
+    pub fn attach_syscall_tracepoints(&mut self, prefix: &str) -> Result<usize> {
+        let names: Vec<(String, String)> = self
             .object()
             .progs()
             .filter_map(|prog| {
-                prog.name()
-                    .to_str()
-                    .filter(|n| n.starts_with("sys_enter_"))
-                    .map(String::from)
+                let name = prog.name().to_str()?;
+                let tracepoint = name.strip_prefix(prefix).filter(|t| t.starts_with("sys_enter_"))?;
+                Some((name.to_string(), tracepoint.to_string()))
             })
             .collect();
-        for name in &names {
+        for (name, tracepoint) in &names {
             let link = self
                 .program(name)?
-                .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, name)
-                .with_context(|| format!("attaching tracepoint syscalls:{name}"))?;
+                .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, tracepoint)
+                .with_context(|| format!("attaching {name} to tracepoint syscalls:{tracepoint}"))?;
             self.links.push(link);
         }
         Ok(names.len())

@@ -1,71 +1,164 @@
 //! Reading machine code: which fields of its first argument a small function
-//! touches. Used to check struct layouts against the library at hand.
+//! touches, and through which pointers. Used to check struct layouts against
+//! the library at hand.
 
 use std::collections::BTreeSet;
 
 use crate::target::elf::{ElfImage, FunctionSymbol};
 
-/// Longest stretch of an accessor we decode before giving up.
+/// Longest stretch of a function we decode before giving up.
 #[cfg(target_arch = "x86_64")]
 const MAX_INSTRUCTIONS: usize = 64;
 
-/// Displacements of every memory operand based on the function's first
-/// argument (or a register copied from it), on the straight path from its
-/// entry to its first return or tail jump. None when the function is missing
-/// or the architecture has no decoder here.
+/// Instructions decoded over all the branches of one accessor.
 #[cfg(target_arch = "x86_64")]
-pub fn first_argument_offsets(image: &ElfImage, function: &str) -> Option<BTreeSet<u64>> {
+const MAX_EXPLORED: usize = 512;
+
+/// A field reached from the first argument: `[0x30, 0x110]` is the field at
+/// 0x110 of the object whose pointer is at 0x30 of the argument. The last
+/// step may be an address taken (a `lea`, or an `add` to a pointer) rather
+/// than a load, as when an accessor passes an array to memcpy.
+pub type FieldPath = Vec<u64>;
+
+/// Every field path the function touches on any branch from its entry up to
+/// its returns and tail jumps. None when the function is missing, does not
+/// decode, or the architecture has no decoder here.
+#[cfg(target_arch = "x86_64")]
+pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPath>> {
+    use std::collections::{BTreeMap, HashSet};
+
     use iced_x86::{
         Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
     };
 
-    let symbol = image.function(function)?;
-    let code = image.function_code(&symbol)?;
-    let mut decoder = Decoder::with_ip(64, code, symbol.address, DecoderOptions::NONE);
-    let mut info_factory = InstructionInfoFactory::new();
-    let mut holders: BTreeSet<Register> = BTreeSet::from([Register::RDI]);
-    let mut offsets = BTreeSet::new();
-    for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
-        if instruction.is_invalid() {
-            return None;
-        }
-        let base = instruction.memory_base().full_register();
-        if (0..instruction.op_count()).any(|i| instruction.op_kind(i) == OpKind::Memory)
-            && holders.contains(&base)
-            && instruction.memory_index() == Register::None
-        {
-            offsets.insert(instruction.memory_displacement64());
-        }
-        let copies_argument = instruction.mnemonic() == Mnemonic::Mov
-            && instruction.op0_kind() == OpKind::Register
-            && instruction.op1_kind() == OpKind::Register
-            && holders.contains(&instruction.op1_register().full_register());
-        let written: Vec<Register> = info_factory
-            .info(&instruction)
-            .used_registers()
-            .iter()
-            .filter(|used| {
-                matches!(
-                    used.access(),
-                    OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite
-                )
-            })
-            .map(|used| used.register().full_register())
-            .collect();
-        for register in written {
-            holders.remove(&register);
-        }
-        if copies_argument {
-            holders.insert(instruction.op0_register().full_register());
-        }
-        if matches!(
-            instruction.flow_control(),
-            FlowControl::Return | FlowControl::UnconditionalBranch
-        ) {
-            break;
+    /// A register's value: the pointer reached by following `loads` from the
+    /// argument, plus `bias` bytes.
+    #[derive(Clone)]
+    struct Derived {
+        loads: FieldPath,
+        bias: u64,
+    }
+    impl Derived {
+        fn field(&self, displacement: u64) -> FieldPath {
+            let mut path = self.loads.clone();
+            path.push(self.bias.wrapping_add(displacement));
+            path
         }
     }
-    Some(offsets)
+    // The System V calls may overwrite these.
+    const CALLER_SAVED: [Register; 9] = [
+        Register::RAX,
+        Register::RCX,
+        Register::RDX,
+        Register::RSI,
+        Register::RDI,
+        Register::R8,
+        Register::R9,
+        Register::R10,
+        Register::R11,
+    ];
+
+    let symbol = image.function(function)?;
+    let code = image.function_code(&symbol)?;
+    let end = symbol.address + code.len() as u64;
+    let argument = Derived {
+        loads: Vec::new(),
+        bias: 0,
+    };
+    let mut pending = vec![(symbol.address, BTreeMap::from([(Register::RDI, argument)]))];
+    let mut started = HashSet::new();
+    let mut info_factory = InstructionInfoFactory::new();
+    let mut paths = BTreeSet::new();
+    let mut explored = 0;
+    while let Some((start, mut registers)) = pending.pop() {
+        if !started.insert(start) {
+            continue;
+        }
+        let from = usize::try_from(start - symbol.address).ok()?;
+        let mut decoder = Decoder::with_ip(64, &code[from..], start, DecoderOptions::NONE);
+        for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
+            explored += 1;
+            if instruction.is_invalid() || explored > MAX_EXPLORED {
+                return None;
+            }
+            let mut result: Option<Derived> = None;
+            let has_memory_operand = (0..instruction.op_count()).any(|i| instruction.op_kind(i) == OpKind::Memory);
+            let base = registers.get(&instruction.memory_base().full_register());
+            if let Some(base) = base.filter(|_| has_memory_operand && instruction.memory_index() == Register::None) {
+                let field = base.field(instruction.memory_displacement64());
+                let to_pointer = instruction.op0_kind() == OpKind::Register && instruction.op0_register().is_gpr64();
+                result = match instruction.mnemonic() {
+                    Mnemonic::Mov if to_pointer && instruction.op1_kind() == OpKind::Memory => Some(Derived {
+                        loads: field.clone(),
+                        bias: 0,
+                    }),
+                    Mnemonic::Lea => Some(Derived {
+                        loads: base.loads.clone(),
+                        bias: *field.last().expect("a field path is never empty"),
+                    }),
+                    _ => None,
+                };
+                paths.insert(field);
+            }
+            let source = registers.get(&instruction.op1_register().full_register());
+            if instruction.op0_kind() == OpKind::Register && instruction.op1_kind() == OpKind::Register {
+                if instruction.mnemonic() == Mnemonic::Mov {
+                    result = source.cloned();
+                }
+            } else if instruction.mnemonic() == Mnemonic::Add
+                && instruction.op0_kind() == OpKind::Register
+                && matches!(instruction.op1_kind(), OpKind::Immediate8to64 | OpKind::Immediate32to64)
+                && let Some(pointer) = registers.get(&instruction.op0_register().full_register())
+            {
+                let moved = Derived {
+                    loads: pointer.loads.clone(),
+                    bias: pointer.bias.wrapping_add(instruction.immediate(1)),
+                };
+                paths.insert(moved.field(0));
+                result = Some(moved);
+            }
+            let written: Vec<Register> = info_factory
+                .info(&instruction)
+                .used_registers()
+                .iter()
+                .filter(|used| {
+                    matches!(
+                        used.access(),
+                        OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite
+                    )
+                })
+                .map(|used| used.register().full_register())
+                .collect();
+            for register in written {
+                registers.remove(&register);
+            }
+            let flow = instruction.flow_control();
+            if matches!(flow, FlowControl::Call | FlowControl::IndirectCall) {
+                for register in CALLER_SAVED {
+                    registers.remove(&register);
+                }
+            }
+            if let Some(value) = result {
+                registers.insert(instruction.op0_register().full_register(), value);
+            }
+            let target = instruction.near_branch_target();
+            let inside = (symbol.address..end).contains(&target);
+            match flow {
+                FlowControl::ConditionalBranch if inside => pending.push((target, registers.clone())),
+                FlowControl::UnconditionalBranch if inside => {
+                    pending.push((target, registers));
+                    break;
+                }
+                FlowControl::Return
+                | FlowControl::UnconditionalBranch
+                | FlowControl::IndirectBranch
+                | FlowControl::Interrupt
+                | FlowControl::Exception => break,
+                _ => {}
+            }
+        }
+    }
+    Some(paths)
 }
 
 /// The function that both `plain` and `extended` call first, when `extended`
@@ -177,7 +270,7 @@ pub fn shared_callee(_image: &ElfImage, _plain: &str, _extended: &str) -> Option
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub fn first_argument_offsets(_image: &ElfImage, _function: &str) -> Option<BTreeSet<u64>> {
+pub fn field_paths(_image: &ElfImage, _function: &str) -> Option<BTreeSet<FieldPath>> {
     None
 }
 
@@ -186,18 +279,37 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    fn has(paths: &BTreeSet<FieldPath>, path: &[u64]) -> bool {
+        paths.contains(path)
+    }
+
     #[test]
     fn reads_field_offsets_of_libssl_accessors() {
         let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap();
         // SSL_CIPHER_get_id is `mov eax, [rdi+0x18]; ret` in every 1.1.1+ build.
         assert_eq!(
-            first_argument_offsets(&image, "SSL_CIPHER_get_id"),
-            Some(BTreeSet::from([0x18]))
+            field_paths(&image, "SSL_CIPHER_get_id"),
+            Some(BTreeSet::from([vec![0x18]]))
         );
         // SSL_SESSION_get_master_key copies rdi elsewhere before using it.
-        let master = first_argument_offsets(&image, "SSL_SESSION_get_master_key").unwrap();
-        assert!(master.contains(&0x50), "{master:?}");
-        assert_eq!(first_argument_offsets(&image, "no_such_function"), None);
+        let master = field_paths(&image, "SSL_SESSION_get_master_key").unwrap();
+        assert!(has(&master, &[0x50]), "{master:?}");
+        assert_eq!(field_paths(&image, "no_such_function"), None);
+    }
+
+    #[test]
+    fn follows_pointers_and_branches_in_boringssl_accessors() {
+        let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/android/libssl.so.0")).unwrap();
+        // ssl->s3->client_random, passed to memcpy as s3 + 0x30.
+        let random = field_paths(&image, "SSL_get_client_random").unwrap();
+        assert!(has(&random, &[0x30, 0x30]), "{random:?}");
+        // ssl->s3->hs->early_session on one branch, ssl->s3->established_session on another.
+        let session = field_paths(&image, "SSL_get_session").unwrap();
+        for path in [&[0x30, 0x110, 0x5e0][..], &[0x30, 0x1c8], &[0x58]] {
+            assert!(has(&session, path), "{path:x?} in {session:x?}");
+        }
+        // A callee may overwrite rax: what it held before the call is forgotten.
+        assert!(!has(&session, &[0x30, 0x110, 0x1c8]), "{session:x?}");
     }
 
     #[test]

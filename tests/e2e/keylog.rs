@@ -80,6 +80,24 @@ fn keylog_run(port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec
     (text, decrypted_uris(&pcap, &keylog))
 }
 
+/// All five TLS 1.3 labels and the TLS 1.2 one, once each.
+fn assert_one_tls13_and_one_tls12_session(keys: &str) {
+    for label in [
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+        "CLIENT_TRAFFIC_SECRET_0",
+        "SERVER_TRAFFIC_SECRET_0",
+        "EXPORTER_SECRET",
+        "CLIENT_RANDOM",
+    ] {
+        assert_eq!(
+            keys.lines().filter(|l| l.starts_with(&format!("{label} "))).count(),
+            1,
+            "{label}:\n{keys}"
+        );
+    }
+}
+
 fn curl(port: u16, path: &str, extra: &[&str]) {
     run_peer(
         "curl",
@@ -120,20 +138,7 @@ fn client_side_keys_tls13_and_tls12() {
         uris.contains(&v13) && uris.contains(&v12),
         "tshark decrypted {uris:?}\n{keys}"
     );
-    for label in [
-        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
-        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-        "CLIENT_TRAFFIC_SECRET_0",
-        "SERVER_TRAFFIC_SECRET_0",
-        "EXPORTER_SECRET",
-        "CLIENT_RANDOM",
-    ] {
-        assert_eq!(
-            keys.lines().filter(|l| l.starts_with(&format!("{label} "))).count(),
-            1,
-            "{label}:\n{keys}"
-        );
-    }
+    assert_one_tls13_and_one_tls12_session(&keys);
 }
 
 #[test]
@@ -172,7 +177,27 @@ fn statically_linked_client_keys() {
     let (_server, port) = start_https_server();
     let path = format!("/{}", marker("static-keys"));
     let (keys, uris) = keylog_run(port, &["--libssl", binary.to_str().unwrap()], || {
-        tls_client_get(&binary, port, &path)
+        tls_client_get(&binary, port, &path, &[])
     });
     assert_eq!(uris, [path], "{keys}");
+}
+
+#[test]
+fn boringssl_client_keys_tls13_and_tls12() {
+    if !e2e_enabled() {
+        return;
+    }
+    let binary = boringssl_client();
+    let (_server, port) = start_https_server();
+    let (v13, v12) = (format!("/{}", marker("bssl13")), format!("/{}", marker("bssl12")));
+    let (keys, uris) = keylog_run(port, &["--libssl", BORINGSSL_LIBSSL], || {
+        tls_client_get(&binary, port, &v13, &[]);
+        tls_client_get(&binary, port, &v12, &["1.2"]);
+    });
+    assert!(
+        uris.contains(&v13) && uris.contains(&v12),
+        "tshark decrypted {uris:?}\n{keys}"
+    );
+    // BoringSSL's handshake secrets are taken as held, not derived.
+    assert_one_tls13_and_one_tls12_session(&keys);
 }

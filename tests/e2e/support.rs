@@ -372,12 +372,32 @@ pub fn static_openssl_client() -> PathBuf {
     )
 }
 
-/// Sends a GET for `path` with a tls_client build and checks the reply.
-pub fn tls_client_get(binary: &Path, port: u16, path: &str) {
+/// Android's BoringSSL as Debian ships it.
+pub const BORINGSSL_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/android/libssl.so.0";
+
+/// tests/peers/tls_client.c linked against BoringSSL.
+pub fn boringssl_client() -> PathBuf {
+    let dir = Path::new(BORINGSSL_LIBSSL).parent().unwrap().display().to_string();
+    build_tls_client(
+        "tls_boringssl",
+        &[
+            "-I/usr/include/android",
+            &format!("-Wl,-rpath,{dir}"),
+            BORINGSSL_LIBSSL,
+            &format!("{dir}/libcrypto.so.0"),
+        ],
+    )
+}
+
+/// Sends a GET for `path` with a tls_client build and checks the reply;
+/// `options` go after the request (["1.2"] caps the protocol at TLS 1.2).
+pub fn tls_client_get(binary: &Path, port: u16, path: &str, options: &[&str]) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let reply = run_peer(
         "tls_client",
-        Command::new(binary).args(["127.0.0.1", &port.to_string(), &request]),
+        Command::new(binary)
+            .args(["127.0.0.1", &port.to_string(), &request])
+            .args(options),
     );
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
 }

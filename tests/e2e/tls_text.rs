@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::support::*;
 
 const SYSTEM_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
-const BORINGSSL_DIR: &str = "/usr/lib/x86_64-linux-gnu/android";
 
 #[test]
 fn curl_request_and_gzip_chunked_response_are_whole_messages() {
@@ -126,7 +125,7 @@ fn openssl_linked_statically_into_a_program() {
     let (_server, port) = start_https_server();
     let capture = Capture::start(&["tls", "--libssl", binary.to_str().unwrap()]);
     let path = format!("/{}", marker("static"));
-    tls_client_get(&binary, port, &path);
+    tls_client_get(&binary, port, &path, &[]);
     let out = capture.stop();
     assert!(
         out.stderr.contains("OpenSSL 3."),
@@ -142,24 +141,15 @@ fn openssl_linked_statically_into_a_program() {
 }
 
 #[test]
-fn boringssl_client() {
+fn boringssl_client_text() {
     if !e2e_enabled() {
         return;
     }
-    let libssl = format!("{BORINGSSL_DIR}/libssl.so.0");
-    let binary = build_tls_client(
-        "tls_boringssl",
-        &[
-            "-I/usr/include/android",
-            &format!("-Wl,-rpath,{BORINGSSL_DIR}"),
-            &libssl,
-            &format!("{BORINGSSL_DIR}/libcrypto.so.0"),
-        ],
-    );
+    let binary = boringssl_client();
     let (_server, port) = start_https_server();
-    let capture = Capture::start(&["tls", "--libssl", &libssl]);
+    let capture = Capture::start(&["tls", "--libssl", BORINGSSL_LIBSSL]);
     let path = format!("/{}", marker("boringssl"));
-    tls_client_get(&binary, port, &path);
+    tls_client_get(&binary, port, &path, &[]);
     let out = capture.stop();
     assert!(out.stderr.contains("BoringSSL"), "{}", out.stderr);
     let request = find_record(

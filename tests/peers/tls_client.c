@@ -1,5 +1,6 @@
 /* A minimal TLS client for ecapture's end-to-end tests, built against
- * OpenSSL (linked statically) or BoringSSL. Sends argv[3], prints the reply. */
+ * OpenSSL (linked statically) or BoringSSL. Sends argv[3], prints the reply.
+ * An optional argv[4] of "1.2" caps the protocol at TLS 1.2. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
@@ -11,8 +12,8 @@
 
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: %s HOST PORT MESSAGE\n", argv[0]);
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: %s HOST PORT MESSAGE [1.2]\n", argv[0]);
 		return 2;
 	}
 	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])) };
@@ -23,6 +24,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	if (argc == 5 && strcmp(argv[4], "1.2") == 0)
+		SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
 	SSL *ssl = SSL_new(ctx);
 	SSL_set_fd(ssl, fd);
 	if (SSL_connect(ssl) != 1) {

@@ -80,7 +80,7 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
             (hooks.collect(), None)
         }
         Mode::Keylog | Mode::Pcap => {
-            let selection = select_key_layout(&library, &image, config.ssl_version.is_some())?;
+            let selection = select_key_layout(&library, &image, config.ssl_version.as_deref())?;
             let handshake = image
                 .function("SSL_do_handshake")
                 .ok_or_else(|| anyhow!("{} has no SSL_do_handshake to learn session keys from", path.display()))?;
@@ -123,29 +123,28 @@ fn data_functions(image: &ElfImage) -> Vec<(FunctionSymbol, &'static str)> {
 
 /// Chooses where the secrets are, saying why; refuses when the library's own
 /// accessors contradict every known layout, rather than write wrong keys.
-fn select_key_layout(library: &SslLibrary, image: &ElfImage, forced: bool) -> Result<layout::Selection> {
-    let version = match library {
-        SslLibrary::OpenSsl(Some(version)) => version.clone(),
-        SslLibrary::OpenSsl(None) => {
+fn select_key_layout(library: &SslLibrary, image: &ElfImage, forced: Option<&str>) -> Result<layout::Selection> {
+    let in_library = |err: String| anyhow!("{}: {err}", image.path().display());
+    let forced_layout = |layout: &'static layout::OpensslLayout, text: &str| layout::Selection {
+        layout,
+        checks: layout::check(layout, image),
+        reason: format!("--ssl_version {text} forces layout {}", layout.name),
+        expected: true,
+    };
+    let selection = match (library, forced) {
+        (SslLibrary::BoringSsl, Some(text)) => match layout::boringssl_for_override(text).map_err(in_library)? {
+            Some(layout) => forced_layout(layout, text),
+            None => layout::select_boringssl(image).map_err(in_library)?,
+        },
+        (SslLibrary::BoringSsl, None) => layout::select_boringssl(image).map_err(in_library)?,
+        (SslLibrary::OpenSsl(None), _) => {
             bail!(
                 "the OpenSSL version of {} is unknown; name it with --ssl_version",
                 image.path().display()
             )
         }
-        SslLibrary::BoringSsl => bail!("keylog mode does not support BoringSSL yet; use -m text"),
-    };
-    let selection = if forced {
-        let layout = layout::for_version(&version).layout;
-        let checks = layout::check(layout, image);
-        let reason = format!("--ssl_version {version} forces layout {}", layout.name);
-        layout::Selection {
-            layout,
-            checks,
-            reason,
-            expected: true,
-        }
-    } else {
-        layout::select(&version, image).map_err(|err| anyhow!("{}: {err}", image.path().display()))?
+        (SslLibrary::OpenSsl(Some(version)), Some(text)) => forced_layout(layout::for_version(version).layout, text),
+        (SslLibrary::OpenSsl(Some(version)), None) => layout::select(version, image).map_err(in_library)?,
     };
     for check in &selection.checks {
         if check.outcome == layout::CheckOutcome::Disagrees {
