@@ -62,6 +62,22 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } packets SEC(".maps");
 
+/* With a pcap filter in the kernel, the classifier is the filter, compiled at
+ * run time, and it tail-calls these for the packets it keeps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ingress_capture SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} egress_capture SEC(".maps");
+
 struct packet_meta _packet_meta_btf_anchor = {};
 /* Userspace fills flow_owners with connections that predate the capture. */
 struct flow_key _flow_key_btf_anchor = {};

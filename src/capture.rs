@@ -20,6 +20,7 @@ use crate::event::{Reassembler, RecordDecoder, comm_string};
 use crate::keys::SessionSecrets;
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::{HookTarget, Module};
+use crate::probe::kernel_filter;
 use crate::probe::packets::{self, PacketProbes, RawPacketMeta};
 use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
 use crate::procnet;
@@ -336,6 +337,7 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
         None => packets::default_route_interface()?,
     };
     let ifindex = packets::interface_index(&interface)?;
+    let filter = config.filter.as_deref().map(kernel_filter::compile).transpose()?;
     let out: Box<dyn Write> = if config.pcap_file.as_os_str() == "-" {
         Box::new(BufWriter::new(std::io::stdout()))
     } else {
@@ -343,14 +345,17 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
             .with_context(|| format!("cannot create the pcapng file {}", config.pcap_file.display()))?;
         Box::new(BufWriter::new(file))
     };
-    let file = PacketFile::new(out, &interface, packets::MAX_CAPTURE, config.filter.as_deref())?;
     let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE)?;
     probes.add_owners(&procnet::connection_owners())?;
-    probes.attach(ifindex, packets::is_loopback(&interface))?;
-    let matching = config
-        .filter
-        .as_ref()
-        .map_or(String::new(), |f| format!(" matching {f:?}"));
+    let classic = filter.as_ref().map(kernel_filter::classic_instructions);
+    let in_kernel = probes.attach(ifindex, packets::is_loopback(&interface), classic)?;
+    let matching = match &config.filter {
+        Some(expression) if in_kernel => format!(" matching {expression:?} (filtered in the kernel)"),
+        Some(expression) => format!(" matching {expression:?} (filtered in userspace)"),
+        None => String::new(),
+    };
+    let userspace_filter = if in_kernel { None } else { filter };
+    let file = PacketFile::new(out, &interface, packets::MAX_CAPTURE, userspace_filter)?;
     info!("capturing packets on {interface}{matching}");
     Ok((probes, file))
 }

@@ -11,6 +11,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeOpts};
 
 use crate::modules::openssl::layout::OpensslLayout;
 
+pub mod kernel_filter;
 pub mod packets;
 
 #[cfg(bpf_core)]

@@ -4,15 +4,15 @@
 
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result, anyhow, bail};
-use libbpf_rs::AsRawLibbpf;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{
     Link, MapCore, MapFlags, OpenObject, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook, TcHookBuilder,
 };
 
+use super::kernel_filter::{self, ClassicInstruction};
 use super::{Flavor, explain_bpf_error, load_skeleton};
 use crate::event::SocketPair;
 
@@ -49,10 +49,37 @@ const TC_PRIORITY: u32 = 1;
 /// Per-CPU perf buffer size, in pages: room for several 64 KiB packets.
 const PERF_PAGES: usize = 256;
 
+/// One direction of an interface: the capture program, the program array a
+/// pcap filter tail-calls it through, and the two ways to attach.
+struct Direction {
+    capture: &'static str,
+    capture_array: &'static str,
+    clsact: TcAttachPoint,
+    tcx: libbpf_sys::bpf_attach_type,
+}
+
+const INGRESS: Direction = Direction {
+    capture: "capture_ingress",
+    capture_array: "ingress_capture",
+    clsact: TC_INGRESS,
+    tcx: libbpf_sys::BPF_TCX_INGRESS,
+};
+
+const EGRESS: Direction = Direction {
+    capture: "capture_egress",
+    capture_array: "egress_capture",
+    clsact: TC_EGRESS,
+    tcx: libbpf_sys::BPF_TCX_EGRESS,
+};
+
 pub struct PacketProbes {
     skel: Box<dyn Skel<'static>>,
     links: Vec<Link>,
+    /// TCX links, which detach when closed.
+    tcx_links: Vec<OwnedFd>,
     filters: Vec<TcHook>,
+    /// The pcap filter's programs, one per direction, when it runs in the kernel.
+    filter_programs: Vec<OwnedFd>,
     /// Set when we made the clsact qdisc, which must then go when we do.
     created_qdisc_on: Option<i32>,
 }
@@ -82,16 +109,20 @@ impl PacketProbes {
         Ok(PacketProbes {
             skel,
             links: Vec::new(),
+            tcx_links: Vec::new(),
             filters: Vec::new(),
+            filter_programs: Vec::new(),
             created_qdisc_on: None,
         })
     }
 
     /// Starts learning connection owners and capturing on `ifindex`. On
     /// loopback every packet leaves and comes back: only egress is taken.
-    pub fn attach(&mut self, ifindex: i32, loopback: bool) -> Result<()> {
-        let object = self.skel.object();
-        for prog in object.progs_mut() {
+    /// With `filter`, the classifiers are the pcap filter, which hands the
+    /// packets it keeps to the capture programs; returns false when the
+    /// kernel could not take it, and every packet is captured instead.
+    pub fn attach(&mut self, ifindex: i32, loopback: bool, filter: Option<&[ClassicInstruction]>) -> Result<bool> {
+        for prog in self.skel.object().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
             if let Some(syscall) = name.strip_suffix("_enter").or_else(|| name.strip_suffix("_exit")) {
                 let phase = if name.ends_with("_enter") {
@@ -105,21 +136,35 @@ impl PacketProbes {
                 self.links.push(link);
             }
         }
-        let points: &[(&str, TcAttachPoint)] = if loopback {
-            &[("capture_egress", TC_EGRESS)]
-        } else {
-            &[("capture_ingress", TC_INGRESS), ("capture_egress", TC_EGRESS)]
+        let directions: &[Direction] = if loopback { &[EGRESS] } else { &[INGRESS, EGRESS] };
+        let filtered = match filter {
+            Some(filter) => match self.load_filter(filter, directions) {
+                Ok(programs) => {
+                    self.filter_programs = programs;
+                    true
+                }
+                Err(err) => {
+                    tracing::warn!("the pcap filter runs in userspace, after every packet is copied: {err:#}");
+                    false
+                }
+            },
+            None => false,
         };
-        for &(program, point) in points {
-            let prog = object
+        for (index, direction) in directions.iter().enumerate() {
+            let object = self.skel.object();
+            let capture = object
                 .progs()
-                .find(|p| p.name() == program)
-                .ok_or_else(|| anyhow!("BPF program {program} is missing"))?;
+                .find(|p| p.name() == direction.capture)
+                .ok_or_else(|| anyhow!("BPF program {} is missing", direction.capture))?;
+            let classifier = match self.filter_programs.get(index) {
+                Some(program) => program.as_fd(),
+                None => capture.as_fd(),
+            };
             // A TCX link (Linux 6.6) goes away with the process, even a killed
             // one; a clsact filter outlives it, so it is only the fallback.
-            match attach_tcx(&prog, ifindex) {
+            match attach_tcx(classifier, ifindex, direction.tcx) {
                 Ok(link) => {
-                    self.links.push(link);
+                    self.tcx_links.push(link);
                     continue;
                 }
                 Err(err) => tracing::debug!("TCX unavailable ({err}); using a clsact filter"),
@@ -127,11 +172,11 @@ impl PacketProbes {
             if self.created_qdisc_on.is_none() && create_clsact(ifindex)? {
                 self.created_qdisc_on = Some(ifindex);
             }
-            let mut hook = TcHookBuilder::new(prog.as_fd())
+            let mut hook = TcHookBuilder::new(classifier)
                 .ifindex(ifindex)
                 .handle(TC_HANDLE)
                 .priority(TC_PRIORITY)
-                .hook(point);
+                .hook(direction.clsact);
             let attached = hook.attach().map_err(|err| {
                 anyhow!(
                     "attaching a TC filter to interface {ifindex} failed ({err}); is another ecapture capturing there?"
@@ -139,7 +184,32 @@ impl PacketProbes {
             })?;
             self.filters.push(attached);
         }
-        Ok(())
+        Ok(filtered)
+    }
+
+    /// Puts each direction's capture program where the filter tail-calls
+    /// it, and loads the filter for that direction.
+    fn load_filter(&self, filter: &[ClassicInstruction], directions: &[Direction]) -> Result<Vec<OwnedFd>> {
+        let object = self.skel.object();
+        directions
+            .iter()
+            .map(|direction| {
+                let capture = object
+                    .progs()
+                    .find(|p| p.name() == direction.capture)
+                    .ok_or_else(|| anyhow!("BPF program {} is missing", direction.capture))?;
+                let array = object
+                    .maps()
+                    .find(|m| m.name() == direction.capture_array)
+                    .ok_or_else(|| anyhow!("BPF map {} is missing", direction.capture_array))?;
+                array.update(
+                    &0u32.to_ne_bytes(),
+                    &capture.as_fd().as_raw_fd().to_ne_bytes(),
+                    MapFlags::ANY,
+                )?;
+                kernel_filter::load(filter, array.as_fd(), direction.tcx)
+            })
+            .collect()
     }
 
     /// Records the owners of connections that were open before the capture
@@ -200,7 +270,7 @@ impl PacketProbes {
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len() + self.filters.len()
+        self.links.len() + self.tcx_links.len() + self.filters.len()
     }
 
     /// Removes our filters, and the qdisc if we made it.
@@ -221,6 +291,8 @@ impl PacketProbes {
                 );
             }
         }
+        self.tcx_links.clear();
+        self.filter_programs.clear();
         self.links.clear();
     }
 }
@@ -241,19 +313,23 @@ fn padded(ipv4: &[u8; 4]) -> [u8; 16] {
 }
 
 /// Attaches a classifier as a TCX link, after any already there.
-fn attach_tcx(prog: &libbpf_rs::Program<'_>, ifindex: i32) -> std::io::Result<Link> {
-    let opts = libbpf_sys::bpf_tcx_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_tcx_opts>() as _,
+fn attach_tcx(
+    program: BorrowedFd<'_>,
+    ifindex: i32,
+    attach_type: libbpf_sys::bpf_attach_type,
+) -> std::io::Result<OwnedFd> {
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
         ..Default::default()
     };
-    // SAFETY: a loaded program, a valid options struct; libbpf returns NULL
-    // and sets errno on failure, or a link we then own.
-    let link = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), ifindex, &opts) };
-    match std::ptr::NonNull::new(link) {
-        // SAFETY: a link libbpf just created, owned by nothing else.
-        Some(link) => Ok(unsafe { Link::from_ptr(link) }),
-        None => Err(std::io::Error::last_os_error()),
+    // SAFETY: a loaded program and a valid options struct; the kernel
+    // returns a new link fd or a negative errno.
+    let fd = unsafe { libbpf_sys::bpf_link_create(program.as_raw_fd(), ifindex, attach_type, &opts) };
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(-fd));
     }
+    // SAFETY: a new fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn clsact_hook(ifindex: i32) -> libbpf_sys::bpf_tc_hook {

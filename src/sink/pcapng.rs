@@ -155,16 +155,8 @@ pub struct PacketFile<W: Write> {
 }
 
 impl<W: Write> PacketFile<W> {
-    /// `filter` is a pcap-filter expression, compiled by libpcap.
-    pub fn new(out: W, interface: &str, snap_len: u32, filter: Option<&str>) -> anyhow::Result<Self> {
-        let filter = match filter {
-            Some(expression) => Some(
-                pcap::Capture::dead(pcap::Linktype::ETHERNET)?
-                    .compile(expression, true)
-                    .map_err(|err| anyhow::anyhow!("bad pcap filter {expression:?}: {err}"))?,
-            ),
-            None => None,
-        };
+    /// `filter`, a compiled pcap filter, is for when the kernel could not run it.
+    pub fn new(out: W, interface: &str, snap_len: u32, filter: Option<pcap::BpfProgram>) -> anyhow::Result<Self> {
         let writer = PcapngWriter::new(out, interface, snap_len)?;
         Ok(PacketFile {
             writer,
@@ -178,13 +170,19 @@ impl<W: Write> PacketFile<W> {
         if self.filter.as_ref().is_some_and(|f| !f.filter(data)) {
             return;
         }
-        self.held.push_back(HeldPacket {
-            arrived: Instant::now(),
-            time,
-            data: data.to_vec(),
-            wire_len,
-            comment,
-        });
+        // Each CPU has its own perf buffer, drained in turn: restore the order
+        // of the wire, which Wireshark's decryption follows record by record.
+        let position = self.held.len() - self.held.iter().rev().take_while(|held| held.time > time).count();
+        self.held.insert(
+            position,
+            HeldPacket {
+                arrived: Instant::now(),
+                time,
+                data: data.to_vec(),
+                wire_len,
+                comment,
+            },
+        );
     }
 
     pub fn write_secrets(&mut self, keylog_lines: &str) -> io::Result<()> {
@@ -274,9 +272,34 @@ mod packet_file_tests {
     }
 
     #[test]
+    fn packets_are_written_in_wire_order() {
+        let mut out = Vec::new();
+        let mut file = PacketFile::new(&mut out, "lo", 65535, None).unwrap();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for (port, micros) in [(1, 10), (3, 30), (2, 20), (4, 40)] {
+            file.push(start + Duration::from_micros(micros), &tcp_frame(port, 443), 54, None);
+        }
+        file.release(true).unwrap();
+        drop(file);
+        let (_, capture) = pcap_parser::parse_pcapng(&out).unwrap();
+        let ports: Vec<u16> = capture.sections[0]
+            .blocks
+            .iter()
+            .filter_map(|b| match b {
+                pcap_parser::pcapng::Block::EnhancedPacket(epb) => {
+                    Some(u16::from_be_bytes([epb.data[34], epb.data[35]]))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ports, [1, 2, 3, 4]);
+    }
+
+    #[test]
     fn filter_keeps_matching_packets_and_secrets_precede_held_packets() {
         let mut out = Vec::new();
-        let mut file = PacketFile::new(&mut out, "lo", 65535, Some("tcp port 8443")).unwrap();
+        let filter = crate::probe::kernel_filter::compile("tcp port 8443").unwrap();
+        let mut file = PacketFile::new(&mut out, "lo", 65535, Some(filter)).unwrap();
         file.push(
             SystemTime::now(),
             &tcp_frame(40000, 8443),
@@ -301,6 +324,6 @@ mod packet_file_tests {
             })
             .collect();
         assert_eq!(kinds, ["other", "other", "dsb", "epb"]);
-        assert!(PacketFile::new(Vec::new(), "lo", 65535, Some("tcp port banana")).is_err());
+        assert!(crate::probe::kernel_filter::compile("tcp port banana").is_err());
     }
 }
