@@ -5,7 +5,8 @@
  *
  * Owners are learned without kprobes: when connect() or accept() returns, the
  * syscall tracepoints run in the owning process, and its new socket's
- * addresses are read through CO-RE (so the non-CO-RE build has no owners).
+ * addresses are read through CO-RE. The non-CO-RE build cannot read sockets;
+ * userspace names its connections from /proc, by the flow in each sample.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -25,17 +26,6 @@
 #define MAX_CAPTURE (65535 - 512)
 
 const volatile __u32 snap_len = MAX_CAPTURE;
-
-/* A TCP connection as its owner sees it: src is the owner's end. On
- * loopback both ends are local, each with its own owner. Ports host order. */
-struct flow_key {
-	__u16 family;
-	__u16 src_port;
-	__u16 dst_port;
-	__u16 _pad;
-	__u8 src_addr[16];
-	__u8 dst_addr[16];
-};
 
 struct flow_owner {
 	__u32 pid;
@@ -207,6 +197,7 @@ static __always_inline int capture(struct __sk_buff *skb, enum packet_direction 
 			meta.pid = owner->pid;
 			__builtin_memcpy(meta.comm, owner->comm, sizeof(meta.comm));
 		}
+		meta.flow = key;
 	}
 	/* The upper 32 bits of the flags ask perf to append that many packet bytes. */
 	bpf_perf_event_output(skb, &packets, BPF_F_CURRENT_CPU | (captured << 32), &meta, sizeof(meta));

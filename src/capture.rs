@@ -21,7 +21,7 @@ use crate::keys::SessionSecrets;
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::kernel_filter;
-use crate::probe::packets::{self, PacketProbes, RawPacketMeta};
+use crate::probe::packets::{self, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
 use crate::procnet;
 use crate::sink::Sink;
@@ -55,6 +55,8 @@ struct Pipeline<'s> {
     keylog: Option<KeylogWriter>,
     packets: Option<PacketFile<Box<dyn Write>>>,
     keyed_sessions: HashSet<[u8; 32]>,
+    /// Packet owners from /proc, where the kernel cannot name them.
+    proc_owners: Option<ProcOwners>,
     summary: Summary,
 }
 
@@ -125,7 +127,14 @@ impl Pipeline<'_> {
             warn!(len = sample.len(), "dropping a truncated packet sample");
             return;
         };
-        let comment = (meta.pid != 0).then(|| format!("pid={} comm={}", meta.pid, comm_string(&meta.comm)));
+        let comment = if meta.pid != 0 {
+            Some(format!("pid={} comm={}", meta.pid, comm_string(&meta.comm)))
+        } else {
+            self.proc_owners
+                .as_mut()
+                .and_then(|owners| owners.owner(&meta))
+                .map(|(pid, comm)| format!("pid={pid} comm={comm}"))
+        };
         let time = self.decoder.wall_clock(meta.timestamp_ns);
         packets.push(time, data, meta.len, comment);
     }
@@ -196,6 +205,8 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         keylog,
         packets,
         keyed_sessions: HashSet::new(),
+        // Only the CO-RE build names connections in the kernel.
+        proc_owners: (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default),
         summary: Summary::default(),
     });
     let maps: Vec<(libbpf_rs::Map<'_>, libbpf_rs::Map<'_>)> = objects

@@ -2,9 +2,11 @@
 //! interface, and the syscall tracepoints that tell which process owns each
 //! connection. Detaching restores the interface as it was found.
 
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -15,6 +17,7 @@ use libbpf_rs::{
 use super::kernel_filter::{self, ClassicInstruction};
 use super::{Flavor, explain_bpf_error, load_skeleton};
 use crate::event::SocketPair;
+use crate::procnet;
 
 #[cfg(bpf_core)]
 mod packets_core {
@@ -222,19 +225,7 @@ impl PacketProbes {
             .find(|m| m.name() == "flow_owners")
             .ok_or_else(|| anyhow!("no flow_owners map"))?;
         for (pid, comm, pair) in owners {
-            let (family, local, remote) = match (pair.local.ip(), pair.remote.ip()) {
-                (IpAddr::V4(l), IpAddr::V4(r)) => (AF_INET, padded(&l.octets()), padded(&r.octets())),
-                (IpAddr::V6(l), IpAddr::V6(r)) => (AF_INET6, l.octets(), r.octets()),
-                _ => continue,
-            };
-            let key = FlowKey {
-                family,
-                src_port: pair.local.port(),
-                dst_port: pair.remote.port(),
-                src_addr: local,
-                dst_addr: remote,
-                ..Default::default()
-            };
+            let Some(key) = flow_key(pair) else { continue };
             let mut owner = FlowOwner {
                 pid: *pid,
                 ..Default::default()
@@ -305,6 +296,61 @@ impl Drop for PacketProbes {
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+
+/// The key the kernel files `pair` under, seen from its local end.
+fn flow_key(pair: &SocketPair) -> Option<FlowKey> {
+    let (family, local, remote) = match (pair.local.ip(), pair.remote.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(r)) => (AF_INET, padded(&l.octets()), padded(&r.octets())),
+        (IpAddr::V6(l), IpAddr::V6(r)) => (AF_INET6, l.octets(), r.octets()),
+        _ => return None,
+    };
+    Some(FlowKey {
+        family,
+        src_port: pair.local.port(),
+        dst_port: pair.remote.port(),
+        src_addr: local,
+        dst_addr: remote,
+        ..Default::default()
+    })
+}
+
+/// A flow key as a map key: FlowKey is generated without Hash.
+type FlowId = (u16, u16, u16, [u8; 16], [u8; 16]);
+
+fn flow_id(key: &FlowKey) -> FlowId {
+    (key.family, key.src_port, key.dst_port, key.src_addr, key.dst_addr)
+}
+
+/// Owners of the connections the kernel could not name (the non-CO-RE
+/// build reads no sockets), from /proc. A flow not known yet triggers a
+/// rescan, at most one per `RESCAN_INTERVAL`, so that a burst of new
+/// connections costs one scan; one that opens and closes between two scans
+/// goes unnamed.
+#[derive(Default)]
+pub struct ProcOwners {
+    owners: HashMap<FlowId, (u32, String)>,
+    last_scan: Option<Instant>,
+}
+
+const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+impl ProcOwners {
+    /// The pid and comm owning the packet's flow, if /proc names it.
+    pub fn owner(&mut self, meta: &RawPacketMeta) -> Option<&(u32, String)> {
+        if meta.flow.family == 0 {
+            return None;
+        }
+        let id = flow_id(&meta.flow);
+        if !self.owners.contains_key(&id) && self.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_INTERVAL) {
+            self.last_scan = Some(Instant::now());
+            self.owners = procnet::connection_owners()
+                .into_iter()
+                .filter_map(|(pid, comm, pair)| Some((flow_id(&flow_key(&pair)?), (pid, comm))))
+                .collect();
+        }
+        self.owners.get(&id)
+    }
+}
 
 fn padded(ipv4: &[u8; 4]) -> [u8; 16] {
     let mut out = [0; 16];

@@ -201,3 +201,30 @@ fn connections_open_before_the_capture_are_attributed_too() {
         "no packet names the server:\n{comments}"
     );
 }
+
+#[test]
+fn without_btf_new_connections_are_named_from_proc() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let file = dir.path().join("nocore.pcapng");
+    let capture = capture_port(file.to_str().unwrap(), port, &["--btf", "2"]);
+    let path = format!("/{}", marker("nocore"));
+    run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}{path}")]),
+    );
+    let out = capture.stop();
+    assert!(out.stderr.contains("(NoCore BPF)"), "{}", out.stderr);
+    let requests = decrypted_requests(&file);
+    let (_, comment) = requests
+        .iter()
+        .find(|(uri, _)| uri == &path)
+        .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}\n{}", out.stderr));
+    assert!(
+        comment.starts_with("pid=") && comment.ends_with("comm=curl"),
+        "comment {comment:?}"
+    );
+}
