@@ -111,8 +111,8 @@ struct {
 
 struct master_secret_event _master_secret_event_btf_anchor = {};
 
-/* On SSL_do_handshake and on every read/write (whose first call may run the
- * handshake implicitly): remember the session until the call returns. */
+/* On SSL_do_handshake (which SSL_connect, SSL_accept and BoringSSL's
+ * implicit handshakes call): remember the session until the call returns. */
 SEC("uprobe")
 int BPF_UPROBE(handshake_enter, void *ssl)
 {
@@ -178,25 +178,18 @@ static __always_inline void send_report(struct master_secret_event *ev, const st
 	bpf_map_update_elem(&reported_sessions, key, random, BPF_ANY);
 }
 
-/* Returns > 0 once the handshake is complete (SSL_do_handshake returns 1,
- * reads and writes return bytes or 1). */
-SEC("uretprobe")
-int BPF_URETPROBE(handshake_return, int ret)
+/* Sends the secrets of `ssl` once its handshake is complete, once per
+ * session. */
+static __always_inline int report_keys(__u64 pid_tgid, __u64 ssl)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct session_key key = {};
 	struct master_secret_event *ev;
 	__u8 random[TLS_RANDOM_LEN];
-	__u64 *stashed, ssl, s3 = 0, session = 0, cipher = 0;
+	__u64 s3 = 0, session = 0, cipher = 0;
 	__u32 ssl_type = 0;
 	int version = 0;
 
-	stashed = bpf_map_lookup_elem(&handshake_calls, &pid_tgid);
-	if (!stashed)
-		return 0;
-	ssl = *stashed;
-	bpf_map_delete_elem(&handshake_calls, &pid_tgid);
-	if (ret <= 0 || !ssl)
+	if (!ssl)
 		return 0;
 	/* QUIC objects (3.2+) are not TLS connections. */
 	if (layout.ssl_type != ABSENT &&
@@ -253,6 +246,37 @@ int BPF_URETPROBE(handshake_return, int ret)
 	}
 	send_report(ev, &key, random);
 	return 0;
+}
+
+/* SSL_do_handshake returns 1 once the handshake is complete. */
+SEC("uretprobe")
+int BPF_URETPROBE(handshake_return, int ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 *stashed, ssl;
+
+	stashed = bpf_map_lookup_elem(&handshake_calls, &pid_tgid);
+	if (!stashed)
+		return 0;
+	ssl = *stashed;
+	bpf_map_delete_elem(&handshake_calls, &pid_tgid);
+	if (ret <= 0)
+		return 0;
+	return report_keys(pid_tgid, ssl);
+}
+
+/* On entry to reads, writes and SSL_shutdown: keys sessions whose handshake
+ * ran implicitly inside an earlier read or write, sessions a server completes
+ * only once it reads the client's Finished, and sessions established before
+ * ecapture started. No return probe: the data path stays cheap. */
+SEC("uprobe")
+int BPF_UPROBE(keys_at_call, void *ssl)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if (!process_is_traced(pid_tgid))
+		return 0;
+	return report_keys(pid_tgid, (__u64)ssl);
 }
 
 /*

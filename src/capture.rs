@@ -324,7 +324,9 @@ fn load_tls_objects(
             for hook in &target.hooks {
                 let offset = hook.symbol.file_offset;
                 probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, config.pid)?;
-                probes.attach_uprobe(hook.return_program, &target.binary, offset, true, config.pid)?;
+                if let Some(return_program) = hook.return_program {
+                    probes.attach_uprobe(return_program, &target.binary, offset, true, config.pid)?;
+                }
                 debug!(symbol = %hook.symbol.name, offset = format_args!("{offset:#x}"), binary = %target.binary.display(), "hooked");
             }
             info!("hooking {target}");

@@ -52,7 +52,11 @@ fn run(cli: Cli) -> Result<()> {
     logging::init(config.debug, log_file.clone());
     preflight::check()?;
 
-    let mut stdout_sink = TextSink::new(BufWriter::new(std::io::stdout().lock()), config.hex, config.truncate);
+    let mut stdout_sink = TextSink::new(
+        BufWriter::with_capacity(1 << 20, std::io::stdout().lock()),
+        config.hex,
+        config.truncate,
+    );
     let mut file_sink = log_file.map(|file| TextSink::new(SharedFile(file), config.hex, config.truncate));
     let mut sinks: Vec<&mut dyn Sink> = vec![&mut stdout_sink];
     if let Some(sink) = file_sink.as_mut() {

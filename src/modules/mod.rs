@@ -15,15 +15,16 @@ use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
 use crate::target::disasm::ProbeSite;
 use crate::target::elf::FunctionSymbol;
 
-/// A function to probe: an entry program on its first instruction, and a
-/// return program that fires when it returns.
+/// A function to probe: an entry program on its first instruction, and
+/// possibly a return program that fires when it returns.
 #[derive(Debug, Clone)]
 pub struct Hook {
     pub symbol: FunctionSymbol,
     /// The instruction the entry probe replaces, and what it costs.
     pub site: Option<ProbeSite>,
     pub entry_program: &'static str,
-    pub return_program: &'static str,
+    /// None where the entry alone sees all it needs, sparing a uretprobe.
+    pub return_program: Option<&'static str>,
 }
 
 /// One file to place hooks in.

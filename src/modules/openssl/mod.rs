@@ -75,7 +75,7 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
                 site: disasm::probe_site(&image, &symbol),
                 symbol,
                 entry_program,
-                return_program: DATA_RETURN,
+                return_program: Some(DATA_RETURN),
             });
             (hooks.collect(), None)
         }
@@ -84,13 +84,22 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
             let handshake = image
                 .function("SSL_do_handshake")
                 .ok_or_else(|| anyhow!("{} has no SSL_do_handshake to learn session keys from", path.display()))?;
-            let data = data_functions(&image).into_iter().map(|(symbol, _)| symbol);
-            let hooks = std::iter::once(handshake).chain(data).map(|symbol| Hook {
+            // The handshake is watched to its return. Reads, writes and
+            // SSL_shutdown are only looked at on entry, where a session that
+            // completed its handshake inside one of them (or before ecapture
+            // started) is keyed: no uretprobe on the data path.
+            let later_calls = data_functions(&image)
+                .into_iter()
+                .map(|(symbol, _)| symbol)
+                .chain(image.function("SSL_shutdown"));
+            let hook = |symbol: FunctionSymbol, entry_program, return_program| Hook {
                 site: disasm::probe_site(&image, &symbol),
                 symbol,
-                entry_program: "handshake_enter",
-                return_program: "handshake_return",
-            });
+                entry_program,
+                return_program,
+            };
+            let hooks = std::iter::once(hook(handshake, "handshake_enter", Some("handshake_return")))
+                .chain(later_calls.map(|symbol| hook(symbol, "keys_at_call", None)));
             (hooks.collect(), Some(*selection.layout))
         }
     };
@@ -242,8 +251,24 @@ mod tests {
         .unwrap();
         let layout = target.key_layout.expect("a layout");
         assert!(layout.name.starts_with("openssl 3.0"), "{}", layout.name);
-        assert!(target.hooks.iter().all(|h| h.entry_program == "handshake_enter"));
-        assert!(target.hooks.iter().any(|h| h.symbol.name == "SSL_do_handshake"));
+        let handshake = target
+            .hooks
+            .iter()
+            .find(|h| h.symbol.name == "SSL_do_handshake")
+            .unwrap();
+        assert_eq!(handshake.return_program, Some("handshake_return"));
+        // The data path and SSL_shutdown get no uretprobe in keylog mode.
+        let others: Vec<_> = target
+            .hooks
+            .iter()
+            .filter(|h| h.symbol.name != "SSL_do_handshake")
+            .collect();
+        assert_eq!(others.len(), 3, "{others:?}");
+        assert!(
+            others
+                .iter()
+                .all(|h| h.entry_program == "keys_at_call" && h.return_program.is_none())
+        );
     }
 
     #[test]
