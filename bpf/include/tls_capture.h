@@ -36,7 +36,7 @@ struct tls_call {
 	__u64 buf;
 	__u64 len_ptr;
 	__s32 fd;       /* last socket fd seen inside this call */
-	__u16 depth;    /* nested hooked calls on the same session */
+	__u16 depth;    /* nested hooked calls on the same session; 0: no call */
 	__u8 direction;
 	__u8 length_source;
 };
@@ -56,8 +56,11 @@ struct session_socket {
 	struct conn_tuple conn;
 };
 
+/* One slot per thread, reused from call to call (rewriting a hash entry in
+ * place is far cheaper than deleting and inserting it); LRU so that the
+ * slots of threads that are gone make room. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct tls_call);
@@ -114,7 +117,7 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 	/* SSL_write_ex may be built on SSL_write (BoringSSL): the outer call
 	 * owns the bytes, the inner one only deepens the nesting. */
 	outer = bpf_map_lookup_elem(&active_calls, &pid_tgid);
-	if (outer && outer->conn_id == conn_id) {
+	if (outer && outer->depth && outer->conn_id == conn_id) {
 		outer->depth++;
 		return 0;
 	}
@@ -125,7 +128,10 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 	call.depth = 1;
 	call.direction = direction;
 	call.length_source = length_source;
-	bpf_map_update_elem(&active_calls, &pid_tgid, &call, BPF_ANY);
+	if (outer)
+		*outer = call;
+	else
+		bpf_map_update_elem(&active_calls, &pid_tgid, &call, BPF_ANY);
 	return 0;
 }
 
@@ -189,6 +195,10 @@ static __always_inline void emit_chunks(__u64 buf, __u64 total)
 		count_lost();
 		chunks = MAX_CHUNKS_PER_CALL;
 	}
+	if (chunks == 1) {
+		emit_chunk(0, &loop);
+		return;
+	}
 	if (have_bpf_loop) {
 		bpf_loop(chunks, emit_chunk, &loop, 0);
 		return;
@@ -212,14 +222,14 @@ static __always_inline int tls_call_exit(int ret)
 	__u64 total = 0;
 
 	active = bpf_map_lookup_elem(&active_calls, &pid_tgid);
-	if (!active)
+	if (!active || !active->depth)
 		return 0;
 	if (active->depth > 1) {
 		active->depth--;
 		return 0;
 	}
 	call = *active;
-	bpf_map_delete_elem(&active_calls, &pid_tgid);
+	active->depth = 0;
 
 	if (call.length_source == LENGTH_FROM_POINTER) {
 		/* The _ex functions return 1, the internal ones they call > 0. */
@@ -269,7 +279,7 @@ static __always_inline int note_socket_fd(long fd)
 	struct tls_call *call;
 
 	call = bpf_map_lookup_elem(&active_calls, &pid_tgid);
-	if (!call || call->fd == fd)
+	if (!call || !call->depth || call->fd == fd)
 		return 0;
 	call->fd = fd;
 

@@ -29,9 +29,7 @@ impl<W: Write> TextSink<W> {
 
 impl<W: Write> Sink for TextSink<W> {
     fn emit(&mut self, record: &Record) -> io::Result<()> {
-        self.scratch.clear();
-        render(&mut self.scratch, record, self.force_hex, self.truncate);
-        self.out.write_all(&self.scratch)
+        write_record(&mut self.out, &mut self.scratch, record, self.force_hex, self.truncate)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -39,7 +37,17 @@ impl<W: Write> Sink for TextSink<W> {
     }
 }
 
-fn render(out: &mut Vec<u8>, record: &Record, force_hex: bool, truncate: Option<usize>) {
+/// Writes `record` to `out`: the header line, then the payload. Printable
+/// payloads go straight from the record to `out`; the rest of the text is
+/// built in `scratch`, so nothing is allocated per record.
+fn write_record(
+    out: &mut impl Write,
+    scratch: &mut Vec<u8>,
+    record: &Record,
+    force_hex: bool,
+    truncate: Option<usize>,
+) -> io::Result<()> {
+    scratch.clear();
     let meta = &record.meta;
     let (verb, preposition) = match meta.direction {
         Direction::Egress => ("Sent", "to"),
@@ -56,7 +64,7 @@ fn render(out: &mut Vec<u8>, record: &Record, force_hex: bool, truncate: Option<
         Payload::Raw(bytes) => ("data", bytes.len()),
     };
     let _ = write!(
-        out,
+        scratch,
         "{} PID:{} Comm:{} TID:{} UID:{} FD:{} {verb} {length} bytes {kind}",
         format_time(meta.timestamp),
         meta.pid,
@@ -66,35 +74,37 @@ fn render(out: &mut Vec<u8>, record: &Record, force_hex: bool, truncate: Option<
         meta.fd
     );
     if let Some(pair) = meta.sockets {
-        let _ = write!(out, " {preposition} {} (local {})", pair.remote, pair.local);
+        let _ = write!(scratch, " {preposition} {} (local {})", pair.remote, pair.local);
     }
-    out.extend_from_slice(b":\n");
-    match &record.payload {
+    scratch.extend_from_slice(b":\n");
+    let bytes = match &record.payload {
         Payload::Http(message) => {
-            out.extend_from_slice(&message.head);
+            scratch.extend_from_slice(&message.head);
             if !message.notes.is_empty() {
-                let _ = writeln!(out, "[body: {}]", message.notes.join("; "));
+                let _ = writeln!(scratch, "[body: {}]", message.notes.join("; "));
             }
-            render_bytes(out, &message.body, force_hex, truncate);
+            &message.body
         }
-        Payload::Raw(bytes) => render_bytes(out, bytes, force_hex, truncate),
-    }
-    if !out.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-}
-
-fn render_bytes(out: &mut Vec<u8>, bytes: &[u8], force_hex: bool, truncate: Option<usize>) {
+        Payload::Raw(bytes) => bytes,
+    };
     let shown = &bytes[..truncate.map_or(bytes.len(), |n| n.min(bytes.len()))];
+    let mut last = scratch.last().copied();
     if !force_hex && is_printable(shown) {
-        out.extend_from_slice(shown);
+        out.write_all(scratch)?;
+        out.write_all(shown)?;
+        scratch.clear();
+        last = shown.last().copied().or(last);
     } else {
-        hexdump(out, shown);
+        hexdump(scratch, shown);
     }
     if shown.len() < bytes.len() {
-        let _ = write!(out, "\n[{} more bytes not shown]", bytes.len() - shown.len());
+        let _ = write!(scratch, "\n[{} more bytes not shown]", bytes.len() - shown.len());
     }
+    if scratch.last().copied().or(last) != Some(b'\n') {
+        scratch.push(b'\n');
+    }
+    scratch.push(b'\n');
+    out.write_all(scratch)
 }
 
 /// UTF-8 text without control characters other than line breaks and tabs.
@@ -179,8 +189,8 @@ mod tests {
     }
 
     fn rendered(payload: Payload, hex: bool, truncate: Option<usize>) -> String {
-        let mut out = Vec::new();
-        render(&mut out, &Record { meta: meta(), payload }, hex, truncate);
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        write_record(&mut out, &mut scratch, &Record { meta: meta(), payload }, hex, truncate).unwrap();
         String::from_utf8(out).unwrap()
     }
 
