@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::cli::{Config, Mode};
 use crate::conn::ConnTracker;
-use crate::event::{Reassembler, RecordDecoder, comm_string};
+use crate::event::{Comm, Reassembler, RecordDecoder};
 use crate::keys::SessionSecrets;
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::{HookTarget, Module};
@@ -24,9 +24,9 @@ use crate::probe::kernel_filter;
 use crate::probe::packets::{self, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
 use crate::procnet;
-use crate::sink::Sink;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
+use crate::sink::{Payload, Record, Sink};
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -57,6 +57,8 @@ struct Pipeline<'s> {
     keyed_sessions: HashSet<[u8; 32]>,
     /// Packet owners from /proc, where the kernel cannot name them.
     proc_owners: Option<ProcOwners>,
+    /// Records completed by the latest event, reused from event to event.
+    records: Vec<Record>,
     summary: Summary,
 }
 
@@ -71,8 +73,20 @@ impl Pipeline<'_> {
         };
         self.summary.events += 1;
         self.summary.bytes += event.data.len() as u64;
-        for record in self.tracker.on_event(event) {
+        let mut records = std::mem::take(&mut self.records);
+        self.tracker.on_event(event, &mut records);
+        self.emit_all(&mut records);
+        self.records = records;
+    }
+
+    /// Writes out `records`, leaving it empty, and gives their raw buffers
+    /// back for the next events.
+    fn emit_all(&mut self, records: &mut Vec<Record>) {
+        for record in records.drain(..) {
             self.emit(&record);
+            if let Payload::Raw(buffer) = record.payload {
+                self.reassembler.recycle(buffer);
+            }
         }
     }
 
@@ -128,7 +142,7 @@ impl Pipeline<'_> {
             return;
         };
         let comment = if meta.pid != 0 {
-            Some(format!("pid={} comm={}", meta.pid, comm_string(&meta.comm)))
+            Some(format!("pid={} comm={}", meta.pid, Comm::from_kernel(&meta.comm)))
         } else {
             self.proc_owners
                 .as_mut()
@@ -139,7 +153,7 @@ impl Pipeline<'_> {
         packets.push(time, data, meta.len, comment);
     }
 
-    fn emit(&mut self, record: &crate::sink::Record) {
+    fn emit(&mut self, record: &Record) {
         for sink in &mut self.sinks {
             if let Err(err) = sink.emit(record) {
                 warn!("writing output failed: {err}");
@@ -163,9 +177,9 @@ impl Pipeline<'_> {
     }
 
     fn finish(&mut self) {
-        for record in self.tracker.finish_all() {
-            self.emit(&record);
-        }
+        let mut records = std::mem::take(&mut self.records);
+        self.tracker.finish_all(&mut records);
+        self.emit_all(&mut records);
         self.flush(true);
         self.summary.packets = self.packets.as_ref().map_or(0, |p| p.packets_written);
         self.summary.broken_calls = self.reassembler.broken_calls;
@@ -207,6 +221,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         keyed_sessions: HashSet::new(),
         // Only the CO-RE build names connections in the kernel.
         proc_owners: (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default),
+        records: Vec::new(),
         summary: Summary::default(),
     });
     let maps: Vec<(libbpf_rs::Map<'_>, libbpf_rs::Map<'_>)> = objects

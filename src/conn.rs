@@ -17,67 +17,60 @@ struct Session {
 #[derive(Default)]
 pub struct ConnTracker {
     sessions: HashMap<(u32, u64), Session>,
+    /// The parser's output, reused from event to event.
+    parsed: Vec<Parsed>,
 }
 
 impl ConnTracker {
-    /// Feeds one call's bytes to its session and returns what they completed.
-    pub fn on_event(&mut self, mut event: DataEvent) -> Vec<Record> {
-        let key = (event.meta.pid, event.meta.conn_id);
-        let mut out = Vec::new();
+    /// Feeds one call's bytes to its session; appends to `out` what they completed.
+    pub fn on_event(&mut self, event: DataEvent, out: &mut Vec<Record>) {
+        let DataEvent { mut meta, data } = event;
+        let key = (meta.pid, meta.conn_id);
         // The library reuses a freed session object for a new connection:
         // a different fd or socket means the old one has ended.
         if let Some(old) = self.sessions.get(&key)
-            && (old.meta.fd != event.meta.fd
-                || (event.meta.sockets.is_some() && old.meta.sockets != event.meta.sockets))
+            && (old.meta.fd != meta.fd || (meta.sockets.is_some() && old.meta.sockets != meta.sockets))
         {
             let old = self.sessions.remove(&key).expect("present");
-            out.extend(finish(old));
+            self.finish(old, out);
         }
         let session = self.sessions.entry(key).or_insert_with(|| Session {
             meta: EventMeta {
-                sockets: event
-                    .meta
-                    .sockets
-                    .or_else(|| sockets_from_procfs(event.meta.pid, event.meta.fd)),
-                ..event.meta.clone()
+                sockets: meta.sockets.or_else(|| sockets_from_procfs(meta.pid, meta.fd)),
+                ..meta
             },
             http: Http1Session::default(),
         });
-        event.meta.sockets = event.meta.sockets.or(session.meta.sockets);
-        session.meta = event.meta.clone();
-        let direction = match event.meta.direction {
+        meta.sockets = meta.sockets.or(session.meta.sockets);
+        session.meta = meta;
+        let direction = match meta.direction {
             Direction::Egress => 0,
             Direction::Ingress => 1,
         };
-        let parsed = session.http.push(direction, std::mem::take(&mut event.data));
-        out.extend(parsed.into_iter().map(|p| record(&event.meta, p)));
-        out
+        session.http.push(direction, data, &mut self.parsed);
+        out.extend(self.parsed.drain(..).map(|p| record(meta, p)));
     }
 
     /// Capture is ending: every session gives up what it buffered.
-    pub fn finish_all(&mut self) -> Vec<Record> {
-        self.sessions.drain().flat_map(|(_, session)| finish(session)).collect()
+    pub fn finish_all(&mut self, out: &mut Vec<Record>) {
+        let sessions: Vec<Session> = self.sessions.drain().map(|(_, session)| session).collect();
+        for session in sessions {
+            self.finish(session, out);
+        }
+    }
+
+    fn finish(&mut self, mut session: Session, out: &mut Vec<Record>) {
+        session.http.finish(&mut self.parsed);
+        out.extend(self.parsed.drain(..).map(|p| record(session.meta, p)));
     }
 }
 
-fn finish(mut session: Session) -> Vec<Record> {
-    session
-        .http
-        .finish()
-        .into_iter()
-        .map(|p| record(&session.meta, p))
-        .collect()
-}
-
-fn record(meta: &EventMeta, parsed: Parsed) -> Record {
+fn record(meta: EventMeta, parsed: Parsed) -> Record {
     let payload = match parsed {
         Parsed::Http(message) => Payload::Http(message),
         Parsed::Raw(bytes) => Payload::Raw(bytes),
     };
-    Record {
-        meta: meta.clone(),
-        payload,
-    }
+    Record { meta, payload }
 }
 
 /// Names the TCP connection behind `fd` from /proc, for kernels where the
@@ -126,17 +119,18 @@ mod tests {
     #[test]
     fn reused_session_object_on_a_new_fd_starts_a_new_session() {
         let mut tracker = ConnTracker::default();
-        assert!(
-            tracker
-                .on_event(event(
-                    -1,
-                    Direction::Egress,
-                    b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc"
-                ))
-                .is_empty()
+        let mut flushed = Vec::new();
+        tracker.on_event(
+            event(
+                -1,
+                Direction::Egress,
+                b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc",
+            ),
+            &mut flushed,
         );
+        assert!(flushed.is_empty());
         // A new fd: the partial request of the old session is flushed raw.
-        let flushed = tracker.on_event(event(-2, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"));
+        tracker.on_event(event(-2, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"), &mut flushed);
         assert_eq!(flushed.len(), 2);
         assert!(matches!(&flushed[0].payload, Payload::Raw(raw) if raw.ends_with(b"abc")));
         assert!(matches!(&flushed[1].payload, Payload::Http(_)));

@@ -2,6 +2,7 @@
 //! records of a call the kernel had to split.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
@@ -22,14 +23,56 @@ pub struct SocketPair {
     pub remote: SocketAddr,
 }
 
+/// A task's name as the kernel gives it: at most 15 bytes, NUL-padded. Kept
+/// inline, so that events carry it without allocating.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    pub fn from_kernel(comm: &[i8]) -> Comm {
+        let mut bytes = [0; 16];
+        for (slot, &c) in bytes.iter_mut().zip(comm.iter().take(15)) {
+            *slot = c as u8;
+        }
+        Comm(bytes)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..len]
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(name: &str) -> Comm {
+        let mut bytes = [0; 16];
+        for (slot, b) in bytes.iter_mut().zip(name.bytes().take(15)) {
+            *slot = b;
+        }
+        Comm(bytes)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.bytes()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.bytes()))
+    }
+}
+
 /// Who moved the bytes, on which connection, and in which direction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventMeta {
     pub timestamp: SystemTime,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub fd: i32,
     /// The library's session object; with pid, it names the TLS session.
     pub conn_id: u64,
@@ -91,7 +134,7 @@ impl RecordDecoder {
                 pid: raw.pid,
                 tid: raw.tid,
                 uid: raw.uid,
-                comm: comm_string(&raw.comm),
+                comm: Comm::from_kernel(&raw.comm),
                 fd: raw.fd,
                 conn_id: raw.conn_id,
                 direction: if raw.direction == 0 {
@@ -112,12 +155,6 @@ impl RecordDecoder {
             data,
         })
     }
-}
-
-/// A task's comm as the kernel gives it: a C char array, NUL-padded.
-pub fn comm_string(comm: &[i8]) -> String {
-    let bytes: Vec<u8> = comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 const AF_INET: u16 = 2;
@@ -159,9 +196,14 @@ fn monotonic_epoch() -> SystemTime {
 #[derive(Default)]
 pub struct Reassembler {
     partial: HashMap<u32, DataEvent>,
+    /// Buffers of events already written out, for the next ones.
+    spare: Vec<Vec<u8>>,
     /// Calls abandoned because a record in the middle never arrived.
     pub broken_calls: u64,
 }
+
+/// Spare buffers kept: enough for a burst, bounded in memory.
+const SPARE_BUFFERS: usize = 64;
 
 impl Reassembler {
     pub fn push(&mut self, chunk: Chunk<'_>) -> Option<DataEvent> {
@@ -169,17 +211,17 @@ impl Reassembler {
             if self.partial.remove(&chunk.meta.tid).is_some() {
                 self.broken_calls += 1;
             }
-            return Some(DataEvent {
-                meta: chunk.meta,
-                data: chunk.data.to_vec(),
-            });
+            let mut data = self.buffer();
+            data.extend_from_slice(chunk.data);
+            return Some(DataEvent { meta: chunk.meta, data });
         }
         let tid = chunk.meta.tid;
         if chunk.offset == 0 {
             if self.partial.remove(&tid).is_some() {
                 self.broken_calls += 1;
             }
-            let mut data = Vec::with_capacity(chunk.total_len as usize);
+            let mut data = self.buffer();
+            data.reserve(chunk.total_len as usize);
             data.extend_from_slice(chunk.data);
             self.partial.insert(tid, DataEvent { meta: chunk.meta, data });
             return None;
@@ -198,6 +240,18 @@ impl Reassembler {
             return self.partial.remove(&tid);
         }
         None
+    }
+
+    /// Takes back the buffer of an event that has been written out.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+    }
+
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
     }
 }
 
@@ -233,6 +287,11 @@ mod tests {
         let mut r = Reassembler::default();
         let event = r.push(chunk(1, 5, 0, b"hello")).unwrap();
         assert_eq!(event.data, b"hello");
+        // A recycled buffer serves the next event, emptied.
+        let address = event.data.as_ptr();
+        r.recycle(event.data);
+        let next = r.push(chunk(1, 2, 0, b"ok")).unwrap();
+        assert_eq!((next.data.as_slice(), next.data.as_ptr()), (&b"ok"[..], address));
     }
 
     #[test]
@@ -281,7 +340,7 @@ mod tests {
         let record = &bytes[..HEADER_LEN + 3];
         let chunk = RecordDecoder::new().decode(record).unwrap();
         assert_eq!(chunk.data, b"GET");
-        assert_eq!(chunk.meta.comm, "curl");
+        assert_eq!(chunk.meta.comm.to_string(), "curl");
         assert_eq!(chunk.meta.direction, Direction::Ingress);
         let pair = chunk.meta.sockets.unwrap();
         assert_eq!(pair.local, "127.0.0.1:8443".parse().unwrap());

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use hkdf::Hkdf;
 use sha2::{Sha256, Sha384};
 
-use crate::event::comm_string;
+use crate::event::Comm;
 use crate::probe::RawMasterSecret;
 
 const TLS1_2_VERSION: u32 = 0x0303;
@@ -39,7 +39,7 @@ pub enum HandshakeSecrets {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSecrets {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub tls_version: u32,
     pub cipher_id: u32,
     pub client_random: [u8; 32],
@@ -66,7 +66,7 @@ impl SessionSecrets {
         };
         SessionSecrets {
             pid: raw.pid,
-            comm: comm_string(&raw.comm),
+            comm: Comm::from_kernel(&raw.comm),
             tls_version: raw.tls_version,
             cipher_id: raw.cipher_id,
             client_random: raw.client_random,

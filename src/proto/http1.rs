@@ -73,18 +73,19 @@ impl Http1Session {
     /// Adds bytes of one direction (0 or 1) and returns what they completed.
     /// Takes the bytes by value: data that is not HTTP is passed on without
     /// being copied.
-    pub fn push(&mut self, direction: usize, data: impl Into<Vec<u8>>) -> Vec<Parsed> {
+    /// Feeds one direction's bytes; appends to `out` what they complete.
+    pub fn push(&mut self, direction: usize, data: impl Into<Vec<u8>>, out: &mut Vec<Parsed>) {
         let data = data.into();
         let stream = &mut self.streams[direction];
         if stream.raw {
-            return vec![Parsed::Raw(data)];
+            out.push(Parsed::Raw(data));
+            return;
         }
         if stream.buf.is_empty() {
             stream.buf = data;
         } else {
             stream.buf.extend_from_slice(&data);
         }
-        let mut out = Vec::new();
         while !stream.buf.is_empty() {
             match parse_message(&stream.buf, &mut self.head_requests, false) {
                 Step::NeedMore => break,
@@ -101,12 +102,10 @@ impl Http1Session {
                 }
             }
         }
-        out
     }
 
     /// The connection ended: what is buffered is all there will be.
-    pub fn finish(&mut self) -> Vec<Parsed> {
-        let mut out = Vec::new();
+    pub fn finish(&mut self, out: &mut Vec<Parsed>) {
         for stream in &mut self.streams {
             if stream.buf.is_empty() {
                 continue;
@@ -117,7 +116,6 @@ impl Http1Session {
                 _ => out.push(Parsed::Raw(buf)),
             }
         }
-        out
     }
 }
 
@@ -281,6 +279,26 @@ fn inflate(encoding: &str, data: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parser with its output collected, as the tests read it.
+    trait Collected {
+        fn push_all(&mut self, direction: usize, data: &[u8]) -> Vec<Parsed>;
+        fn finish_all(&mut self) -> Vec<Parsed>;
+    }
+
+    impl Collected for Http1Session {
+        fn push_all(&mut self, direction: usize, data: &[u8]) -> Vec<Parsed> {
+            let mut out = Vec::new();
+            self.push(direction, data, &mut out);
+            out
+        }
+
+        fn finish_all(&mut self) -> Vec<Parsed> {
+            let mut out = Vec::new();
+            self.finish(&mut out);
+            out
+        }
+    }
     use flate2::Compression;
     use flate2::write::GzEncoder;
     use std::io::Write;
@@ -300,7 +318,7 @@ mod tests {
         let mut session = Http1Session::default();
         let mut all = Vec::new();
         for piece in wire.chunks(3) {
-            all.extend(session.push(0, piece));
+            all.extend(session.push_all(0, piece));
         }
         let got = messages(all);
         assert_eq!(got.len(), 1);
@@ -319,7 +337,7 @@ mod tests {
     fn pipelined_requests_in_one_write_are_separate_messages() {
         let wire = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HT";
         let mut session = Http1Session::default();
-        let got = messages(session.push(0, wire));
+        let got = messages(session.push_all(0, wire));
         let paths: Vec<_> = got
             .iter()
             .map(|m| match &m.start {
@@ -328,7 +346,7 @@ mod tests {
             })
             .collect();
         assert_eq!(paths, ["/a", "/b"]);
-        let rest = messages(session.push(0, b"TP/1.1\r\n\r\n"));
+        let rest = messages(session.push_all(0, b"TP/1.1\r\n\r\n"));
         assert_eq!(rest.len(), 1);
     }
 
@@ -347,8 +365,8 @@ mod tests {
         wire.extend_from_slice(b"0\r\n\r\n");
         let mut session = Http1Session::default();
         let (head, tail) = wire.split_at(wire.len() - 4);
-        assert!(session.push(1, head).is_empty(), "incomplete until the last chunk");
-        let got = messages(session.push(1, tail));
+        assert!(session.push_all(1, head).is_empty(), "incomplete until the last chunk");
+        let got = messages(session.push_all(1, tail));
         assert_eq!(got[0].body, b"the decoded body");
         assert!(got[0].notes.iter().any(|n| n == "chunked"));
         assert!(got[0].notes.iter().any(|n| n.starts_with("gzip")));
@@ -365,12 +383,12 @@ mod tests {
     #[test]
     fn response_to_head_has_no_body_and_eof_framed_body_ends_at_finish() {
         let mut session = Http1Session::default();
-        messages(session.push(0, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n"));
-        let head_reply = messages(session.push(1, b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"));
+        messages(session.push_all(0, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n"));
+        let head_reply = messages(session.push_all(1, b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"));
         assert_eq!(head_reply.len(), 1);
         assert!(head_reply[0].body.is_empty());
-        assert!(session.push(1, b"HTTP/1.0 200 OK\r\n\r\nuntil close").is_empty());
-        let rest = messages(session.finish());
+        assert!(session.push_all(1, b"HTTP/1.0 200 OK\r\n\r\nuntil close").is_empty());
+        let rest = messages(session.finish_all());
         assert_eq!(rest[0].body, b"until close");
     }
 
@@ -378,15 +396,18 @@ mod tests {
     fn non_http_is_raw_from_the_start() {
         let mut session = Http1Session::default();
         assert_eq!(
-            session.push(0, b"\x16\x03\x01binary"),
+            session.push_all(0, b"\x16\x03\x01binary"),
             vec![Parsed::Raw(b"\x16\x03\x01binary".to_vec())]
         );
         assert_eq!(
-            session.push(0, b"GET / HTTP/1.1\r\n\r\n"),
+            session.push_all(0, b"GET / HTTP/1.1\r\n\r\n"),
             vec![Parsed::Raw(b"GET / HTTP/1.1\r\n\r\n".to_vec())]
         );
         let mut text = Http1Session::default();
-        assert!(matches!(text.push(0, b"hello there\n").as_slice(), [Parsed::Raw(_)]));
+        assert!(matches!(
+            text.push_all(0, b"hello there\n").as_slice(),
+            [Parsed::Raw(_)]
+        ));
     }
 
     #[test]
@@ -394,9 +415,9 @@ mod tests {
         let mut session = Http1Session::default();
         assert!(
             session
-                .push(0, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+                .push_all(0, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
                 .is_empty()
         );
-        assert!(matches!(session.finish().as_slice(), [Parsed::Raw(raw)] if raw.ends_with(b"abc")));
+        assert!(matches!(session.finish_all().as_slice(), [Parsed::Raw(raw)] if raw.ends_with(b"abc")));
     }
 }

@@ -63,10 +63,10 @@ fn write_record(
         ),
         Payload::Raw(bytes) => ("data", bytes.len()),
     };
+    write_time(scratch, meta.timestamp);
     let _ = write!(
         scratch,
-        "{} PID:{} Comm:{} TID:{} UID:{} FD:{} {verb} {length} bytes {kind}",
-        format_time(meta.timestamp),
+        " PID:{} Comm:{} TID:{} UID:{} FD:{} {verb} {length} bytes {kind}",
         meta.pid,
         meta.comm,
         meta.tid,
@@ -138,18 +138,19 @@ fn hexdump(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// UTC time with microseconds, like "2026-11-25T13:45:06.123456Z".
-fn format_time(time: SystemTime) -> String {
+fn write_time(out: &mut Vec<u8>, time: SystemTime) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
-    format!(
+    let _ = write!(
+        out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,
         rem / 60 % 60,
         rem % 60,
         since.subsec_micros()
-    )
+    );
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
