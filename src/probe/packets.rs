@@ -284,7 +284,7 @@ impl PacketProbes {
         }
         self.tcx_links.clear();
         self.filter_programs.clear();
-        self.links.clear();
+        super::release_together(std::mem::take(&mut self.links));
     }
 }
 
