@@ -5,6 +5,7 @@
 #   make test            unit and end-to-end tests (root; installs what they need)
 #   make bench           throughput, latency, CPU and completeness against no tracer and bpftrace
 #   make bench-quick     the same, under two minutes
+#                        (BENCH_ARGS="--sizes 64 --paths --configs ecapture-text" picks a subset)
 #   make run ARGS="tls --pid 123"
 #   make clean
 
@@ -52,11 +53,11 @@ test: all
 
 bench: all
 	@scripts/install-deps.sh test
-	python3 bench/run.py
+	python3 bench/run.py $(BENCH_ARGS)
 
 bench-quick: all
 	@scripts/install-deps.sh test
-	python3 bench/run.py --quick
+	python3 bench/run.py --quick $(BENCH_ARGS)
 
 run: all
 	bin/ecapture $(ARGS)
