@@ -31,6 +31,15 @@ int BPF_UPROBE(ssl_write_ex_enter, void *ssl, const void *buf, size_t num, size_
 			      LENGTH_FROM_POINTER);
 }
 
+/* OpenSSL 3.2+: int ssl_write_internal(SSL *ssl, const void *buf, size_t num,
+ *                                      uint64_t flags, size_t *written) */
+SEC("uprobe")
+int BPF_UPROBE(ssl_write_flags_enter, void *ssl, const void *buf, size_t num, __u64 flags, size_t *written)
+{
+	return tls_call_enter((__u64)ssl, (__u64)buf, (__u64)written, DIRECTION_EGRESS,
+			      LENGTH_FROM_POINTER);
+}
+
 /* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes) */
 SEC("uprobe")
 int BPF_UPROBE(ssl_read_ex_enter, void *ssl, void *buf, size_t num, size_t *readbytes)

@@ -12,8 +12,8 @@ use anyhow::Result;
 use crate::cli::{Config, ModuleCommand};
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
-use crate::target::disasm::ProbeSite;
-use crate::target::elf::FunctionSymbol;
+use crate::target::disasm::{self, ProbeSite};
+use crate::target::elf::{ElfImage, FunctionSymbol};
 
 /// A function to probe: an entry program on its first instruction, and
 /// possibly a return program that fires when it returns.
@@ -25,6 +25,31 @@ pub struct Hook {
     pub entry_program: &'static str,
     /// None where the entry alone sees all it needs, sparing a uretprobe.
     pub return_program: Option<&'static str>,
+}
+
+impl Hook {
+    /// A hook on `symbol`, its entry probe moved to the site `disasm` picks
+    /// (past leading tests and branches, onto an instruction the kernel
+    /// emulates, when there is one).
+    pub fn new(
+        image: &ElfImage,
+        symbol: FunctionSymbol,
+        entry_program: &'static str,
+        return_program: Option<&'static str>,
+    ) -> Hook {
+        let site = disasm::probe_site(image, &symbol);
+        let offset = site.as_ref().map_or(0, |site| site.offset);
+        Hook {
+            symbol: FunctionSymbol {
+                address: symbol.address + offset,
+                file_offset: symbol.file_offset + offset,
+                ..symbol
+            },
+            site,
+            entry_program,
+            return_program,
+        }
+    }
 }
 
 /// One file to place hooks in.

@@ -67,11 +67,7 @@ fn write_record(
     let _ = write!(
         scratch,
         " PID:{} Comm:{} TID:{} UID:{} FD:{} {verb} {length} bytes {kind}",
-        meta.pid,
-        meta.comm,
-        meta.tid,
-        meta.uid,
-        meta.fd
+        meta.pid, meta.comm, meta.tid, meta.uid, meta.fd
     );
     if let Some(pair) = meta.sockets {
         let _ = write!(scratch, " {preposition} {} (local {})", pair.remote, pair.local);

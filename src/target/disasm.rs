@@ -14,6 +14,27 @@ const MAX_INSTRUCTIONS: usize = 64;
 #[cfg(target_arch = "x86_64")]
 const MAX_EXPLORED: usize = 512;
 
+/// The full registers `instruction` writes, even only conditionally.
+#[cfg(target_arch = "x86_64")]
+fn written_registers(
+    info_factory: &mut iced_x86::InstructionInfoFactory,
+    instruction: &iced_x86::Instruction,
+) -> Vec<iced_x86::Register> {
+    use iced_x86::OpAccess;
+    info_factory
+        .info(instruction)
+        .used_registers()
+        .iter()
+        .filter(|used| {
+            matches!(
+                used.access(),
+                OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite
+            )
+        })
+        .map(|used| used.register().full_register())
+        .collect()
+}
+
 /// A field reached from the first argument: `[0x30, 0x110]` is the field at
 /// 0x110 of the object whose pointer is at 0x30 of the argument. The last
 /// step may be an address taken (a `lea`, or an `add` to a pointer) rather
@@ -27,9 +48,7 @@ pub type FieldPath = Vec<u64>;
 pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPath>> {
     use std::collections::{BTreeMap, HashSet};
 
-    use iced_x86::{
-        Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
-    };
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind, Register};
 
     /// A register's value: the pointer reached by following `loads` from the
     /// argument, plus `bias` bytes.
@@ -117,18 +136,7 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
                 paths.insert(moved.field(0));
                 result = Some(moved);
             }
-            let written: Vec<Register> = info_factory
-                .info(&instruction)
-                .used_registers()
-                .iter()
-                .filter(|used| {
-                    matches!(
-                        used.access(),
-                        OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite
-                    )
-                })
-                .map(|used| used.register().full_register())
-                .collect();
+            let written = written_registers(&mut info_factory, &instruction);
             for register in written {
                 registers.remove(&register);
             }
@@ -161,102 +169,207 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
     Some(paths)
 }
 
-/// The function that both `plain` and `extended` call first, when `extended`
-/// passes its four arguments through unchanged (OpenSSL's SSL_write and
-/// SSL_write_ex both call ssl_write_internal(ssl, buf, num, &written)).
-/// Hooking it catches both entry points and BIO users that call it directly;
-/// its address is a call target the compiler emitted, so an instruction
-/// boundary, and it is further checked to decode and to lie in `.text`.
-#[cfg(target_arch = "x86_64")]
-pub fn shared_callee(image: &ElfImage, plain: &str, extended: &str) -> Option<FunctionSymbol> {
-    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, OpKind, Register};
+/// The function that both `plain` and `extended` call first, and which of
+/// its arguments (4 or 5) receives the length pointer. OpenSSL's SSL_write
+/// and SSL_write_ex both call ssl_write_internal(ssl, buf, num, &written),
+/// and from 3.2 ssl_write_internal(ssl, buf, num, flags, &written), through
+/// SSL_write_ex2. Hooking it catches both entry points and BIO users that
+/// call it directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedCallee {
+    pub symbol: FunctionSymbol,
+    /// 1-based position of the `size_t *` that receives the length.
+    pub length_argument: usize,
+}
 
-    const ARGUMENTS: [Register; 4] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX];
-    // Returns the target of the first direct call, and whether the argument
-    // registers were still untouched when it was made.
-    let first_call = |name: &str| -> Option<(u64, bool)> {
-        let symbol = image.function(name)?;
-        let mut decoder = Decoder::with_ip(64, image.function_code(&symbol)?, symbol.address, DecoderOptions::NONE);
+/// Where an argument register's value at a call came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The caller's own argument n (0-based), unchanged.
+    Argument(usize),
+    /// The address of a local variable.
+    StackAddress,
+    Other,
+}
+
+/// `plain` takes (ssl, buf, int num) and passes a local variable for the
+/// length; `extended` takes (ssl, buf, size_t num, size_t *len) and passes
+/// its first three arguments through, and its `len` in the same position as
+/// the plain function's local. Both must reach the same function in `.text`
+/// with their first direct call, following tail jumps. The target is a call
+/// target the compiler emitted, so an instruction boundary, and is checked to
+/// decode.
+#[cfg(target_arch = "x86_64")]
+pub fn shared_callee(image: &ElfImage, plain: &str, extended: &str) -> Option<SharedCallee> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind, Register};
+
+    const ARGUMENTS: [Register; 6] = [
+        Register::RDI,
+        Register::RSI,
+        Register::RDX,
+        Register::RCX,
+        Register::R8,
+        Register::R9,
+    ];
+    const TAIL_JUMPS: usize = 2;
+    let argument_index = |register: Register| ARGUMENTS.iter().position(|&r| r == register.full_register());
+    // The target of the function's first direct call, and where each
+    // argument register's value came from when it was made.
+    let first_call = |name: &str| -> Option<(u64, [Source; 6])> {
+        let mut sources = [0, 1, 2, 3, 4, 5].map(Source::Argument);
         let mut info_factory = InstructionInfoFactory::new();
-        let mut arguments_intact = true;
-        for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
-            if instruction.is_invalid() {
+        let symbol = image.function(name)?;
+        let mut address = symbol.address;
+        for _ in 0..=TAIL_JUMPS {
+            let file_offset = image.file_offset_of(address)?;
+            let code = image.function_code(&FunctionSymbol {
+                name: String::new(),
+                address,
+                size: 0,
+                file_offset,
+            })?;
+            let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+            let mut jumped = false;
+            for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
+                if instruction.is_invalid() {
+                    return None;
+                }
+                match instruction.flow_control() {
+                    FlowControl::Call if instruction.op0_kind() == OpKind::NearBranch64 => {
+                        return Some((instruction.near_branch_target(), sources));
+                    }
+                    FlowControl::UnconditionalBranch if instruction.op0_kind() == OpKind::NearBranch64 => {
+                        address = instruction.near_branch_target();
+                        jumped = true;
+                        break;
+                    }
+                    FlowControl::Next | FlowControl::ConditionalBranch => {}
+                    _ => return None,
+                }
+                let copied = match instruction.mnemonic() {
+                    Mnemonic::Mov
+                        if instruction.op1_kind() == OpKind::Register
+                            && instruction.op1_register() == Register::RSP =>
+                    {
+                        Some(Source::StackAddress)
+                    }
+                    Mnemonic::Mov if instruction.op1_kind() == OpKind::Register => {
+                        argument_index(instruction.op1_register()).map(|from| sources[from])
+                    }
+                    Mnemonic::Lea if instruction.memory_base() == Register::RSP => Some(Source::StackAddress),
+                    _ => None,
+                };
+                let written = written_registers(&mut info_factory, &instruction);
+                for index in written.into_iter().filter_map(argument_index) {
+                    sources[index] = copied.unwrap_or(Source::Other);
+                }
+            }
+            if !jumped {
                 return None;
             }
-            match instruction.flow_control() {
-                FlowControl::Call if instruction.op0_kind() == OpKind::NearBranch64 => {
-                    return Some((instruction.near_branch_target(), arguments_intact));
-                }
-                FlowControl::Call | FlowControl::IndirectCall | FlowControl::Return => return None,
-                FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => return None,
-                _ => {}
-            }
-            let clobbers = info_factory.info(&instruction).used_registers().iter().any(|used| {
-                matches!(
-                    used.access(),
-                    OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite
-                ) && ARGUMENTS.contains(&used.register().full_register())
-            });
-            arguments_intact &= !clobbers;
         }
         None
     };
-    let (target, intact) = first_call(extended)?;
-    let (plain_target, _) = first_call(plain)?;
-    if !intact || plain_target != target || image.section_name_at(target)? != ".text" {
+    let (target, extended_sources) = first_call(extended)?;
+    let (plain_target, plain_sources) = first_call(plain)?;
+    let length = extended_sources.iter().position(|&s| s == Source::Argument(3))?;
+    let passed_through = extended_sources[..3] == [0, 1, 2].map(Source::Argument);
+    let plain_matches =
+        plain_sources[..2] == [0, 1].map(Source::Argument) && plain_sources[length] == Source::StackAddress;
+    if plain_target != target || !passed_through || !plain_matches || !(3..=4).contains(&length) {
         return None;
     }
+    if image.section_name_at(target)? != ".text" {
+        return None;
+    }
+    let file_offset = image.file_offset_of(target)?;
     let symbol = FunctionSymbol {
         name: format!("{plain}/{extended} callee"),
         address: target,
         size: 0,
-        file_offset: 0,
-    };
-    let file_offset = image.file_offset_of(target)?;
-    let code = image.function_code(&FunctionSymbol {
         file_offset,
-        ..symbol.clone()
-    })?;
-    let mut decoder = Decoder::with_ip(64, code, target, DecoderOptions::NONE);
+    };
+    let mut decoder = Decoder::with_ip(64, image.function_code(&symbol)?, target, DecoderOptions::NONE);
     if decoder.decode().is_invalid() {
         return None;
     }
-    Some(FunctionSymbol { file_offset, ..symbol })
+    Some(SharedCallee {
+        symbol,
+        length_argument: length + 1,
+    })
 }
 
-/// What the kernel does with the instruction a uprobe replaces: x86 emulates
-/// push, nop, call and jmp (about 0.5 us a hit on the development VM) and
-/// single-steps everything else (about 10 us there).
+/// Where an entry probe goes in a function, and what the kernel does with
+/// the instruction it replaces: x86 emulates push, nop, call and jmp (about
+/// 0.5 us a hit on the development VM) and single-steps everything else
+/// (about 10 us there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSite {
     pub mnemonic: String,
     pub emulated: bool,
+    /// Bytes from the function's start. Past the start only when the
+    /// instructions before are tests and branches (OpenSSL 3.2+ begins
+    /// ssl_write_internal with `test rdi, rdi; je`): they change neither the
+    /// stack nor the arguments, so the probe sees the call as at its entry,
+    /// and a return probe still finds the return address on top of the stack.
+    pub offset: u64,
 }
 
 impl std::fmt::Display for ProbeSite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let how = if self.emulated { "emulated" } else { "single-stepped" };
-        write!(f, "{}: {how}", self.mnemonic)
+        if self.offset > 0 {
+            write!(f, "{} at +{}: {how}", self.mnemonic, self.offset)
+        } else {
+            write!(f, "{}: {how}", self.mnemonic)
+        }
     }
 }
 
+/// Instructions a probe may be moved past.
+#[cfg(target_arch = "x86_64")]
+const MAX_SKIPPED: usize = 4;
+
 #[cfg(target_arch = "x86_64")]
 pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
-    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, Register};
 
+    let is_emulated = |mnemonic| {
+        matches!(
+            mnemonic,
+            Mnemonic::Push | Mnemonic::Nop | Mnemonic::Call | Mnemonic::Jmp
+        )
+    };
     let mut decoder = Decoder::with_ip(64, image.function_code(symbol)?, symbol.address, DecoderOptions::NONE);
-    let first = decoder.decode();
-    if first.is_invalid() {
-        return None;
+    let mut info_factory = InstructionInfoFactory::new();
+    let mut first = None;
+    for instruction in decoder.iter().take(MAX_SKIPPED + 1) {
+        if instruction.is_invalid() {
+            return None;
+        }
+        let site = ProbeSite {
+            mnemonic: format!("{:?}", instruction.mnemonic()).to_lowercase(),
+            emulated: is_emulated(instruction.mnemonic()),
+            offset: instruction.ip() - symbol.address,
+        };
+        if site.emulated {
+            return Some(site);
+        }
+        first.get_or_insert(ProbeSite { offset: 0, ..site });
+        let info = info_factory.info(&instruction);
+        let writes_only_flags = info.used_memory().iter().all(|m| m.access() == OpAccess::Read)
+            && info.used_registers().iter().all(|used| {
+                used.access() == OpAccess::Read || used.access() == OpAccess::None || used.register() == Register::None
+            });
+        let goes_on = matches!(
+            instruction.flow_control(),
+            FlowControl::Next | FlowControl::ConditionalBranch
+        );
+        if !writes_only_flags || !goes_on {
+            return first;
+        }
     }
-    let emulated = matches!(
-        first.mnemonic(),
-        Mnemonic::Push | Mnemonic::Nop | Mnemonic::Call | Mnemonic::Jmp
-    );
-    Some(ProbeSite {
-        mnemonic: format!("{:?}", first.mnemonic()).to_lowercase(),
-        emulated,
-    })
+    first
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -265,7 +378,7 @@ pub fn probe_site(_image: &ElfImage, _symbol: &FunctionSymbol) -> Option<ProbeSi
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub fn shared_callee(_image: &ElfImage, _plain: &str, _extended: &str) -> Option<FunctionSymbol> {
+pub fn shared_callee(_image: &ElfImage, _plain: &str, _extended: &str) -> Option<SharedCallee> {
     None
 }
 
@@ -317,15 +430,28 @@ mod tests {
         let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap();
         let internal = shared_callee(&image, "SSL_write", "SSL_write_ex").unwrap();
         assert_eq!(
-            probe_site(&image, &internal).unwrap(),
+            probe_site(&image, &internal.symbol).unwrap(),
             ProbeSite {
                 mnemonic: "push".into(),
-                emulated: true
+                emulated: true,
+                offset: 0,
             }
         );
-        // SSL_write itself starts by making room on the stack.
+        // SSL_write itself starts by making room on the stack, which no
+        // probe may be moved past.
         let exported = probe_site(&image, &image.function("SSL_write").unwrap()).unwrap();
-        assert!(!exported.emulated, "{exported}");
+        assert!(!exported.emulated && exported.offset == 0, "{exported}");
+        // SSL_free begins `test rdi, rdi; je ...; push r13`: the probe goes
+        // on the push, 9 bytes in.
+        let free = probe_site(&image, &image.function("SSL_free").unwrap()).unwrap();
+        assert_eq!(
+            (free.mnemonic.as_str(), free.emulated, free.offset),
+            ("push", true, 9),
+            "{free}"
+        );
+        // SSL_get_error begins by writing eax: nothing may be skipped.
+        let error = probe_site(&image, &image.function("SSL_get_error").unwrap()).unwrap();
+        assert_eq!((error.emulated, error.offset), (false, 0), "{error}");
     }
 
     #[test]
@@ -333,8 +459,10 @@ mod tests {
         let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap();
         let write = shared_callee(&image, "SSL_write", "SSL_write_ex").expect("ssl_write_internal");
         let read = shared_callee(&image, "SSL_read", "SSL_read_ex").expect("ssl_read_internal");
-        assert_ne!(write.address, read.address);
-        for internal in [&write, &read] {
+        assert_ne!(write.symbol.address, read.symbol.address);
+        // OpenSSL 3.0 passes the length pointer fourth.
+        assert_eq!((write.length_argument, read.length_argument), (4, 4));
+        for internal in [&write.symbol, &read.symbol] {
             // A shared object's text is mapped at its file offset.
             assert_eq!(internal.file_offset, internal.address);
             assert!(image.function("SSL_write").unwrap().address != internal.address);

@@ -182,22 +182,34 @@ fn statically_linked_client_keys() {
     assert_eq!(uris, [path], "{keys}");
 }
 
-#[test]
-fn boringssl_client_keys_tls13_and_tls12() {
-    if !e2e_enabled() {
-        return;
-    }
-    let binary = boringssl_client();
+/// A tls_client build makes one TLS 1.3 and one TLS 1.2 request with
+/// ecapture hooking `libssl`; tshark must decrypt both with the key log.
+fn tls_client_keys_tls13_and_tls12(binary: &Path, libssl: &str) {
     let (_server, port) = start_https_server();
-    let (v13, v12) = (format!("/{}", marker("bssl13")), format!("/{}", marker("bssl12")));
-    let (keys, uris) = keylog_run(port, &["--libssl", BORINGSSL_LIBSSL], || {
-        tls_client_get(&binary, port, &v13, &[]);
-        tls_client_get(&binary, port, &v12, &["1.2"]);
+    let (v13, v12) = (format!("/{}", marker("tls13")), format!("/{}", marker("tls12")));
+    let (keys, uris) = keylog_run(port, &["--libssl", libssl], || {
+        tls_client_get(binary, port, &v13, &[]);
+        tls_client_get(binary, port, &v12, &["1.2"]);
     });
     assert!(
         uris.contains(&v13) && uris.contains(&v12),
         "tshark decrypted {uris:?}\n{keys}"
     );
-    // BoringSSL's handshake secrets are taken as held, not derived.
     assert_one_tls13_and_one_tls12_session(&keys);
+}
+
+#[test]
+fn boringssl_client_keys_tls13_and_tls12() {
+    // BoringSSL's handshake secrets are taken as held, not derived.
+    if e2e_enabled() {
+        tls_client_keys_tls13_and_tls12(&boringssl_client(), BORINGSSL_LIBSSL);
+    }
+}
+
+#[test]
+fn openssl_3_5_client_keys_tls13_and_tls12() {
+    if e2e_enabled() {
+        let binary = openssl35_client();
+        tls_client_keys_tls13_and_tls12(&binary, binary.to_str().unwrap());
+    }
 }

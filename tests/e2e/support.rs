@@ -105,6 +105,11 @@ impl Drop for Guard {
 
 /// Runs a command to completion within PEER_TIMEOUT and returns its stdout.
 pub fn run_peer(name: &str, command: &mut Command) -> String {
+    run_within(name, command, PEER_TIMEOUT)
+}
+
+/// Runs a command to completion within `timeout` and returns its stdout.
+pub fn run_within(name: &str, command: &mut Command, timeout: Duration) -> String {
     let dir = scratch_dir();
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
@@ -113,7 +118,7 @@ pub fn run_peer(name: &str, command: &mut Command) -> String {
         .stderr(File::create(&err_path).unwrap())
         .stdin(Stdio::null());
     let mut guard = Guard::spawn(name, command);
-    let status = guard.wait(PEER_TIMEOUT);
+    let status = guard.wait(timeout);
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(status.success(), "{name} failed ({status}): {stderr}");
@@ -302,7 +307,25 @@ pub fn start_https_server() -> (Guard, u16) {
 }
 
 /// Loaded BPF programs on the machine, for checking that nothing is left.
+/// The number of BPF programs loaded, once it has held still: the kernel
+/// frees the programs of a process that has exited a little later, so a count
+/// taken just after another test (or the unit tests) could still change.
 pub fn loaded_bpf_programs() -> usize {
+    const SETTLED_READS: usize = 3;
+    const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut last = count_bpf_programs();
+    let mut unchanged = 1;
+    while unchanged < SETTLED_READS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = count_bpf_programs();
+        unchanged = if now == last { unchanged + 1 } else { 1 };
+        last = now;
+    }
+    last
+}
+
+fn count_bpf_programs() -> usize {
     let out = Command::new("bpftool")
         .args(["prog", "list"])
         .output()
@@ -370,6 +393,62 @@ pub fn static_openssl_client() -> PathBuf {
         "tls_static",
         &[&format!("{lib}/libssl.a"), &format!("{lib}/libcrypto.a"), "-lpthread"],
     )
+}
+
+/// Building OpenSSL's libraries takes about 80 s on two CPUs.
+const OPENSSL_BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// tests/peers/tls_client.c linked statically against OpenSSL 3.5, which
+/// Debian 12 does not ship: built once, from the sources the openssl-src
+/// crate carries, into the test target directory.
+pub fn openssl35_client() -> PathBuf {
+    static CLIENT: OnceLock<PathBuf> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openssl-3.5");
+            if !dir.join("libssl.a").exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+                run_peer(
+                    "cp",
+                    Command::new("cp").arg("-r").arg(openssl_src::source_dir()).arg(&dir),
+                );
+                let configure = [
+                    "no-shared",
+                    "no-module",
+                    "no-legacy",
+                    "no-tests",
+                    "no-docs",
+                    "no-apps",
+                    "no-comp",
+                    "no-zlib",
+                ];
+                run_within(
+                    "openssl Configure",
+                    Command::new("./Configure").args(configure).current_dir(&dir),
+                    OPENSSL_BUILD_TIMEOUT,
+                );
+                let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+                run_within(
+                    "make build_libs",
+                    Command::new("make")
+                        .arg(format!("-j{jobs}"))
+                        .arg("build_libs")
+                        .current_dir(&dir),
+                    OPENSSL_BUILD_TIMEOUT,
+                );
+            }
+            let lib = |name: &str| dir.join(name).to_str().unwrap().to_string();
+            build_tls_client(
+                "tls_openssl35",
+                &[
+                    &format!("-I{}", lib("include")),
+                    &lib("libssl.a"),
+                    &lib("libcrypto.a"),
+                    "-lpthread",
+                ],
+            )
+        })
+        .clone()
 }
 
 /// Android's BoringSSL as Debian ships it.

@@ -340,3 +340,32 @@ fn logaddr_file_gets_events_and_logs() {
         "stdout and the log file disagree"
     );
 }
+
+#[test]
+fn openssl_3_5_is_hooked_past_its_null_check() {
+    if !e2e_enabled() {
+        return;
+    }
+    let binary = openssl35_client();
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls", "--libssl", binary.to_str().unwrap()]);
+    let path = format!("/{}", marker("openssl35"));
+    tls_client_get(&binary, port, &path, &[]);
+    let out = capture.stop();
+    assert!(out.stderr.contains("(OpenSSL 3.5."), "{}", out.stderr);
+    // From 3.2 ssl_write_internal takes a flags argument and begins with
+    // `test rdi, rdi; je`: the probes sit on the push after it.
+    for callee in ["SSL_write/SSL_write_ex callee", "SSL_read/SSL_read_ex callee"] {
+        let hook = out
+            .stderr
+            .split(", ")
+            .find(|h| h.contains(callee))
+            .unwrap_or_else(|| panic!("{callee} not hooked: {}", out.stderr));
+        assert!(hook.contains("(push at +") && hook.contains(": emulated)"), "{hook}");
+    }
+    find_record(
+        &out.stdout,
+        &["Comm:tls_openssl35", "Sent", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    find_record(&out.stdout, &["Comm:tls_openssl35", "Received", "HTTP/1.1 200 OK\r\n"]);
+}

@@ -71,12 +71,9 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
     debug!(path = %path.display(), %library, "found TLS library");
     let (hooks, key_layout) = match config.mode {
         Mode::Text => {
-            let hooks = data_functions(&image).into_iter().map(|(symbol, entry_program)| Hook {
-                site: disasm::probe_site(&image, &symbol),
-                symbol,
-                entry_program,
-                return_program: Some(DATA_RETURN),
-            });
+            let hooks = data_functions(&image)
+                .into_iter()
+                .map(|(symbol, entry_program)| Hook::new(&image, symbol, entry_program, Some(DATA_RETURN)));
             (hooks.collect(), None)
         }
         Mode::Keylog | Mode::Pcap => {
@@ -92,14 +89,13 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
                 .into_iter()
                 .map(|(symbol, _)| symbol)
                 .chain(image.function("SSL_shutdown"));
-            let hook = |symbol: FunctionSymbol, entry_program, return_program| Hook {
-                site: disasm::probe_site(&image, &symbol),
-                symbol,
-                entry_program,
-                return_program,
-            };
-            let hooks = std::iter::once(hook(handshake, "handshake_enter", Some("handshake_return")))
-                .chain(later_calls.map(|symbol| hook(symbol, "keys_at_call", None)));
+            let hooks = std::iter::once(Hook::new(
+                &image,
+                handshake,
+                "handshake_enter",
+                Some("handshake_return"),
+            ))
+            .chain(later_calls.map(|symbol| Hook::new(&image, symbol, "keys_at_call", None)));
             (hooks.collect(), Some(*selection.layout))
         }
     };
@@ -120,9 +116,17 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
 fn data_functions(image: &ElfImage) -> Vec<(FunctionSymbol, &'static str)> {
     let write = disasm::shared_callee(image, "SSL_write", "SSL_write_ex");
     let read = disasm::shared_callee(image, "SSL_read", "SSL_read_ex");
-    if let (Some(write), Some(read)) = (write, read) {
-        // Same arguments as the _ex pair: (ssl, buf, num, size_t *len).
-        return vec![(write, "ssl_write_ex_enter"), (read, "ssl_read_ex_enter")];
+    // (ssl, buf, num, size_t *len), or from 3.2 (ssl, buf, num, flags, size_t *len).
+    let write_program = |callee: &disasm::SharedCallee| match callee.length_argument {
+        4 => Some("ssl_write_ex_enter"),
+        5 => Some("ssl_write_flags_enter"),
+        _ => None,
+    };
+    if let (Some(write), Some(read)) = (write, read)
+        && let Some(write_entry) = write_program(&write)
+        && read.length_argument == 4
+    {
+        return vec![(write.symbol, write_entry), (read.symbol, "ssl_read_ex_enter")];
     }
     DATA_FUNCTIONS
         .iter()
