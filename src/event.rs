@@ -37,7 +37,7 @@ impl Comm {
         Comm(bytes)
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         &self.0[..len]
     }
@@ -55,13 +55,13 @@ impl From<&str> for Comm {
 
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.bytes()))
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
 impl fmt::Debug for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(self.bytes()))
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
     }
 }
 

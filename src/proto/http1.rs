@@ -202,8 +202,9 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
 /// A request starts with a known method and a space, or a prefix of that.
 fn looks_like_request(buf: &[u8]) -> bool {
     METHODS.iter().any(|method| {
-        let token = [method.as_bytes(), b" "].concat();
-        buf.starts_with(&token) || token.starts_with(buf)
+        let method = method.as_bytes();
+        let shared = buf.len().min(method.len());
+        buf[..shared] == method[..shared] && buf.get(method.len()).is_none_or(|&next| next == b' ')
     })
 }
 
@@ -419,5 +420,15 @@ mod tests {
                 .is_empty()
         );
         assert!(matches!(session.finish_all().as_slice(), [Parsed::Raw(raw)] if raw.ends_with(b"abc")));
+    }
+
+    #[test]
+    fn request_starts_are_told_from_other_bytes() {
+        for prefix in [&b"GET / HTTP/1.1"[..], b"GE", b"POST ", b""] {
+            assert!(looks_like_request(prefix), "{prefix:?}");
+        }
+        for other in [&b"GETX / HTTP/1.1"[..], b"\x16\x03\x01", b"get / HTTP/1.1"] {
+            assert!(!looks_like_request(other), "{other:?}");
+        }
     }
 }
