@@ -183,6 +183,7 @@ pub struct SharedCallee {
 }
 
 /// Where an argument register's value at a call came from.
+#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     /// The caller's own argument n (0-based), unchanged.
