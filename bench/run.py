@@ -59,6 +59,16 @@ def wait_for(predicate, timeout, what):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def stop(proc, sig, timeout):
+    """Asks `proc` to stop with `sig`, and kills it if it has not within `timeout` seconds."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def proc_stats(pid):
     """CPU seconds used and peak RSS (KiB) of a running process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -115,12 +125,7 @@ class Tracer:
         if self.config.startswith("ecapture"):
             self.result["cpu_s"], self.result["rss_kib"] = proc_stats(self.proc.pid)
             self.result["bpf_ns_per_run"] = bpf_program_costs()
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, signal.SIGINT, 60)
         if self.config.startswith("ecapture"):
             summary = re.search(
                 rb"stopped: (\d+) events, (\d+) bytes captured, (\d+) sessions keyed, \d+ packets written, "
@@ -178,12 +183,7 @@ http {{
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGQUIT)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, signal.SIGQUIT, 20)
         return False
 
 

@@ -53,8 +53,7 @@ impl ConnTracker {
 
     /// Capture is ending: every session gives up what it buffered.
     pub fn finish_all(&mut self, out: &mut Vec<Record>) {
-        let sessions: Vec<Session> = self.sessions.drain().map(|(_, session)| session).collect();
-        for session in sessions {
+        for (_, session) in std::mem::take(&mut self.sessions) {
             self.finish(session, out);
         }
     }

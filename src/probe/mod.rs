@@ -303,10 +303,7 @@ impl LoadedProbes {
     }
 
     pub fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
-        self.object()
-            .maps()
-            .find(|map| map.name() == name)
-            .ok_or_else(|| anyhow!("BPF map {name} is missing from the object"))
+        map_named(self.object(), name)
     }
 
     /// Records the kernel could not put in the ring buffer, summed over CPUs.
@@ -325,6 +322,22 @@ impl LoadedProbes {
     pub fn detach(&mut self) {
         release_together(std::mem::take(&mut self.links));
     }
+}
+
+/// The map called `name` in a loaded object.
+pub(crate) fn map_named<'o>(object: &'o Object, name: &str) -> Result<libbpf_rs::Map<'o>> {
+    object
+        .maps()
+        .find(|map| map.name() == name)
+        .ok_or_else(|| anyhow!("BPF map {name} is missing from the object"))
+}
+
+/// The program called `name` in a loaded object.
+pub(crate) fn program_named<'o>(object: &'o Object, name: &str) -> Result<libbpf_rs::Program<'o>> {
+    object
+        .progs()
+        .find(|prog| prog.name() == name)
+        .ok_or_else(|| anyhow!("BPF program {name} is missing from the object"))
 }
 
 /// Releasing a uprobe or tracepoint link waits for the kernel's RCU grace

@@ -15,7 +15,7 @@ use libbpf_rs::{
 };
 
 use super::kernel_filter::{self, ClassicInstruction};
-use super::{Flavor, explain_bpf_error, load_skeleton};
+use super::{Flavor, explain_bpf_error, load_skeleton, map_named, program_named};
 use crate::event::SocketPair;
 use crate::procnet;
 
@@ -154,11 +154,7 @@ impl PacketProbes {
             None => false,
         };
         for (index, direction) in directions.iter().enumerate() {
-            let object = self.skel.object();
-            let capture = object
-                .progs()
-                .find(|p| p.name() == direction.capture)
-                .ok_or_else(|| anyhow!("BPF program {} is missing", direction.capture))?;
+            let capture = program_named(self.skel.object(), direction.capture)?;
             let classifier = match self.filter_programs.get(index) {
                 Some(program) => program.as_fd(),
                 None => capture.as_fd(),
@@ -197,14 +193,8 @@ impl PacketProbes {
         directions
             .iter()
             .map(|direction| {
-                let capture = object
-                    .progs()
-                    .find(|p| p.name() == direction.capture)
-                    .ok_or_else(|| anyhow!("BPF program {} is missing", direction.capture))?;
-                let array = object
-                    .maps()
-                    .find(|m| m.name() == direction.capture_array)
-                    .ok_or_else(|| anyhow!("BPF map {} is missing", direction.capture_array))?;
+                let capture = program_named(object, direction.capture)?;
+                let array = map_named(object, direction.capture_array)?;
                 array.update(
                     &0u32.to_ne_bytes(),
                     &capture.as_fd().as_raw_fd().to_ne_bytes(),
@@ -218,12 +208,7 @@ impl PacketProbes {
     /// Records the owners of connections that were open before the capture
     /// started, which no connect() or accept() will announce.
     pub fn add_owners(&self, owners: &[(u32, String, SocketPair)]) -> Result<()> {
-        let map = self
-            .skel
-            .object()
-            .maps()
-            .find(|m| m.name() == "flow_owners")
-            .ok_or_else(|| anyhow!("no flow_owners map"))?;
+        let map = map_named(self.skel.object(), "flow_owners")?;
         for (pid, comm, pair) in owners {
             let Some(key) = flow_key(pair) else { continue };
             let mut owner = FlowOwner {
@@ -247,12 +232,7 @@ impl PacketProbes {
         on_sample: impl FnMut(i32, &[u8]) + 'a,
         on_lost: impl FnMut(i32, u64) + 'a,
     ) -> Result<libbpf_rs::PerfBuffer<'a>> {
-        let map = self
-            .skel
-            .object()
-            .maps()
-            .find(|m| m.name() == "packets")
-            .ok_or_else(|| anyhow!("no packets map"))?;
+        let map = map_named(self.skel.object(), "packets")?;
         Ok(PerfBufferBuilder::new(&map)
             .pages(PERF_PAGES)
             .sample_cb(on_sample)
