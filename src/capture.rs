@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
-use crate::sink::{Payload, Record, Sink};
+use crate::sink::{self, Payload, Record, Sink};
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -259,14 +259,20 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         started.elapsed().as_millis()
     );
 
+    let sleep_flags = objects
+        .iter()
+        .map(LoadedProbes::reader_sleep_flag)
+        .collect::<Result<Vec<_>>>()?;
     let mut lost_reported = 0;
     let mut last_lost_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // Wakeups are batched in the kernel, so drain on every timeout too.
+        sleep_flags.iter().for_each(|flag| flag.set(true));
         let polled = match &perf {
             Some(perf) => perf.poll(POLL_INTERVAL),
             None => ring.poll(POLL_INTERVAL),
         };
+        sleep_flags.iter().for_each(|flag| flag.set(false));
         if let Err(err) = polled
             && err.kind() != libbpf_rs::ErrorKind::Interrupted
         {
@@ -366,12 +372,12 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
     };
     let ifindex = packets::interface_index(&interface)?;
     let filter = config.filter.as_deref().map(kernel_filter::compile).transpose()?;
-    let out: Box<dyn Write> = if config.pcap_file.as_os_str() == "-" {
-        Box::new(BufWriter::new(std::io::stdout()))
+    let out = if config.pcap_file.as_os_str() == "-" {
+        sink::stdout_writer()
     } else {
         let file = File::create(&config.pcap_file)
             .with_context(|| format!("cannot create the pcapng file {}", config.pcap_file.display()))?;
-        Box::new(BufWriter::new(file))
+        sink::file_writer(file)
     };
     let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE)?;
     probes.add_owners(&procnet::connection_owners())?;

@@ -15,7 +15,7 @@ mod sink;
 mod target;
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing::info;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Mode};
 use crate::sink::Sink;
 use crate::sink::text::TextSink;
 
@@ -52,17 +52,20 @@ fn run(cli: Cli) -> Result<()> {
     logging::init(config.debug, log_file.clone());
     preflight::check()?;
 
-    let mut stdout_sink = TextSink::new(
-        BufWriter::with_capacity(1 << 20, std::io::stdout().lock()),
-        config.hex,
-        config.truncate,
-    );
+    // Only text mode prints records; pcap mode may stream its file to stdout.
+    let mut stdout_sink =
+        (config.mode == Mode::Text).then(|| TextSink::new(sink::stdout_writer(), config.hex, config.truncate));
     let mut file_sink = log_file.map(|file| TextSink::new(SharedFile(file), config.hex, config.truncate));
-    let mut sinks: Vec<&mut dyn Sink> = vec![&mut stdout_sink];
-    if let Some(sink) = file_sink.as_mut() {
-        sinks.push(sink);
-    }
+    let sinks: Vec<&mut dyn Sink> = [
+        stdout_sink.as_mut().map(|sink| sink as &mut dyn Sink),
+        file_sink.as_mut().map(|sink| sink as &mut dyn Sink),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let summary = capture::run(module.as_ref(), &config, sinks)?;
+    // Finishes writing the output before the summary says what was written.
+    drop(stdout_sink);
     info!(
         "stopped: {} events, {} bytes captured, {} sessions keyed, {} packets written, {} records lost, {} packets lost, {} calls incomplete",
         summary.events,

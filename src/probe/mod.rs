@@ -3,7 +3,10 @@
 //! `Object`, so every module shares the attach and ring-buffer code.
 
 use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -318,9 +321,59 @@ impl LoadedProbes {
             .sum())
     }
 
+    /// The word that tells the programs whether the reader sleeps.
+    pub fn reader_sleep_flag(&self) -> Result<SleepFlag> {
+        SleepFlag::map(&self.map("reader_asleep")?)
+    }
+
     /// Detaches every probe now, before the maps go away with the object.
     pub fn detach(&mut self) {
         release_together(std::mem::take(&mut self.links));
+    }
+}
+
+/// A word shared with the BPF programs through an mmapped array map. The
+/// reader sets it before it sleeps in poll() and clears it after, so that
+/// the programs wake it once per sleep instead of once per record.
+pub struct SleepFlag {
+    word: NonNull<AtomicU32>,
+    len: usize,
+}
+
+impl SleepFlag {
+    fn map(map: &libbpf_rs::Map<'_>) -> Result<SleepFlag> {
+        // SAFETY: sysconf has no memory effects.
+        let len = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })?;
+        // SAFETY: maps one page of a BPF_F_MMAPABLE array map, whose first
+        // value starts the mapping; the mapping is ours until Drop.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            bail!("mapping reader_asleep: {}", std::io::Error::last_os_error());
+        }
+        let word = NonNull::new(address.cast::<AtomicU32>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        Ok(SleepFlag { word, len })
+    }
+
+    pub fn set(&self, asleep: bool) {
+        // SAFETY: the page stays mapped while self lives, and the kernel
+        // side only ever loads and stores the aligned word.
+        unsafe { self.word.as_ref() }.store(u32::from(asleep), Ordering::SeqCst);
+    }
+}
+
+impl Drop for SleepFlag {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.word.as_ptr().cast(), self.len) };
     }
 }
 

@@ -1,11 +1,15 @@
 //! Where records go. Every output (text now; JSON and network later) is a
 //! rendering of the same `Record`.
 
+pub mod direct_file;
 pub mod keylog;
 pub mod pcapng;
 pub mod text;
 
-use std::io;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+
+use self::direct_file::DirectFile;
 
 use crate::event::EventMeta;
 use crate::proto::http1::HttpMessage;
@@ -27,3 +31,24 @@ pub trait Sink {
     fn emit(&mut self, record: &Record) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
+
+/// Standard output for records: direct I/O when it is a file of its own,
+/// otherwise (a terminal, a pipe) through a large buffer.
+pub fn stdout_writer() -> Box<dyn Write> {
+    match DirectFile::for_stdout() {
+        Some(file) => Box::new(file),
+        None => Box::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, io::stdout().lock())),
+    }
+}
+
+/// An output file, written with direct I/O where its filesystem allows.
+pub fn file_writer(file: File) -> Box<dyn Write> {
+    match DirectFile::over(file) {
+        Ok(file) => Box::new(file),
+        Err(file) => Box::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, file)),
+    }
+}
+
+/// Written in pieces this large, the kernel no longer zeroes each new
+/// page-cache folio before copying into it.
+const OUTPUT_BUFFER_BYTES: usize = 1 << 20;

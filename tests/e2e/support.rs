@@ -182,6 +182,26 @@ impl Capture {
         self.guard.pid()
     }
 
+    /// Whether ecapture holds its stdout file open with O_DIRECT.
+    pub fn writes_stdout_directly(&self) -> bool {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap();
+        fds.flatten().any(|fd| {
+            let names_stdout = std::fs::read_link(fd.path()).is_ok_and(|target| target == self.stdout_path);
+            let info = std::fs::read_to_string(format!(
+                "/proc/{}/fdinfo/{}",
+                self.pid(),
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|line| line.strip_prefix("flags:"))
+                .and_then(|octal| i32::from_str_radix(octal.trim(), 8).ok())
+                .unwrap_or(0);
+            names_stdout && flags & libc::O_DIRECT != 0
+        })
+    }
+
     /// Waits until stdout contains `needle` (events are flushed live).
     pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -168,6 +168,8 @@ fn two_mebibyte_request_body_arrives_complete() {
     const SIZE: usize = 2 * 1024 * 1024;
     let (_server, port) = start_https_server();
     let capture = Capture::start(&["tls", "--libssl", SYSTEM_LIBSSL]);
+    // Output files bypass the page cache; the body below must survive that.
+    assert!(capture.writes_stdout_directly(), "stdout is not written with O_DIRECT");
     let end = marker("END-OF-BODY");
     let path = format!("/{}", marker("upload"));
     let client = peer_script("https_client.py");
