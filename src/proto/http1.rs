@@ -24,14 +24,31 @@ pub enum StartLine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpMessage {
     pub start: StartLine,
-    /// The start line and headers exactly as sent, up to the blank line.
-    pub head: Vec<u8>,
-    /// The body after removing chunked framing and content encoding.
-    pub body: Vec<u8>,
-    /// Bytes the message took on the wire.
-    pub wire_len: usize,
+    /// The message exactly as sent: the buffer it arrived in, not a copy.
+    wire: Vec<u8>,
+    head_len: usize,
+    /// The body after removing chunked framing or content encoding, when
+    /// either was there to remove.
+    decoded: Option<Vec<u8>>,
     /// How the body was transformed, or why it is incomplete.
     pub notes: Vec<String>,
+}
+
+impl HttpMessage {
+    /// The start line and headers exactly as sent, up to the blank line.
+    pub fn head(&self) -> &[u8] {
+        &self.wire[..self.head_len]
+    }
+
+    /// The body, without chunked framing and content encoding.
+    pub fn body(&self) -> &[u8] {
+        self.decoded.as_deref().unwrap_or(&self.wire[self.head_len..])
+    }
+
+    /// Bytes the message took on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.wire.len()
+    }
 }
 
 /// What a stream yields.
@@ -43,10 +60,43 @@ pub enum Parsed {
 }
 
 enum Step {
-    NeedMore,
+    /// With the size of the whole message, when the head tells it.
+    NeedMore(Option<usize>),
     NotHttp,
-    Complete(HttpMessage, usize),
+    Complete(Found),
 }
+
+/// A message at the start of a buffer, before it is cut out of it.
+struct Found {
+    start: StartLine,
+    head_len: usize,
+    wire_len: usize,
+    decoded: Option<Vec<u8>>,
+    notes: Vec<String>,
+}
+
+impl Found {
+    /// Cuts the message out of `buf`. The usual case, a buffer that holds
+    /// exactly one message, hands the buffer over whole.
+    fn take_from(self, buf: &mut Vec<u8>) -> HttpMessage {
+        let rest = if self.wire_len < buf.len() {
+            buf.split_off(self.wire_len)
+        } else {
+            Vec::new()
+        };
+        HttpMessage {
+            start: self.start,
+            wire: std::mem::replace(buf, rest),
+            head_len: self.head_len,
+            decoded: self.decoded,
+            notes: self.notes,
+        }
+    }
+}
+
+/// Buffers are sized up front for messages up to this large, rather than
+/// grown (and copied) as their parts arrive.
+const MAX_RESERVED_MESSAGE: usize = 64 * 1024 * 1024;
 
 enum Framing {
     Length(usize),
@@ -88,13 +138,18 @@ impl Http1Session {
         }
         while !stream.buf.is_empty() {
             match parse_message(&stream.buf, &mut self.head_requests, false) {
-                Step::NeedMore => break,
+                Step::NeedMore(whole) => {
+                    if let Some(whole) = whole.filter(|&n| n <= MAX_RESERVED_MESSAGE) {
+                        stream.buf.reserve(whole.saturating_sub(stream.buf.len()));
+                    }
+                    break;
+                }
                 Step::NotHttp => {
                     stream.raw = true;
                     out.push(Parsed::Raw(std::mem::take(&mut stream.buf)));
                 }
-                Step::Complete(message, consumed) => {
-                    stream.buf.drain(..consumed);
+                Step::Complete(found) => {
+                    let message = found.take_from(&mut stream.buf);
                     if matches!(message.start, StartLine::Response { status: 101 }) {
                         stream.raw = true;
                     }
@@ -110,9 +165,9 @@ impl Http1Session {
             if stream.buf.is_empty() {
                 continue;
             }
-            let buf = std::mem::take(&mut stream.buf);
+            let mut buf = std::mem::take(&mut stream.buf);
             match parse_message(&buf, &mut self.head_requests, true) {
-                Step::Complete(message, _) => out.push(Parsed::Http(message)),
+                Step::Complete(found) => out.push(Parsed::Http(found.take_from(&mut buf))),
                 _ => out.push(Parsed::Raw(buf)),
             }
         }
@@ -125,7 +180,7 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
         let mut response = httparse::Response::new(&mut headers);
         let head_len = match response.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore(None),
             _ => return Step::NotHttp,
         };
         let status = response.code.unwrap_or(0);
@@ -145,7 +200,7 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
         let mut request = httparse::Request::new(&mut headers);
         let head_len = match request.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore(None),
             _ => return Step::NotHttp,
         };
         let method = request.method.unwrap_or_default().to_string();
@@ -158,28 +213,29 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
     let encoding = header_value(&headers, "content-encoding").map(|v| v.to_ascii_lowercase());
 
     let body_bytes = &buf[head_len..];
-    let (wire_body, body_len, mut notes) = match framing {
-        Framing::Length(n) if body_bytes.len() >= n => (body_bytes[..n].to_vec(), n, Vec::new()),
-        Framing::Length(_) => return Step::NeedMore,
+    let (dechunked, body_len, mut notes) = match framing {
+        Framing::Length(n) if body_bytes.len() >= n => (None, n, Vec::new()),
+        Framing::Length(n) => return Step::NeedMore(Some(head_len.saturating_add(n))),
         Framing::Chunked => match dechunk(body_bytes) {
-            Some((body, used)) => (body, used, vec!["chunked".to_string()]),
-            None => return Step::NeedMore,
+            Some((body, used)) => (Some(body), used, vec!["chunked".to_string()]),
+            None => return Step::NeedMore(None),
         },
-        Framing::UntilClose if at_eof => (body_bytes.to_vec(), body_bytes.len(), Vec::new()),
-        Framing::UntilClose => return Step::NeedMore,
+        Framing::UntilClose if at_eof => (None, body_bytes.len(), Vec::new()),
+        Framing::UntilClose => return Step::NeedMore(None),
     };
-    let body = match encoding.as_deref() {
-        Some(name @ ("gzip" | "x-gzip" | "deflate")) => match inflate(name, &wire_body) {
+    let wire_body = dechunked.as_deref().unwrap_or(&body_bytes[..body_len]);
+    let decoded = match encoding.as_deref() {
+        Some(name @ ("gzip" | "x-gzip" | "deflate")) => match inflate(name, wire_body) {
             Some(decoded) => {
                 notes.push(format!("{name}: {} -> {} bytes", wire_body.len(), decoded.len()));
-                decoded
+                Some(decoded)
             }
             None => {
                 notes.push(format!("{name} body could not be decoded; shown as sent"));
-                wire_body
+                dechunked
             }
         },
-        _ => wire_body,
+        _ => dechunked,
     };
     // The request queue changes only once a message is complete.
     match &start {
@@ -189,14 +245,13 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
         }
         StartLine::Response { .. } => {}
     }
-    let message = HttpMessage {
+    Step::Complete(Found {
         start,
-        head: buf[..head_len].to_vec(),
-        body,
+        head_len,
         wire_len: head_len + body_len,
+        decoded,
         notes,
-    };
-    Step::Complete(message, head_len + body_len)
+    })
 }
 
 /// A request starts with a known method and a space, or a prefix of that.
@@ -330,8 +385,8 @@ mod tests {
                 path: "/upload".into()
             }
         );
-        assert_eq!(got[0].body, b"hello world");
-        assert_eq!(got[0].wire_len, wire.len());
+        assert_eq!(got[0].body(), b"hello world");
+        assert_eq!(got[0].wire_len(), wire.len());
     }
 
     #[test]
@@ -347,8 +402,28 @@ mod tests {
             })
             .collect();
         assert_eq!(paths, ["/a", "/b"]);
+        assert_eq!(got[1].head(), b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
         let rest = messages(session.push_all(0, b"TP/1.1\r\n\r\n"));
         assert_eq!(rest.len(), 1);
+    }
+
+    #[test]
+    fn large_body_in_many_reads_is_whole_and_in_order() {
+        let body: Vec<u8> = (0..1 << 20).map(|i: u32| b'a' + (i % 26) as u8).collect();
+        let mut wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        let head_len = wire.len();
+        wire.extend_from_slice(&body);
+        let mut session = Http1Session::default();
+        session.push_all(0, b"GET / HTTP/1.1\r\n\r\n");
+        let mut all = Vec::new();
+        for piece in wire.chunks(16 * 1024) {
+            all.extend(session.push_all(1, piece));
+        }
+        let got = messages(all);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].head(), &wire[..head_len]);
+        assert!(got[0].body() == body, "the body differs");
+        assert_eq!(got[0].wire_len(), wire.len());
     }
 
     #[test]
@@ -368,7 +443,7 @@ mod tests {
         let (head, tail) = wire.split_at(wire.len() - 4);
         assert!(session.push_all(1, head).is_empty(), "incomplete until the last chunk");
         let got = messages(session.push_all(1, tail));
-        assert_eq!(got[0].body, b"the decoded body");
+        assert_eq!(got[0].body(), b"the decoded body");
         assert!(got[0].notes.iter().any(|n| n == "chunked"));
         assert!(got[0].notes.iter().any(|n| n.starts_with("gzip")));
     }
@@ -387,10 +462,10 @@ mod tests {
         messages(session.push_all(0, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n"));
         let head_reply = messages(session.push_all(1, b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"));
         assert_eq!(head_reply.len(), 1);
-        assert!(head_reply[0].body.is_empty());
+        assert!(head_reply[0].body().is_empty());
         assert!(session.push_all(1, b"HTTP/1.0 200 OK\r\n\r\nuntil close").is_empty());
         let rest = messages(session.finish_all());
-        assert_eq!(rest[0].body, b"until close");
+        assert_eq!(rest[0].body(), b"until close");
     }
 
     #[test]
