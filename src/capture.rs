@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::RingBufferBuilder;
+use libbpf_rs::{AsRawLibbpf, RingBuffer, RingBufferBuilder};
 use tracing::{debug, info, warn};
 
 use crate::cli::{Config, Mode};
@@ -266,10 +266,15 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let mut lost_reported = 0;
     let mut last_lost_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        // Wakeups are batched in the kernel, so drain on every timeout too.
+        // The programs wake a sleeping reader once wakeup_bytes wait, and
+        // timeouts catch small bursts. Records committed while the flag was
+        // down announced nothing: with those waiting the reader must not
+        // sleep, or a ring they filled (which takes no record, hence sends no
+        // wakeup) would stay full until the timeout.
         sleep_flags.iter().for_each(|flag| flag.set(true));
         let polled = match &perf {
             Some(perf) => perf.poll(POLL_INTERVAL),
+            None if waiting_bytes(&ring) > 0 => Ok(()),
             None => ring.poll(POLL_INTERVAL),
         };
         sleep_flags.iter().for_each(|flag| flag.set(false));
@@ -308,6 +313,20 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     pipeline.summary.lost_records = lost;
     pipeline.summary.lost_packets = lost_packets.get();
     Ok(pipeline.summary)
+}
+
+/// Bytes committed to any of the ring buffers and not yet consumed.
+fn waiting_bytes(ring: &RingBuffer<'_>) -> u64 {
+    let raw = ring.as_libbpf_object().as_ptr();
+    (0..)
+        .map_while(|index| {
+            // SAFETY: `raw` is a live ring_buffer; an index past its rings
+            // yields null, which ends the walk.
+            let one = unsafe { libbpf_sys::ring_buffer__ring(raw, index) };
+            // SAFETY: a ring returned by ring_buffer__ring lives as long as `raw`.
+            (!one.is_null()).then(|| unsafe { libbpf_sys::ring__avail_data_size(one) })
+        })
+        .sum()
 }
 
 fn total_lost(objects: &[LoadedProbes]) -> Result<u64> {

@@ -157,18 +157,27 @@ struct {
 /* Wakes the reader once per sleep, when wakeup_bytes are waiting. Its poll
  * reports data for as long as any is waiting, so a reader that is awake needs
  * no wakeup; one per record past the threshold (whenever the reader lagged)
- * cost an interrupt each, a VM exit under a hypervisor: 7% of a traced CPU. */
-static __always_inline __u64 ringbuf_wakeup_flag(__u64 record_bytes)
+ * cost an interrupt each, a VM exit under a hypervisor: 7% of a traced CPU.
+ * Returns the flag for the record's commit. Once a record carrying the
+ * wakeup is in the ring, reader_woken() clears the reader's flag; cleared
+ * earlier, a full ring (which takes no record) would leave the reader asleep
+ * through a flood until its timeout. */
+static __always_inline __u64 ringbuf_wakeup_flag(__u32 **asleep, __u64 record_bytes)
 {
 	__u32 zero = 0;
-	__u32 *asleep = bpf_map_lookup_elem(&reader_asleep, &zero);
 
-	if (!asleep || !*asleep)
+	*asleep = bpf_map_lookup_elem(&reader_asleep, &zero);
+	if (!*asleep || !**asleep)
 		return BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + record_bytes < wakeup_bytes)
 		return BPF_RB_NO_WAKEUP;
-	*asleep = 0;
 	return BPF_RB_FORCE_WAKEUP;
+}
+
+static __always_inline void reader_woken(__u32 *asleep, __u64 wakeup)
+{
+	if (asleep && wakeup == BPF_RB_FORCE_WAKEUP)
+		*asleep = 0;
 }
 
 struct chunk_loop {
@@ -176,13 +185,35 @@ struct chunk_loop {
 	__u64 total;
 };
 
+/* A full chunk is a record of constant size, so it can be reserved in the
+ * ring and the payload read straight into it: one copy of 16 KiB instead of
+ * two (into `staging`, then into the ring). */
+static __always_inline long emit_full_chunk(struct data_event *staged, __u64 payload)
+{
+	struct data_event *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	__u32 *asleep;
+	__u64 wakeup;
+
+	if (!rec) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memcpy(rec, staged, offsetof(struct data_event, data));
+	bpf_probe_read_user(rec->data, DATA_CHUNK_MAX, (void *)payload);
+	wakeup = ringbuf_wakeup_flag(&asleep, sizeof(*rec));
+	bpf_ringbuf_submit(rec, wakeup);
+	reader_woken(asleep, wakeup);
+	return 0;
+}
+
 /* Sends record `index` of a call staged in `staging`; returns 1 when done.
  * A separate function so that bpf_loop verifies it once, whatever the count. */
 static long emit_chunk(__u32 index, void *data)
 {
 	struct chunk_loop *loop = data;
 	struct data_event *ev;
-	__u32 zero = 0;
+	__u32 zero = 0, *asleep;
+	__u64 wakeup;
 	__u64 offset = (__u64)index * DATA_CHUNK_MAX;
 	__u64 n;
 
@@ -198,10 +229,15 @@ static long emit_chunk(__u32 index, void *data)
 		return 1;
 	ev->chunk_offset = offset;
 	ev->data_len = n;
+	if (n == DATA_CHUNK_MAX)
+		return emit_full_chunk(ev, loop->buf + offset);
 	bpf_probe_read_user(ev->data, n, (void *)(loop->buf + offset));
 	n += offsetof(struct data_event, data);
-	if (bpf_ringbuf_output(&events, ev, n, ringbuf_wakeup_flag(n)))
+	wakeup = ringbuf_wakeup_flag(&asleep, n);
+	if (bpf_ringbuf_output(&events, ev, n, wakeup))
 		count_lost();
+	else
+		reader_woken(asleep, wakeup);
 	return 0;
 }
 
