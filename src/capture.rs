@@ -259,6 +259,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         started.elapsed().as_millis()
     );
 
+    let wakeup_bytes = wakeup_bytes(config);
     let sleep_flags = objects
         .iter()
         .map(LoadedProbes::reader_sleep_flag)
@@ -268,13 +269,14 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     while !stop.load(Ordering::Relaxed) {
         // The programs wake a sleeping reader once wakeup_bytes wait, and
         // timeouts catch small bursts. Records committed while the flag was
-        // down announced nothing: with those waiting the reader must not
-        // sleep, or a ring they filled (which takes no record, hence sends no
-        // wakeup) would stay full until the timeout.
+        // down announced nothing: with wakeup_bytes of those waiting the
+        // reader must not sleep, or a ring they filled (which takes no record,
+        // hence sends no wakeup) would stay full until the timeout. Below
+        // that, the next records will wake it.
         sleep_flags.iter().for_each(|flag| flag.set(true));
         let polled = match &perf {
             Some(perf) => perf.poll(POLL_INTERVAL),
-            None if waiting_bytes(&ring) > 0 => Ok(()),
+            None if waiting_bytes(&ring) >= wakeup_bytes => Ok(()),
             None => ring.poll(POLL_INTERVAL),
         };
         sleep_flags.iter().for_each(|flag| flag.set(false));
@@ -313,6 +315,11 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     pipeline.summary.lost_records = lost;
     pipeline.summary.lost_packets = lost_packets.get();
     Ok(pipeline.summary)
+}
+
+/// Bytes that must wait in the ring buffer before the reader is woken.
+fn wakeup_bytes(config: &Config) -> u64 {
+    u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION
 }
 
 /// Bytes committed to any of the ring buffers and not yet consumed.
@@ -357,7 +364,7 @@ fn load_tls_objects(
             target_pid: config.pid,
             target_uid: config.uid,
             ring_buffer_bytes: config.ring_buffer_bytes,
-            wakeup_bytes: u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION,
+            wakeup_bytes: wakeup_bytes(config),
         };
         let mut probes = module.load(flavor, &settings)?;
         for target in members {

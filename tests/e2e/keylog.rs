@@ -56,9 +56,26 @@ fn decrypted_uris(pcap: &Path, keylog: &Path) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
+/// The client randoms of the ClientHellos in `pcap`: when decryption fails,
+/// they tell a capture that missed a handshake from keys that are wrong.
+fn client_hello_randoms(pcap: &Path) -> String {
+    run_peer(
+        "tshark",
+        Command::new("tshark").arg("-r").arg(pcap).args([
+            "-Y",
+            "tls.handshake.type == 1",
+            "-T",
+            "fields",
+            "-e",
+            "tls.handshake.random",
+        ]),
+    )
+}
+
 /// Runs `traffic` under `ecapture tls -m keylog EXTRA...` and a packet capture,
-/// then returns (key log text, URIs tshark decrypts).
-fn keylog_run(port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec<String>) {
+/// then returns (key log text, URIs tshark decrypts, the captured ClientHello
+/// randoms).
+fn keylog_run(port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec<String>, String) {
     let dir = scratch_dir();
     let keylog = dir.path().join("keys.log");
     let packets = PacketCapture::start(dir.path(), port);
@@ -77,7 +94,7 @@ fn keylog_run(port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec
     let text = std::fs::read_to_string(&keylog).unwrap();
     // Without keys tshark sees no HTTP at all: the assertion below can fail.
     assert!(decrypted_uris(&pcap, Path::new("/dev/null")).is_empty());
-    (text, decrypted_uris(&pcap, &keylog))
+    (text, decrypted_uris(&pcap, &keylog), client_hello_randoms(&pcap))
 }
 
 /// All five TLS 1.3 labels and the TLS 1.2 one, once each.
@@ -116,7 +133,7 @@ fn client_side_keys_tls13_and_tls12() {
     let (_server, port) = start_https_server();
     let (v13, v12) = (format!("/{}", marker("tls13")), format!("/{}", marker("tls12")));
     // The server runs as root, curl as nobody: -u keeps only the client's keys.
-    let (keys, uris) = keylog_run(port, &["-u", "65534"], || {
+    let (keys, uris, hellos) = keylog_run(port, &["-u", "65534"], || {
         let as_nobody = [
             "--reuid=65534",
             "--regid=65534",
@@ -136,7 +153,7 @@ fn client_side_keys_tls13_and_tls12() {
     });
     assert!(
         uris.contains(&v13) && uris.contains(&v12),
-        "tshark decrypted {uris:?}\n{keys}"
+        "tshark decrypted {uris:?}\nkeys:\n{keys}\nClientHello randoms captured:\n{hellos}"
     );
     assert_one_tls13_and_one_tls12_session(&keys);
 }
@@ -149,7 +166,7 @@ fn server_side_keys_from_a_python_server() {
     let (server, port) = start_https_server();
     let path = format!("/{}", marker("server-keys"));
     let pid = server.pid().to_string();
-    let (keys, uris) = keylog_run(port, &["--pid", &pid], || curl(port, &path, &[]));
+    let (keys, uris, _) = keylog_run(port, &["--pid", &pid], || curl(port, &path, &[]));
     assert_eq!(uris, [path], "{keys}");
 }
 
@@ -162,7 +179,7 @@ fn openssl_s_server_keys_tls12() {
     let (mut server, port) = spawn_s_server(&["-www", "-tls1_2"]);
     let path = format!("/{}", marker("s_server"));
     let pid = server.pid().to_string();
-    let (keys, uris) = keylog_run(port, &["--pid", &pid], || curl(port, &path, &[]));
+    let (keys, uris, _) = keylog_run(port, &["--pid", &pid], || curl(port, &path, &[]));
     assert!(keys.starts_with("CLIENT_RANDOM "), "{keys}");
     assert_eq!(uris, [path]);
     drop(server.child.stdin.take());
@@ -176,7 +193,7 @@ fn statically_linked_client_keys() {
     let binary = static_openssl_client();
     let (_server, port) = start_https_server();
     let path = format!("/{}", marker("static-keys"));
-    let (keys, uris) = keylog_run(port, &["--libssl", binary.to_str().unwrap()], || {
+    let (keys, uris, _) = keylog_run(port, &["--libssl", binary.to_str().unwrap()], || {
         tls_client_get(&binary, port, &path, &[])
     });
     assert_eq!(uris, [path], "{keys}");
@@ -187,13 +204,13 @@ fn statically_linked_client_keys() {
 fn tls_client_keys_tls13_and_tls12(binary: &Path, libssl: &str) {
     let (_server, port) = start_https_server();
     let (v13, v12) = (format!("/{}", marker("tls13")), format!("/{}", marker("tls12")));
-    let (keys, uris) = keylog_run(port, &["--libssl", libssl], || {
+    let (keys, uris, hellos) = keylog_run(port, &["--libssl", libssl], || {
         tls_client_get(binary, port, &v13, &[]);
         tls_client_get(binary, port, &v12, &["1.2"]);
     });
     assert!(
         uris.contains(&v13) && uris.contains(&v12),
-        "tshark decrypted {uris:?}\n{keys}"
+        "tshark decrypted {uris:?}\nkeys:\n{keys}\nClientHello randoms captured:\n{hellos}"
     );
     assert_one_tls13_and_one_tls12_session(&keys);
 }
