@@ -25,11 +25,20 @@ impl PacketCapture {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        // dumpcap creates the file once it captures.
+        // The file's header may be written before packets are captured, and
+        // a handshake missed at the start cannot be decrypted: connect until
+        // dumpcap has written a packet of this port (it flushes on a timer).
+        let size = || std::fs::metadata(&file).map_or(0, |meta| meta.len());
         let deadline = std::time::Instant::now() + PEER_TIMEOUT;
-        while !file.exists() {
+        while size() == 0 {
             assert!(std::time::Instant::now() < deadline, "dumpcap did not start");
             std::thread::sleep(Duration::from_millis(20));
+        }
+        let header = size();
+        while size() <= header {
+            assert!(std::time::Instant::now() < deadline, "dumpcap captured nothing");
+            drop(std::net::TcpStream::connect(("127.0.0.1", port)));
+            std::thread::sleep(Duration::from_millis(100));
         }
         PacketCapture { guard, file }
     }
