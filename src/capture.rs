@@ -84,9 +84,10 @@ impl Pipeline<'_> {
     fn emit_all(&mut self, records: &mut Vec<Record>) {
         for record in records.drain(..) {
             self.emit(&record);
-            if let Payload::Raw(buffer) = record.payload {
-                self.reassembler.recycle(buffer);
-            }
+            self.reassembler.recycle(match record.payload {
+                Payload::Raw(buffer) => buffer,
+                Payload::Http(message) => message.into_wire(),
+            });
         }
     }
 

@@ -204,6 +204,8 @@ pub struct Reassembler {
 
 /// Spare buffers kept: enough for a burst, bounded in memory.
 const SPARE_BUFFERS: usize = 64;
+/// Buffers larger than this are not kept for reuse.
+const RECYCLED_CAPACITY: usize = 1 << 20;
 
 impl Reassembler {
     pub fn push(&mut self, chunk: Chunk<'_>) -> Option<DataEvent> {
@@ -244,7 +246,8 @@ impl Reassembler {
 
     /// Takes back the buffer of an event that has been written out.
     pub fn recycle(&mut self, mut buffer: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS {
+        // The rare huge buffer (a large HTTP body) is given back to the allocator.
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= RECYCLED_CAPACITY {
             buffer.clear();
             self.spare.push(buffer);
         }

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
+use std::ops::Range;
 
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
@@ -17,8 +18,14 @@ const METHODS: &[&str] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: String, path: String },
-    Response { status: u16 },
+    /// The path is kept in the message's bytes: see `HttpMessage::path`.
+    Request {
+        method: &'static str,
+        path: Range<usize>,
+    },
+    Response {
+        status: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +55,20 @@ impl HttpMessage {
     /// Bytes the message took on the wire.
     pub fn wire_len(&self) -> usize {
         self.wire.len()
+    }
+
+    /// A request's target, as sent.
+    #[cfg(test)]
+    pub fn path(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { path, .. } => std::str::from_utf8(self.wire.get(path.clone())?).ok(),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The buffer the message arrived in, for reuse.
+    pub fn into_wire(self) -> Vec<u8> {
+        self.wire
     }
 }
 
@@ -203,10 +224,19 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore(None),
             _ => return Step::NotHttp,
         };
-        let method = request.method.unwrap_or_default().to_string();
+        // looks_like_request admitted only these methods.
+        let method = request.method.unwrap_or_default();
+        let method = METHODS
+            .iter()
+            .copied()
+            .find(|known| *known == method)
+            .unwrap_or_default();
+        let path = request.path.unwrap_or_default();
+        // httparse returns the path as a slice of `buf`: keep where it lies.
+        let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
         let start = StartLine::Request {
             method,
-            path: request.path.unwrap_or_default().to_string(),
+            path: path_start..path_start + path.len(),
         };
         (start, head_len, body_framing(request.headers, Framing::Length(0)))
     };
@@ -239,7 +269,7 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
     };
     // The request queue changes only once a message is complete.
     match &start {
-        StartLine::Request { method, .. } => head_requests.push_back(method == "HEAD"),
+        StartLine::Request { method, .. } => head_requests.push_back(*method == "HEAD"),
         StartLine::Response { status } if !(100..200).contains(status) || *status == 101 => {
             head_requests.pop_front();
         }
@@ -378,13 +408,8 @@ mod tests {
         }
         let got = messages(all);
         assert_eq!(got.len(), 1);
-        assert_eq!(
-            got[0].start,
-            StartLine::Request {
-                method: "POST".into(),
-                path: "/upload".into()
-            }
-        );
+        assert!(matches!(got[0].start, StartLine::Request { method: "POST", .. }));
+        assert_eq!(got[0].path(), Some("/upload"));
         assert_eq!(got[0].body(), b"hello world");
         assert_eq!(got[0].wire_len(), wire.len());
     }
@@ -394,13 +419,7 @@ mod tests {
         let wire = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HT";
         let mut session = Http1Session::default();
         let got = messages(session.push_all(0, wire));
-        let paths: Vec<_> = got
-            .iter()
-            .map(|m| match &m.start {
-                StartLine::Request { path, .. } => path.clone(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let paths: Vec<_> = got.iter().map(|m| m.path().unwrap()).collect();
         assert_eq!(paths, ["/a", "/b"]);
         assert_eq!(got[1].head(), b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
         let rest = messages(session.push_all(0, b"TP/1.1\r\n\r\n"));
