@@ -112,7 +112,7 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
 /// users such as `openssl s_server -www`, which call neither) through one
 /// internal function per direction; hooking those catches every caller, and
 /// their first instruction is one the kernel emulates instead of
-/// single-stepping. Elsewhere (BoringSSL, 1.0.2, 3.2+) the exported API is used.
+/// single-stepping. Elsewhere (BoringSSL, 1.0.2) the exported API is used.
 fn data_functions(image: &ElfImage) -> Vec<(FunctionSymbol, &'static str)> {
     let write = disasm::shared_callee(image, "SSL_write", "SSL_write_ex");
     let read = disasm::shared_callee(image, "SSL_read", "SSL_read_ex");
