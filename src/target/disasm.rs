@@ -321,9 +321,9 @@ impl std::fmt::Display for ProbeSite {
         // The order of magnitude, as measured on the development VM (see
         // the README's performance section); bare metal single-steps faster.
         let how = if self.emulated {
-            "emulated, about 0.5 us a hit in a VM"
+            "emulated; about 0.5 us a hit in a VM"
         } else {
-            "single-stepped, about 10 us a hit in a VM, 20x an emulated one"
+            "single-stepped; about 10 us a hit in a VM: 20x an emulated one"
         };
         if self.offset > 0 {
             write!(f, "{} at +{}: {how}", self.mnemonic, self.offset)

@@ -363,7 +363,10 @@ fn openssl_3_5_is_hooked_past_its_null_check() {
             .split(", ")
             .find(|h| h.contains(callee))
             .unwrap_or_else(|| panic!("{callee} not hooked: {}", out.stderr));
-        assert!(hook.contains("(push at +") && hook.contains(": emulated, about 0.5 us a hit in a VM)"), "{hook}");
+        assert!(
+            hook.contains("(push at +") && hook.contains(": emulated; about 0.5 us a hit in a VM)"),
+            "{hook}"
+        );
     }
     find_record(
         &out.stdout,
