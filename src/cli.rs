@@ -174,8 +174,11 @@ impl Cli {
 }
 
 /// The ring buffer is shared by all CPUs and must be a power of two pages.
+/// Counted are the CPUs online, where traced processes run, not the ones
+/// ecapture itself may use (it may be pinned to one).
 fn ring_buffer_bytes(kib_per_cpu: u32) -> Result<u32> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // SAFETY: sysconf has no memory effects.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
     let wanted = u64::from(kib_per_cpu.max(64)) * 1024 * cpus;
     let bytes = wanted.next_power_of_two();
     if bytes > 1 << 30 {
