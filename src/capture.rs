@@ -60,6 +60,27 @@ struct Pipeline<'s> {
     /// Records completed by the latest event, reused from event to event.
     records: Vec<Record>,
     summary: Summary,
+    output_failures: OutputFailures,
+}
+
+/// Failed writes of output, reported at most once a second: a full disk
+/// fails every record, hundreds of thousands a second.
+#[derive(Default)]
+struct OutputFailures {
+    unreported: u64,
+    last_report: Option<Instant>,
+}
+
+impl OutputFailures {
+    fn record(&mut self, err: &std::io::Error) {
+        self.unreported += 1;
+        if self.last_report.is_some_and(|at| at.elapsed() < LOST_CHECK_INTERVAL) {
+            return;
+        }
+        warn!("writing output failed: {err} ({} failed writes)", self.unreported);
+        self.unreported = 0;
+        self.last_report = Some(Instant::now());
+    }
 }
 
 impl Pipeline<'_> {
@@ -157,7 +178,7 @@ impl Pipeline<'_> {
     fn emit(&mut self, record: &Record) {
         for sink in &mut self.sinks {
             if let Err(err) = sink.emit(record) {
-                warn!("writing output failed: {err}");
+                self.output_failures.record(&err);
             }
         }
     }
@@ -167,7 +188,7 @@ impl Pipeline<'_> {
     fn flush(&mut self, everything: bool) {
         for sink in &mut self.sinks {
             if let Err(err) = sink.flush() {
-                warn!("writing output failed: {err}");
+                self.output_failures.record(&err);
             }
         }
         if let Some(packets) = self.packets.as_mut()
@@ -224,6 +245,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         proc_owners: (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default),
         records: Vec::new(),
         summary: Summary::default(),
+        output_failures: OutputFailures::default(),
     });
     let maps: Vec<(libbpf_rs::Map<'_>, libbpf_rs::Map<'_>)> = objects
         .iter()

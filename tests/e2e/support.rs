@@ -148,6 +148,16 @@ impl Capture {
     pub fn start(args: &[&str]) -> Capture {
         let dir = scratch_dir();
         let stdout_path = dir.path().join("stdout");
+        Capture::start_in(args, dir, stdout_path)
+    }
+
+    /// Starts `ecapture ARGS` with its stdout in the file `stdout_path`.
+    pub fn start_with_stdout(args: &[&str], stdout_path: PathBuf) -> Capture {
+        Capture::start_in(args, scratch_dir(), stdout_path)
+    }
+
+    /// Starts `ecapture ARGS` with stdout in `stdout_path` and stderr in `dir`.
+    fn start_in(args: &[&str], dir: tempfile::TempDir, stdout_path: PathBuf) -> Capture {
         let stderr_path = dir.path().join("stderr");
         let mut command = Command::new(ecapture_bin());
         command

@@ -269,6 +269,64 @@ fn sigterm_detaches_every_program_and_prints_a_summary() {
     assert_eq!(loaded_bpf_programs(), before, "BPF programs left behind");
 }
 
+/// A small tmpfs mounted for one test, unmounted however the test ends.
+struct SmallFilesystem(std::path::PathBuf);
+
+impl SmallFilesystem {
+    fn mount(at: std::path::PathBuf, size: &str) -> SmallFilesystem {
+        std::fs::create_dir_all(&at).unwrap();
+        run_peer(
+            "mount",
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&at),
+        );
+        SmallFilesystem(at)
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_output_disk_is_reported_and_the_capture_ends_cleanly() {
+    if !e2e_enabled() {
+        return;
+    }
+    let before = loaded_bpf_programs();
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let full = SmallFilesystem::mount(dir.path().join("small"), "256k");
+    let capture = Capture::start_with_stdout(&["tls", "--libssl", SYSTEM_LIBSSL], full.0.join("stdout"));
+    let client = peer_script("https_client.py");
+    // Uploads one after another, so that writes keep failing for a while.
+    for _ in 0..12 {
+        let reply = run_peer(
+            "https_client.py",
+            Command::new("/usr/bin/python3")
+                .arg(&client)
+                .arg(format!("https://127.0.0.1:{port}/{}", marker("full-disk")))
+                .args(["--post-bytes", "4000000", "--marker", "END"]),
+        );
+        assert_eq!(reply, "received 4000000 bytes\n");
+    }
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let failures = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("No space left on device"))
+        .count();
+    // Reported, but not once per failed write: at most once a second, plus
+    // the final write at exit.
+    assert!((1..=6).contains(&failures), "{failures} failure lines:\n{}", out.stderr);
+    assert!(out.stderr.contains("stopped: "), "{}", out.stderr);
+    assert_eq!(loaded_bpf_programs(), before, "BPF programs left behind");
+}
+
 #[test]
 fn non_core_objects_name_the_connection_without_btf() {
     if !e2e_enabled() {
