@@ -199,7 +199,12 @@ static __always_inline long emit_full_chunk(struct data_event *staged, __u64 pay
 		return 0;
 	}
 	__builtin_memcpy(rec, staged, offsetof(struct data_event, data));
-	bpf_probe_read_user(rec->data, DATA_CHUNK_MAX, (void *)payload);
+	/* Bytes that cannot be read are lost, not sent as zeros. */
+	if (bpf_probe_read_user(rec->data, DATA_CHUNK_MAX, (void *)payload)) {
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		count_lost();
+		return 0;
+	}
 	wakeup = ringbuf_wakeup_flag(&asleep, sizeof(*rec));
 	bpf_ringbuf_submit(rec, wakeup);
 	reader_woken(asleep, wakeup);
@@ -231,7 +236,10 @@ static long emit_chunk(__u32 index, void *data)
 	ev->data_len = n;
 	if (n == DATA_CHUNK_MAX)
 		return emit_full_chunk(ev, loop->buf + offset);
-	bpf_probe_read_user(ev->data, n, (void *)(loop->buf + offset));
+	if (bpf_probe_read_user(ev->data, n, (void *)(loop->buf + offset))) {
+		count_lost();
+		return 0;
+	}
 	n += offsetof(struct data_event, data);
 	wakeup = ringbuf_wakeup_flag(&asleep, n);
 	if (bpf_ringbuf_output(&events, ev, n, wakeup))
