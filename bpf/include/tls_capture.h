@@ -297,8 +297,12 @@ static __always_inline int tls_call_exit(int ret)
 
 	if (call.length_source == LENGTH_FROM_POINTER) {
 		/* The _ex functions return 1, the internal ones they call > 0. */
-		if (ret <= 0 || bpf_probe_read_user(&total, sizeof(total), (void *)call.len_ptr))
+		if (ret <= 0)
 			return 0;
+		if (bpf_probe_read_user(&total, sizeof(total), (void *)call.len_ptr)) {
+			count_lost();
+			return 0;
+		}
 	} else {
 		if (ret <= 0)
 			return 0;
