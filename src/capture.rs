@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::cli::{Config, Mode};
 use crate::conn::ConnTracker;
-use crate::event::{Comm, Reassembler, RecordDecoder};
+use crate::event::{BufferPool, Comm, Reassembler, RecordDecoder};
 use crate::keys::SessionSecrets;
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::{HookTarget, Module};
@@ -50,6 +50,8 @@ pub struct Summary {
 struct Pipeline<'s> {
     decoder: RecordDecoder,
     reassembler: Reassembler,
+    /// Buffers for payloads, reused from event to event.
+    buffers: BufferPool,
     tracker: ConnTracker,
     sinks: Vec<&'s mut dyn Sink>,
     keylog: Option<KeylogWriter>,
@@ -89,13 +91,13 @@ impl Pipeline<'_> {
             warn!(len = record.len(), "dropping a malformed ring buffer record");
             return;
         };
-        let Some(event) = self.reassembler.push(chunk) else {
+        let Some(event) = self.reassembler.push(chunk, &mut self.buffers) else {
             return;
         };
         self.summary.events += 1;
-        self.summary.bytes += event.data.len() as u64;
+        self.summary.bytes += event.data.as_slice().len() as u64;
         let mut records = std::mem::take(&mut self.records);
-        self.tracker.on_event(event, &mut records);
+        self.tracker.on_event(event, &mut self.buffers, &mut records);
         self.emit_all(&mut records);
         self.records = records;
     }
@@ -105,7 +107,7 @@ impl Pipeline<'_> {
     fn emit_all(&mut self, records: &mut Vec<Record>) {
         for record in records.drain(..) {
             self.emit(&record);
-            self.reassembler.recycle(match record.payload {
+            self.buffers.recycle(match record.payload {
                 Payload::Raw(buffer) => buffer,
                 Payload::Http(message) => message.into_wire(),
             });
@@ -236,6 +238,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let pipeline = RefCell::new(Pipeline {
         decoder: RecordDecoder::new(),
         reassembler: Reassembler::default(),
+        buffers: BufferPool::default(),
         tracker: ConnTracker::default(),
         sinks,
         keylog,

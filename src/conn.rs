@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::event::{DataEvent, Direction, EventMeta, SocketPair};
+use crate::event::{BufferPool, DataEvent, Direction, EventMeta, SocketPair};
 use crate::procnet;
 use crate::proto::http1::{Http1Session, Parsed};
 use crate::sink::{Payload, Record};
@@ -23,7 +23,7 @@ pub struct ConnTracker {
 
 impl ConnTracker {
     /// Feeds one call's bytes to its session; appends to `out` what they completed.
-    pub fn on_event(&mut self, event: DataEvent, out: &mut Vec<Record>) {
+    pub fn on_event(&mut self, event: DataEvent<'_>, pool: &mut BufferPool, out: &mut Vec<Record>) {
         let DataEvent { mut meta, data } = event;
         let key = (meta.pid, meta.conn_id);
         // The library reuses a freed session object for a new connection:
@@ -47,7 +47,7 @@ impl ConnTracker {
             Direction::Egress => 0,
             Direction::Ingress => 1,
         };
-        session.http.push(direction, data, &mut self.parsed);
+        session.http.push(direction, data, pool, &mut self.parsed);
         out.extend(self.parsed.drain(..).map(|p| record(meta, p)));
     }
 
@@ -88,6 +88,8 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::time::SystemTime;
 
+    use crate::event::EventData;
+
     #[test]
     fn procfs_names_our_own_tcp_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -98,7 +100,7 @@ mod tests {
         assert!(sockets_from_procfs(std::process::id(), -1).is_none());
     }
 
-    fn event(fd: i32, direction: Direction, data: &[u8]) -> DataEvent {
+    fn event(fd: i32, direction: Direction, data: &[u8]) -> DataEvent<'_> {
         DataEvent {
             meta: EventMeta {
                 timestamp: SystemTime::UNIX_EPOCH,
@@ -111,7 +113,7 @@ mod tests {
                 direction,
                 sockets: None,
             },
-            data: data.to_vec(),
+            data: EventData::Record(data),
         }
     }
 
@@ -125,11 +127,16 @@ mod tests {
                 Direction::Egress,
                 b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc",
             ),
+            &mut BufferPool::default(),
             &mut flushed,
         );
         assert!(flushed.is_empty());
         // A new fd: the partial request of the old session is flushed raw.
-        tracker.on_event(event(-2, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"), &mut flushed);
+        tracker.on_event(
+            event(-2, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"),
+            &mut BufferPool::default(),
+            &mut flushed,
+        );
         assert_eq!(flushed.len(), 2);
         assert!(matches!(&flushed[0].payload, Payload::Raw(raw) if raw.ends_with(b"abc")));
         assert!(matches!(&flushed[1].payload, Payload::Http(_)));

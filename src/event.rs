@@ -82,9 +82,72 @@ pub struct EventMeta {
 
 /// One read or write call, whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataEvent {
+pub struct DataEvent<'a> {
     pub meta: EventMeta,
-    pub data: Vec<u8>,
+    pub data: EventData<'a>,
+}
+
+/// A call's bytes: still in the ring buffer when one record carried them
+/// all, so that whoever keeps them copies them once, where they are needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventData<'a> {
+    Record(&'a [u8]),
+    Joined(Vec<u8>),
+}
+
+impl EventData<'_> {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            EventData::Record(bytes) => bytes,
+            EventData::Joined(bytes) => bytes,
+        }
+    }
+
+    /// The bytes in a buffer of their own, taken from `pool` when they are
+    /// still in the ring buffer.
+    pub fn into_vec(self, pool: &mut BufferPool) -> Vec<u8> {
+        match self {
+            EventData::Record(bytes) => {
+                let mut buffer = pool.take();
+                buffer.extend_from_slice(bytes);
+                buffer
+            }
+            EventData::Joined(buffer) => buffer,
+        }
+    }
+
+    /// Done with the bytes: a buffer goes back to `pool`.
+    pub fn release(self, pool: &mut BufferPool) {
+        if let EventData::Joined(buffer) = self {
+            pool.recycle(buffer);
+        }
+    }
+}
+
+/// Buffers of events already written out, for the next ones.
+#[derive(Default)]
+pub struct BufferPool {
+    spare: Vec<Vec<u8>>,
+}
+
+/// Spare buffers kept: enough for a burst, bounded in memory.
+const SPARE_BUFFERS: usize = 64;
+/// Buffers larger than this are not kept for reuse.
+const RECYCLED_CAPACITY: usize = 1 << 20;
+
+impl BufferPool {
+    pub fn take(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Takes back a buffer that has been written out.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        // The rare huge buffer (a large HTTP body) is given back to the allocator.
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= RECYCLED_CAPACITY {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+    }
 }
 
 /// One ring buffer record: part of a call's bytes.
@@ -195,66 +258,57 @@ fn monotonic_epoch() -> SystemTime {
 /// call means records were lost in between.
 #[derive(Default)]
 pub struct Reassembler {
-    partial: HashMap<u32, DataEvent>,
-    /// Buffers of events already written out, for the next ones.
-    spare: Vec<Vec<u8>>,
+    partial: HashMap<u32, (EventMeta, Vec<u8>)>,
     /// Calls abandoned because a record in the middle never arrived.
     pub broken_calls: u64,
 }
 
-/// Spare buffers kept: enough for a burst, bounded in memory.
-const SPARE_BUFFERS: usize = 64;
-/// Buffers larger than this are not kept for reuse.
-const RECYCLED_CAPACITY: usize = 1 << 20;
-
 impl Reassembler {
-    pub fn push(&mut self, chunk: Chunk<'_>) -> Option<DataEvent> {
+    /// A call's bytes once all its records are in; a call of one record
+    /// leaves its bytes in the ring buffer.
+    pub fn push<'a>(&mut self, chunk: Chunk<'a>, pool: &mut BufferPool) -> Option<DataEvent<'a>> {
         if chunk.offset == 0 && chunk.data.len() as u64 == chunk.total_len {
-            if self.partial.remove(&chunk.meta.tid).is_some() {
+            if let Some((_, abandoned)) = self.partial.remove(&chunk.meta.tid) {
                 self.broken_calls += 1;
+                pool.recycle(abandoned);
             }
-            let mut data = self.buffer();
-            data.extend_from_slice(chunk.data);
-            return Some(DataEvent { meta: chunk.meta, data });
+            return Some(DataEvent {
+                meta: chunk.meta,
+                data: EventData::Record(chunk.data),
+            });
         }
         let tid = chunk.meta.tid;
         if chunk.offset == 0 {
-            if self.partial.remove(&tid).is_some() {
+            if let Some((_, abandoned)) = self.partial.remove(&tid) {
                 self.broken_calls += 1;
+                pool.recycle(abandoned);
             }
-            let mut data = self.buffer();
+            let mut data = pool.take();
             data.reserve(chunk.total_len as usize);
             data.extend_from_slice(chunk.data);
-            self.partial.insert(tid, DataEvent { meta: chunk.meta, data });
+            self.partial.insert(tid, (chunk.meta, data));
             return None;
         }
-        let Some(event) = self.partial.get_mut(&tid) else {
+        let Some((meta, data)) = self.partial.get_mut(&tid) else {
             self.broken_calls += 1;
             return None;
         };
-        if event.data.len() as u64 != chunk.offset || event.meta.conn_id != chunk.meta.conn_id {
-            self.partial.remove(&tid);
+        if data.len() as u64 != chunk.offset || meta.conn_id != chunk.meta.conn_id {
+            if let Some((_, abandoned)) = self.partial.remove(&tid) {
+                pool.recycle(abandoned);
+            }
             self.broken_calls += 1;
             return None;
         }
-        event.data.extend_from_slice(chunk.data);
-        if event.data.len() as u64 >= chunk.total_len {
-            return self.partial.remove(&tid);
+        data.extend_from_slice(chunk.data);
+        if data.len() as u64 >= chunk.total_len {
+            let (meta, data) = self.partial.remove(&tid)?;
+            return Some(DataEvent {
+                meta,
+                data: EventData::Joined(data),
+            });
         }
         None
-    }
-
-    /// Takes back the buffer of an event that has been written out.
-    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
-        // The rare huge buffer (a large HTTP body) is given back to the allocator.
-        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= RECYCLED_CAPACITY {
-            buffer.clear();
-            self.spare.push(buffer);
-        }
-    }
-
-    fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
     }
 }
 
@@ -286,38 +340,40 @@ mod tests {
     }
 
     #[test]
-    fn single_record_call_passes_through() {
-        let mut r = Reassembler::default();
-        let event = r.push(chunk(1, 5, 0, b"hello")).unwrap();
-        assert_eq!(event.data, b"hello");
-        // A recycled buffer serves the next event, emptied.
-        let address = event.data.as_ptr();
-        r.recycle(event.data);
-        let next = r.push(chunk(1, 2, 0, b"ok")).unwrap();
-        assert_eq!((next.data.as_slice(), next.data.as_ptr()), (&b"ok"[..], address));
+    fn single_record_call_stays_in_the_record() {
+        let (mut r, mut pool) = (Reassembler::default(), BufferPool::default());
+        let record = b"hello";
+        let event = r.push(chunk(1, 5, 0, record), &mut pool).unwrap();
+        assert!(matches!(event.data, EventData::Record(bytes) if std::ptr::eq(bytes, record)));
+        // Copied out, into a recycled buffer.
+        pool.recycle(Vec::with_capacity(64));
+        let owned = event.data.into_vec(&mut pool);
+        assert_eq!((owned.as_slice(), owned.capacity()), (&b"hello"[..], 64));
     }
 
     #[test]
     fn interleaved_threads_are_joined_separately() {
-        let mut r = Reassembler::default();
-        assert!(r.push(chunk(1, 6, 0, b"abc")).is_none());
-        assert!(r.push(chunk(2, 4, 0, b"wx")).is_none());
-        assert_eq!(r.push(chunk(1, 6, 3, b"def")).unwrap().data, b"abcdef");
-        assert_eq!(r.push(chunk(2, 4, 2, b"yz")).unwrap().data, b"wxyz");
+        let (mut r, mut pool) = (Reassembler::default(), BufferPool::default());
+        assert!(r.push(chunk(1, 6, 0, b"abc"), &mut pool).is_none());
+        assert!(r.push(chunk(2, 4, 0, b"wx"), &mut pool).is_none());
+        let joined = |event: Option<DataEvent>| event.unwrap().data.as_slice().to_vec();
+        assert_eq!(joined(r.push(chunk(1, 6, 3, b"def"), &mut pool)), b"abcdef");
+        assert_eq!(joined(r.push(chunk(2, 4, 2, b"yz"), &mut pool)), b"wxyz");
         assert_eq!(r.broken_calls, 0);
     }
 
     #[test]
     fn a_gap_abandons_the_call_and_is_counted() {
-        let mut r = Reassembler::default();
-        assert!(r.push(chunk(1, 9, 0, b"abc")).is_none());
-        assert!(r.push(chunk(1, 9, 6, b"ghi")).is_none());
+        let (mut r, mut pool) = (Reassembler::default(), BufferPool::default());
+        assert!(r.push(chunk(1, 9, 0, b"abc"), &mut pool).is_none());
+        assert!(r.push(chunk(1, 9, 6, b"ghi"), &mut pool).is_none());
         assert_eq!(r.broken_calls, 1);
         // A call whose first record was lost is counted too.
-        assert!(r.push(chunk(3, 9, 3, b"def")).is_none());
+        assert!(r.push(chunk(3, 9, 3, b"def"), &mut pool).is_none());
         assert_eq!(r.broken_calls, 2);
         // The next call on the thread is unaffected.
-        assert_eq!(r.push(chunk(1, 2, 0, b"ok")).unwrap().data, b"ok");
+        let next = r.push(chunk(1, 2, 0, b"ok"), &mut pool).unwrap();
+        assert_eq!(next.data.as_slice(), b"ok");
     }
 
     #[test]

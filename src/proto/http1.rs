@@ -7,6 +7,8 @@ use std::ops::Range;
 
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
+use crate::event::{BufferPool, EventData};
+
 /// Headers larger than this are not HTTP we can show as one message.
 const MAX_HEAD_LEN: usize = 64 * 1024;
 /// Never inflate a body past this, whatever it claims.
@@ -141,21 +143,20 @@ struct Stream {
 }
 
 impl Http1Session {
-    /// Adds bytes of one direction (0 or 1) and returns what they completed.
-    /// Takes the bytes by value: data that is not HTTP is passed on without
-    /// being copied.
-    /// Feeds one direction's bytes; appends to `out` what they complete.
-    pub fn push(&mut self, direction: usize, data: impl Into<Vec<u8>>, out: &mut Vec<Parsed>) {
-        let data = data.into();
+    /// Feeds one direction's (0 or 1) bytes; appends to `out` what they
+    /// complete. Bytes continuing a message are copied once, from where they
+    /// are into the message; buffers come from and go back to `pool`.
+    pub fn push(&mut self, direction: usize, data: EventData<'_>, pool: &mut BufferPool, out: &mut Vec<Parsed>) {
         let stream = &mut self.streams[direction];
         if stream.raw {
-            out.push(Parsed::Raw(data));
+            out.push(Parsed::Raw(data.into_vec(pool)));
             return;
         }
         if stream.buf.is_empty() {
-            stream.buf = data;
+            stream.buf = data.into_vec(pool);
         } else {
-            stream.buf.extend_from_slice(&data);
+            stream.buf.extend_from_slice(data.as_slice());
+            data.release(pool);
         }
         while !stream.buf.is_empty() {
             match parse_message(&stream.buf, &mut self.head_requests, false) {
@@ -375,7 +376,7 @@ mod tests {
     impl Collected for Http1Session {
         fn push_all(&mut self, direction: usize, data: &[u8]) -> Vec<Parsed> {
             let mut out = Vec::new();
-            self.push(direction, data, &mut out);
+            self.push(direction, EventData::Record(data), &mut BufferPool::default(), &mut out);
             out
         }
 
