@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
-use std::ops::Range;
 
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
@@ -20,14 +19,8 @@ const METHODS: &[&str] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartLine {
-    /// The path is kept in the message's bytes: see `HttpMessage::path`.
-    Request {
-        method: &'static str,
-        path: Range<usize>,
-    },
-    Response {
-        status: u16,
-    },
+    Request { method: &'static str },
+    Response { status: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,11 +52,11 @@ impl HttpMessage {
         self.wire.len()
     }
 
-    /// A request's target, as sent.
+    /// A request's target, as sent: the start line's second word.
     #[cfg(test)]
     pub fn path(&self) -> Option<&str> {
         match &self.start {
-            StartLine::Request { path, .. } => std::str::from_utf8(self.wire.get(path.clone())?).ok(),
+            StartLine::Request { .. } => std::str::from_utf8(self.head()).ok()?.split(' ').nth(1),
             StartLine::Response { .. } => None,
         }
     }
@@ -232,14 +225,11 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
             .copied()
             .find(|known| *known == method)
             .unwrap_or_default();
-        let path = request.path.unwrap_or_default();
-        // httparse returns the path as a slice of `buf`: keep where it lies.
-        let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
-        let start = StartLine::Request {
-            method,
-            path: path_start..path_start + path.len(),
-        };
-        (start, head_len, body_framing(request.headers, Framing::Length(0)))
+        (
+            StartLine::Request { method },
+            head_len,
+            body_framing(request.headers, Framing::Length(0)),
+        )
     };
     let encoding = header_value(&headers, "content-encoding").map(|v| v.to_ascii_lowercase());
 
@@ -270,7 +260,7 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
     };
     // The request queue changes only once a message is complete.
     match &start {
-        StartLine::Request { method, .. } => head_requests.push_back(*method == "HEAD"),
+        StartLine::Request { method } => head_requests.push_back(*method == "HEAD"),
         StartLine::Response { status } if !(100..200).contains(status) || *status == 101 => {
             head_requests.pop_front();
         }
