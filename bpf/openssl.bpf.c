@@ -150,6 +150,12 @@ static __always_inline bool is_zero_secret(const __u8 *secret)
 	return words[0] == 0 && words[1] == 0;
 }
 
+/* Both application traffic secrets are derived: the handshake is complete. */
+static __always_inline bool has_app_secrets(const struct master_secret_event *ev)
+{
+	return !is_zero_secret(ev->client_app_traffic_secret) && !is_zero_secret(ev->server_app_traffic_secret);
+}
+
 /* A session is its SSL object in its process, reported once per client
  * random: an object reused for a new connection is a new session. */
 static __always_inline bool already_reported(struct session_key *key, __u64 pid_tgid, __u64 ssl,
@@ -244,8 +250,7 @@ static __always_inline int report_keys(__u64 pid_tgid, __u64 ssl)
 		/* A server may return from the handshake before it has read the
 		 * client's Finished, when the client's application secret is not
 		 * derived yet: report the session on a later call instead. */
-		if (is_zero_secret(ev->client_app_traffic_secret) ||
-		    is_zero_secret(ev->server_app_traffic_secret)) {
+		if (!has_app_secrets(ev)) {
 			bpf_ringbuf_discard(ev, 0);
 			return 0;
 		}
@@ -329,7 +334,7 @@ static __always_inline int read_boringssl_secrets(void)
 	bpf_probe_read_user(ev->server_app_traffic_secret, BORINGSSL_SECRET_MAX,
 			    (void *)(hs + layout.hs_server_traffic_secret_0));
 	/* The first flight of a client, or a TLS 1.2 handshake. */
-	if (is_zero_secret(ev->client_app_traffic_secret) || is_zero_secret(ev->server_app_traffic_secret)) {
+	if (!has_app_secrets(ev)) {
 		bpf_ringbuf_discard(ev, 0);
 		return 0;
 	}
