@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -97,39 +97,42 @@ impl DirectFile {
     /// stream shares (a log line written through stderr into the same file
     /// would land where a direct write then overwrites it).
     pub fn for_stdout() -> Option<DirectFile> {
-        let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().ok()?);
-        let meta = stdout.metadata().ok()?;
-        let shared = [io::stderr().as_raw_fd(), io::stdin().as_raw_fd()]
+        let identity = |fd: i32| {
+            let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
+            Some((meta.dev(), meta.ino()))
+        };
+        let stdout = io::stdout();
+        let file = identity(stdout.as_raw_fd())?;
+        if [io::stderr().as_raw_fd(), io::stdin().as_raw_fd()]
             .into_iter()
-            .filter_map(|fd| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())
-            .any(|other| other.dev() == meta.dev() && other.ino() == meta.ino());
-        if shared {
+            .any(|fd| identity(fd) == Some(file))
+        {
             debug!("stdout shares its file with another standard stream: writing it through the page cache");
             return None;
         }
-        DirectFile::over(stdout).ok()
+        DirectFile::writing_over(stdout.as_fd()).ok()
     }
 
     /// Writes `file` from its current offset (its end, if it appends); gives
     /// it back when it is not a regular file on a filesystem with direct I/O.
     pub fn over(file: File) -> Result<DirectFile, File> {
-        if !file.metadata().is_ok_and(|meta| meta.file_type().is_file()) {
-            return Err(file);
-        }
-        let Ok(duplicate) = file.try_clone() else {
-            return Err(file);
-        };
-        match DirectFile::try_over(duplicate) {
-            Ok(direct) => Ok(direct),
-            Err(err) => {
-                debug!("direct I/O unavailable ({err}): writing through the page cache");
-                Err(file)
-            }
-        }
+        DirectFile::writing_over(file.as_fd()).map_err(|_| file)
     }
 
-    fn try_over(mut original: File) -> io::Result<DirectFile> {
+    fn writing_over(fd: BorrowedFd<'_>) -> io::Result<DirectFile> {
+        DirectFile::try_over(fd).inspect_err(|err| {
+            debug!("direct I/O unavailable ({err}): writing through the page cache");
+        })
+    }
+
+    /// Takes its own descriptor of the caller's file, whose offset it moves
+    /// at the end.
+    fn try_over(fd: BorrowedFd<'_>) -> io::Result<DirectFile> {
+        let mut original = File::from(fd.try_clone_to_owned()?);
         let meta = original.metadata()?;
+        if !meta.file_type().is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
         // Reopened through /proc so that the new descriptions neither append
         // nor share the caller's offset; every write says where it goes.
         let path = format!("/proc/self/fd/{}", original.as_raw_fd());
@@ -182,29 +185,34 @@ impl DirectFile {
     }
 
     /// A buffer to fill next: a spare one, a new one while fewer than
-    /// BUFFERS exist, or else the next the writer finishes with.
+    /// BUFFERS exist, or else the next the writers finish with.
     fn free_buffer(&mut self) -> io::Result<AlignedBuffer> {
         self.collect_finished()?;
-        if let Some(buffer) = self.spare.pop() {
-            return Ok(buffer);
+        if self.spare.is_empty() {
+            if self.allocated < BUFFERS {
+                self.allocated += 1;
+                return Ok(AlignedBuffer::new());
+            }
+            self.await_job()?;
         }
-        if self.allocated < BUFFERS {
-            self.allocated += 1;
-            return Ok(AlignedBuffer::new());
-        }
-        let (buffer, result) = self.done.recv().map_err(|_| writer_gone())?;
-        result.map(|()| buffer)
+        self.spare.pop().ok_or_else(writer_gone)
     }
 
     /// Waits until no job is in flight.
     fn wait_for_writers(&mut self) -> io::Result<()> {
         // Every buffer but `current` is either spare or in flight.
         while self.spare.len() + 1 < self.allocated {
-            let (buffer, result) = self.done.recv().map_err(|_| writer_gone())?;
-            self.spare.push(buffer);
-            result?;
+            self.await_job()?;
         }
         Ok(())
+    }
+
+    /// Waits for the writers to finish a job; its buffer becomes spare even
+    /// when the write failed, so that no buffer is ever waited for twice.
+    fn await_job(&mut self) -> io::Result<()> {
+        let (buffer, result) = self.done.recv().map_err(|_| writer_gone())?;
+        self.spare.push(buffer);
+        result
     }
 
     fn collect_finished(&mut self) -> io::Result<()> {
