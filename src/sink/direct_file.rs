@@ -251,15 +251,11 @@ impl DirectFile {
     /// Writes out everything, waits for the writers, and leaves the
     /// caller's file offset at the end of the data.
     fn finish(&mut self) -> io::Result<()> {
-        if self.jobs.is_none() {
-            return Ok(());
-        }
         if self.tail_in_flight {
             self.wait_for_writers()?;
         }
-        let Some(jobs) = self.jobs.take() else {
-            return Ok(());
-        };
+        // Dropped once the last job is queued, so that the writers stop.
+        let jobs = self.jobs.take().ok_or_else(writer_gone)?;
         let job = WriteJob {
             buffer: std::mem::replace(
                 &mut self.current,
