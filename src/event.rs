@@ -30,9 +30,14 @@ pub struct Comm([u8; 16]);
 
 impl Comm {
     pub fn from_kernel(comm: &[i8]) -> Comm {
+        Comm::from_bytes(comm.iter().map(|&c| c as u8))
+    }
+
+    /// The first 15 bytes, NUL-terminated as the kernel keeps them.
+    fn from_bytes(name: impl Iterator<Item = u8>) -> Comm {
         let mut bytes = [0; 16];
-        for (slot, &c) in bytes.iter_mut().zip(comm.iter().take(15)) {
-            *slot = c as u8;
+        for (slot, b) in bytes.iter_mut().zip(name.take(15)) {
+            *slot = b;
         }
         Comm(bytes)
     }
@@ -45,11 +50,7 @@ impl Comm {
 
 impl From<&str> for Comm {
     fn from(name: &str) -> Comm {
-        let mut bytes = [0; 16];
-        for (slot, b) in bytes.iter_mut().zip(name.bytes().take(15)) {
-            *slot = b;
-        }
-        Comm(bytes)
+        Comm::from_bytes(name.bytes())
     }
 }
 
