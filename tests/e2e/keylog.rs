@@ -106,6 +106,16 @@ fn keylog_run(port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec
     (text, decrypted_uris(&pcap, &keylog), client_hello_randoms(&pcap))
 }
 
+/// tshark decrypted the TLS 1.3 request `v13` and the TLS 1.2 request `v12`,
+/// and the key log holds one session of each.
+fn assert_tls13_and_tls12_decrypted(keys: &str, uris: &[String], hellos: &str, v13: &str, v12: &str) {
+    assert!(
+        uris.iter().any(|uri| uri == v13) && uris.iter().any(|uri| uri == v12),
+        "tshark decrypted {uris:?}\nkeys:\n{keys}\nClientHello randoms captured:\n{hellos}"
+    );
+    assert_one_tls13_and_one_tls12_session(keys);
+}
+
 /// All five TLS 1.3 labels and the TLS 1.2 one, once each.
 fn assert_one_tls13_and_one_tls12_session(keys: &str) {
     for label in [
@@ -160,11 +170,7 @@ fn client_side_keys_tls13_and_tls12() {
             run_peer("curl", command.arg(format!("https://127.0.0.1:{port}{path}")));
         }
     });
-    assert!(
-        uris.contains(&v13) && uris.contains(&v12),
-        "tshark decrypted {uris:?}\nkeys:\n{keys}\nClientHello randoms captured:\n{hellos}"
-    );
-    assert_one_tls13_and_one_tls12_session(&keys);
+    assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
 }
 
 #[test]
@@ -217,11 +223,7 @@ fn tls_client_keys_tls13_and_tls12(binary: &Path, libssl: &str) {
         tls_client_get(binary, port, &v13, &[]);
         tls_client_get(binary, port, &v12, &["1.2"]);
     });
-    assert!(
-        uris.contains(&v13) && uris.contains(&v12),
-        "tshark decrypted {uris:?}\nkeys:\n{keys}\nClientHello randoms captured:\n{hellos}"
-    );
-    assert_one_tls13_and_one_tls12_session(&keys);
+    assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
 }
 
 #[test]

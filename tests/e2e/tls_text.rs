@@ -160,6 +160,19 @@ fn boringssl_client_text() {
     find_record(&out.stdout, &["Comm:tls_boringssl", "Received", "HTTP/1.1 200 OK\r\n"]);
 }
 
+/// POSTs `size` bytes ending in `end` with the Python client, and checks
+/// that the server received them all.
+fn upload(port: u16, path: &str, size: usize, end: &str) {
+    let reply = run_peer(
+        "https_client.py",
+        Command::new("/usr/bin/python3")
+            .arg(peer_script("https_client.py"))
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .args(["--post-bytes", &size.to_string(), "--marker", end]),
+    );
+    assert_eq!(reply, format!("received {size} bytes\n"));
+}
+
 #[test]
 fn two_mebibyte_request_body_arrives_complete() {
     if !e2e_enabled() {
@@ -172,16 +185,9 @@ fn two_mebibyte_request_body_arrives_complete() {
     assert!(capture.writes_stdout_directly(), "stdout is not written with O_DIRECT");
     let end = marker("END-OF-BODY");
     let path = format!("/{}", marker("upload"));
-    let client = peer_script("https_client.py");
-    let reply = run_peer(
-        "https_client.py",
-        Command::new("/usr/bin/python3")
-            .arg(&client)
-            .arg(format!("https://127.0.0.1:{port}{path}"))
-            .args(["--post-bytes", &SIZE.to_string(), "--marker", &end]),
-    );
-    assert_eq!(reply, format!("received {SIZE} bytes\n"));
+    upload(port, &path, SIZE, &end);
     let out = capture.stop();
+    let client = peer_script("https_client.py");
     // The body the client built, byte for byte.
     let expected = Command::new("/usr/bin/python3")
         .arg("-c")
@@ -301,17 +307,9 @@ fn full_output_disk_is_reported_and_the_capture_ends_cleanly() {
     let dir = scratch_dir();
     let full = SmallFilesystem::mount(dir.path().join("small"), "256k");
     let capture = Capture::start_with_stdout(&["tls", "--libssl", SYSTEM_LIBSSL], full.0.join("stdout"));
-    let client = peer_script("https_client.py");
     // Uploads one after another, so that writes keep failing for a while.
     for _ in 0..12 {
-        let reply = run_peer(
-            "https_client.py",
-            Command::new("/usr/bin/python3")
-                .arg(&client)
-                .arg(format!("https://127.0.0.1:{port}/{}", marker("full-disk")))
-                .args(["--post-bytes", "4000000", "--marker", "END"]),
-        );
-        assert_eq!(reply, "received 4000000 bytes\n");
+        upload(port, &format!("/{}", marker("full-disk")), 4_000_000, "END");
     }
     let out = capture.stop();
     assert!(out.status.success(), "{}", out.stderr);
