@@ -55,6 +55,13 @@ int BPF_URETPROBE(ssl_call_return, int ret)
 	return tls_call_exit(ret);
 }
 
+/* int SSL_do_handshake(SSL *ssl), in text mode */
+SEC("uprobe")
+int BPF_UPROBE(handshake_socket_check, void *ssl)
+{
+	return check_socket_bio((__u64)ssl);
+}
+
 /*
  * Session secrets (keylog and pcapng modes). Where the secrets live in
  * struct ssl_st (ssl_connection_st from 3.2) changes between releases; userspace

@@ -19,10 +19,11 @@ use crate::conn::ConnTracker;
 use crate::event::{BufferPool, Comm, Reassembler, RecordDecoder};
 use crate::keys::SessionSecrets;
 use crate::modules::openssl::layout::OpensslLayout;
+use crate::modules::openssl::socket_bio::SocketBioLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, PacketProbes, ProcOwners, RawPacketMeta};
-use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret};
+use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret, SharedWord};
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
@@ -228,7 +229,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         }
         _ => (None, None),
     };
-    let (mut objects, tracepoints) = load_tls_objects(module, config, flavor, &targets)?;
+    let mut tls = load_tls_objects(module, config, flavor, &targets)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -250,12 +251,19 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         summary: Summary::default(),
         output_failures: OutputFailures::default(),
     });
-    let maps: Vec<(libbpf_rs::Map<'_>, libbpf_rs::Map<'_>)> = objects
+    let maps: Vec<[libbpf_rs::Map<'_>; 3]> = tls
+        .objects
         .iter()
-        .map(|probes| Ok((probes.map("events")?, probes.map("key_events")?)))
+        .map(|probes| {
+            Ok([
+                probes.map("events")?,
+                probes.map("key_events")?,
+                probes.map("reader_wakeups")?,
+            ])
+        })
         .collect::<Result<_>>()?;
     let mut builder = RingBufferBuilder::new();
-    for (events, key_events) in &maps {
+    for [events, key_events, reader_wakeups] in &maps {
         builder.add(events, |record| {
             pipeline.borrow_mut().on_record(record);
             0
@@ -264,6 +272,9 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
             pipeline.borrow_mut().on_secrets(record);
             0
         })?;
+        // Only wakes the reader, which then consumes the other rings and
+        // attaches what was asked for.
+        builder.add(reader_wakeups, |_| 0)?;
     }
     let ring = builder.build()?;
     drop(maps);
@@ -276,17 +287,24 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         None => None,
     };
 
-    let attached = objects.iter().map(LoadedProbes::attached).sum::<usize>()
+    let attached = tls.objects.iter().map(LoadedProbes::attached).sum::<usize>()
         + packet_probes.as_ref().map_or(0, PacketProbes::attached);
+    let on_demand = if tls.on_demand.is_empty() {
+        ""
+    } else {
+        ", more if a session's BIO is not a socket"
+    };
     info!(
-        "ready: module {} in {:?} mode ({flavor:?} BPF), {attached} probes attached ({tracepoints} syscall tracepoints) in {} ms; press Ctrl-C to stop",
+        "ready: module {} in {:?} mode ({flavor:?} BPF), {attached} probes attached ({} syscall tracepoints{on_demand}) in {} ms; press Ctrl-C to stop",
         module.name(),
         config.mode,
+        tls.tracepoints,
         started.elapsed().as_millis()
     );
 
     let wakeup_bytes = wakeup_bytes(config);
-    let sleep_flags = objects
+    let sleep_flags = tls
+        .objects
         .iter()
         .map(LoadedProbes::reader_sleep_flag)
         .collect::<Result<Vec<_>>>()?;
@@ -313,9 +331,10 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         }
         ring.consume()?;
         pipeline.borrow_mut().flush(false);
+        tls.attach_wanted_tracepoints()?;
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
             last_lost_check = Instant::now();
-            let lost = total_lost(&objects)?;
+            let lost = total_lost(&tls.objects)?;
             if lost > lost_reported {
                 warn!("{lost} records lost so far: the ring buffer was full (raise --mapsize)");
                 lost_reported = lost;
@@ -324,14 +343,14 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     }
 
     // Detach first so that nothing new arrives, then drain what is left.
-    for probes in &mut objects {
+    for probes in &mut tls.objects {
         probes.detach();
     }
     if let Some(perf) = &perf {
         perf.consume()?;
     }
     ring.consume()?;
-    let lost = total_lost(&objects)?;
+    let lost = total_lost(&tls.objects)?;
     drop((ring, perf));
     if let Some(probes) = packet_probes.as_mut() {
         probes.detach();
@@ -366,27 +385,70 @@ fn total_lost(objects: &[LoadedProbes]) -> Result<u64> {
     objects.iter().map(LoadedProbes::lost_records).sum()
 }
 
-/// Loads the module's BPF object (one per secrets layout: the layout is fixed
-/// when an object loads) and attaches every hook. Returns the objects and the
-/// number of syscall tracepoints attached.
+/// The BPF objects of a capture, with the syscall tracepoints each attached
+/// at load, and the objects that attach theirs only when their probes meet a
+/// session whose BIO is not a socket.
+struct TlsObjects {
+    objects: Vec<LoadedProbes>,
+    tracepoints: usize,
+    on_demand: Vec<(usize, SharedWord)>,
+}
+
+impl TlsObjects {
+    /// Attaches the syscall tracepoints the probes have asked for.
+    fn attach_wanted_tracepoints(&mut self) -> Result<()> {
+        let objects = &mut self.objects;
+        let mut attached = 0;
+        let mut failure = None;
+        self.on_demand.retain(|(index, wanted)| {
+            if !wanted.is_set() {
+                return true;
+            }
+            match objects[*index].attach_syscall_tracepoints("") {
+                Ok(count) => attached += count,
+                Err(err) => failure = Some(err),
+            }
+            false
+        });
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        if attached > 0 {
+            self.tracepoints += attached;
+            info!(
+                "a session's BIO is not a socket (the program brings its own, as curl and node do): its socket is named from system calls now ({attached} syscall tracepoints)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Loads the module's BPF object (one per secrets layout and socket BIO
+/// layout: both are fixed when an object loads) and attaches every hook.
 fn load_tls_objects(
     module: &dyn Module,
     config: &Config,
     flavor: Flavor,
     targets: &[HookTarget],
-) -> Result<(Vec<LoadedProbes>, usize)> {
-    let mut groups: Vec<(Option<OpensslLayout>, Vec<&HookTarget>)> = Vec::new();
+) -> Result<TlsObjects> {
+    type Layouts = (Option<OpensslLayout>, Option<SocketBioLayout>);
+    let mut groups: Vec<(Layouts, Vec<&HookTarget>)> = Vec::new();
     for target in targets {
-        match groups.iter_mut().find(|(layout, _)| *layout == target.key_layout) {
+        let layouts = (target.key_layout, target.socket_bio);
+        match groups.iter_mut().find(|(group, _)| *group == layouts) {
             Some((_, members)) => members.push(target),
-            None => groups.push((target.key_layout, vec![target])),
+            None => groups.push((layouts, vec![target])),
         }
     }
-    let mut objects = Vec::new();
-    let mut tracepoints = 0;
-    for (key_layout, members) in &groups {
+    let mut loaded = TlsObjects {
+        objects: Vec::new(),
+        tracepoints: 0,
+        on_demand: Vec::new(),
+    };
+    for ((key_layout, socket_bio), members) in &groups {
         let settings = ProbeSettings {
             key_layout: *key_layout,
+            socket_bio: *socket_bio,
             target_pid: config.pid,
             target_uid: config.uid,
             ring_buffer_bytes: config.ring_buffer_bytes,
@@ -404,16 +466,22 @@ fn load_tls_objects(
             }
             info!("hooking {target}");
         }
-        // The data path learns sockets from syscalls; BoringSSL's TLS 1.3
-        // secrets are read as the handshake writes to its socket.
-        if config.mode == Mode::Text {
-            tracepoints += probes.attach_syscall_tracepoints("")?;
+        // The data path reads sockets from their BIOs where it can, and
+        // otherwise learns them from syscalls; BoringSSL's TLS 1.3 secrets
+        // are read as the handshake writes to its socket.
+        if config.mode == Mode::Text && socket_bio.is_some() {
+            probes.attach_program("forget_closed_socket")?;
+            loaded
+                .on_demand
+                .push((loaded.objects.len(), probes.syscall_sockets_wanted()?));
+        } else if config.mode == Mode::Text {
+            loaded.tracepoints += probes.attach_syscall_tracepoints("")?;
         } else if key_layout.is_some_and(|layout| layout.handshake_object.is_some()) {
-            tracepoints += probes.attach_syscall_tracepoints("boringssl_")?;
+            loaded.tracepoints += probes.attach_syscall_tracepoints("boringssl_")?;
         }
-        objects.push(probes);
+        loaded.objects.push(probes);
     }
-    Ok((objects, tracepoints))
+    Ok(loaded)
 }
 
 /// Opens the pcapng output and starts capturing on the chosen interface.

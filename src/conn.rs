@@ -27,9 +27,12 @@ impl ConnTracker {
         let DataEvent { mut meta, data } = event;
         let key = (meta.pid, meta.conn_id);
         // The library reuses a freed session object for a new connection:
-        // a different fd or socket means the old one has ended.
+        // a different fd or socket means the old one has ended. An fd first
+        // unknown (-1: its BIO was not a socket, and the syscall tracepoints
+        // were not yet there to see it) and then learned is the same session.
         if let Some(old) = self.sessions.get(&key)
-            && (old.meta.fd != meta.fd || (meta.sockets.is_some() && old.meta.sockets != meta.sockets))
+            && ((old.meta.fd >= 0 && old.meta.fd != meta.fd)
+                || (old.meta.sockets.is_some() && meta.sockets.is_some() && old.meta.sockets != meta.sockets))
         {
             let old = self.sessions.remove(&key).expect("present");
             self.finish(old, out);
@@ -41,6 +44,9 @@ impl ConnTracker {
             },
             http: Http1Session::default(),
         });
+        if session.meta.fd < 0 && meta.fd >= 0 && session.meta.sockets.is_none() {
+            session.meta.sockets = meta.sockets.or_else(|| sockets_from_procfs(meta.pid, meta.fd));
+        }
         meta.sockets = meta.sockets.or(session.meta.sockets);
         session.meta = meta;
         let direction = match meta.direction {
@@ -122,23 +128,39 @@ mod tests {
         let mut tracker = ConnTracker::default();
         let mut flushed = Vec::new();
         tracker.on_event(
-            event(
-                -1,
-                Direction::Egress,
-                b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc",
-            ),
+            event(3, Direction::Egress, b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc"),
             &mut BufferPool::default(),
             &mut flushed,
         );
         assert!(flushed.is_empty());
         // A new fd: the partial request of the old session is flushed raw.
         tracker.on_event(
-            event(-2, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"),
+            event(4, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"),
             &mut BufferPool::default(),
             &mut flushed,
         );
         assert_eq!(flushed.len(), 2);
         assert!(matches!(&flushed[0].payload, Payload::Raw(raw) if raw.ends_with(b"abc")));
         assert!(matches!(&flushed[1].payload, Payload::Http(_)));
+    }
+
+    #[test]
+    fn an_fd_learned_midway_continues_the_session() {
+        let mut tracker = ConnTracker::default();
+        let mut flushed = Vec::new();
+        let mut pool = BufferPool::default();
+        tracker.on_event(
+            event(
+                -1,
+                Direction::Egress,
+                b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc",
+            ),
+            &mut pool,
+            &mut flushed,
+        );
+        tracker.on_event(event(7, Direction::Egress, b"def"), &mut pool, &mut flushed);
+        assert_eq!(flushed.len(), 1);
+        assert!(matches!(&flushed[0].payload, Payload::Http(_)));
+        assert_eq!(flushed[0].meta.fd, 7);
     }
 }

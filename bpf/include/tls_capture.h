@@ -20,6 +20,19 @@ const volatile bool filter_by_uid = false;
 /* Wake the reader only once this many bytes are waiting; it also polls on a
  * short timeout, so small bursts are never stranded. */
 const volatile __u64 wakeup_bytes = 0;
+/* Where a socket BIO keeps its fd, from the library's own accessors
+ * (SSL_get_rbio, BIO_method_type, BIO_get_retry_reason); 0 when unknown.
+ * With them the return probe names the socket itself. Without them, or for
+ * a session whose BIO is not a descriptor (curl's, node's), the syscall
+ * tracepoints below do; those put every system call of every process on the
+ * kernel's slow path, which cost the 64-byte ping-pong 8% of its speed. */
+const volatile __u32 ssl_rbio_offset = 0;
+/* 3.2+: only an SSL object whose type tag (at 0) is 0 is a TLS connection. */
+const volatile bool ssl_type_tagged = false;
+const volatile __u32 bio_method_offset = 0;
+const volatile __u32 bio_num_offset = 0;
+/* The socket, fd, connect, accept and datagram BIOs carry this type bit. */
+#define BIO_TYPE_DESCRIPTOR 0x0100
 /* bpf_loop (Linux 5.17) lets one call send any number of records; older
  * kernels get an unrolled loop of LEGACY_MAX_CHUNKS. */
 const volatile bool have_bpf_loop = true;
@@ -51,8 +64,11 @@ struct session_key {
  * a read served from the library's buffer makes no syscall at all. */
 struct session_socket {
 	__s32 fd;
-	__u32 _pad;
+	/* Set once a record of a socket the kernel could not name (NoCore) has
+	 * woken the reader, so that procfs names it while it is open. */
+	__u32 woke_reader;
 	__u64 sk;
+	__u64 bio;  /* the socket BIO it was read from; 0: learned from syscalls */
 	struct conn_tuple conn;
 };
 
@@ -72,6 +88,16 @@ struct {
 	__type(key, struct session_key);
 	__type(value, struct session_socket);
 } session_sockets SEC(".maps");
+
+/* Which session each socket read from a BIO serves, so that its entry goes
+ * when the connection closes: the library reuses a freed session object and
+ * its BIO for the next connection, and the kernel the fd number. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct session_key);
+} socket_sessions SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -144,15 +170,19 @@ static __always_inline void count_lost(void)
 		*lost += 1;
 }
 
-/* Non-zero while the reader sleeps in poll(); userspace writes it through
- * mmap (BPF_F_MMAPABLE: Linux 5.5, older than the ring buffer itself). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u32);
-} reader_asleep SEC(".maps");
+/* One word shared with userspace, which maps it (BPF_F_MMAPABLE: Linux 5.5,
+ * older than the ring buffer itself). */
+#define SHARED_WORD(name)                                 \
+	struct {                                          \
+		__uint(type, BPF_MAP_TYPE_ARRAY);         \
+		__uint(max_entries, 1);                   \
+		__uint(map_flags, BPF_F_MMAPABLE);        \
+		__type(key, __u32);                       \
+		__type(value, __u32);                     \
+	} name SEC(".maps")
+
+/* Non-zero while the reader sleeps in poll(); userspace writes it. */
+SHARED_WORD(reader_asleep);
 
 /* Wakes the reader once per sleep, when wakeup_bytes are waiting. Its poll
  * reports data for as long as any is waiting, so a reader that is awake needs
@@ -275,6 +305,162 @@ static __always_inline void emit_chunks(__u64 buf, __u64 total)
 		count_lost();
 }
 
+/* Set once a session's socket cannot be read from its BIO; userspace then
+ * attaches the syscall tracepoints. */
+SHARED_WORD(syscall_sockets_wanted);
+
+/* Wakes the reader at once, for what cannot wait for a batch: a request for
+ * the syscall tracepoints (the session's first read or write may follow its
+ * handshake within milliseconds), or a socket only procfs can name, which
+ * it must do before the connection closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} reader_wakeups SEC(".maps");
+
+static __always_inline void wake_reader(void)
+{
+	__u32 zero = 0;
+
+	bpf_ringbuf_output(&reader_wakeups, &zero, sizeof(zero), BPF_RB_FORCE_WAKEUP);
+}
+
+static __always_inline void want_syscall_sockets(void)
+{
+	__u32 zero = 0, *wanted = bpf_map_lookup_elem(&syscall_sockets_wanted, &zero);
+
+	if (!wanted || *wanted)
+		return;
+	*wanted = 1;
+	wake_reader();
+}
+
+/* The session's read BIO (its write BIO is the same socket, but for a
+ * buffering BIO pushed in front during handshakes), or 0. */
+static __always_inline __u64 read_bio_of(__u64 ssl)
+{
+	__u64 bio = 0;
+
+	if (bpf_probe_read_user(&bio, sizeof(bio), (void *)(ssl + ssl_rbio_offset)))
+		return 0;
+	return bio;
+}
+
+/* From 3.2 an SSL object may be a QUIC one, whose fields differ. */
+static __always_inline bool is_tls_connection(__u64 ssl)
+{
+	__u32 tag = 0;
+
+	return !ssl_type_tagged || (!bpf_probe_read_user(&tag, sizeof(tag), (void *)ssl) && !tag);
+}
+
+/* The fd of `bio` if it is a descriptor BIO (socket, fd, connect,
+ * accept, datagram), else -1. */
+static __always_inline int descriptor_bio_fd(__u64 bio)
+{
+	__u64 method = 0;
+	int type = 0, fd = -1;
+
+	if (bpf_probe_read_user(&method, sizeof(method), (void *)(bio + bio_method_offset)) || !method)
+		return -1;
+	if (bpf_probe_read_user(&type, sizeof(type), (void *)method) || !(type & BIO_TYPE_DESCRIPTOR))
+		return -1;
+	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(bio + bio_num_offset)))
+		return -1;
+	return fd;
+}
+
+/* Records that the session uses socket `fd`, read from `bio` (0: seen in a
+ * syscall), unless `known` says so already, and returns the entry. The
+ * socket is compared too: a freed session object and its fd number are
+ * both reused for the next connection. */
+static __always_inline struct session_socket *remember_socket(struct session_key *key, long fd, __u64 bio,
+							      struct session_socket *known)
+{
+	struct session_socket fresh = {};
+
+	fresh.fd = fd;
+	fresh.sk = socket_of_fd(fd);
+	fresh.bio = bio;
+	if (known && known->fd == fresh.fd && known->sk == fresh.sk && known->bio == bio)
+		return known;
+	if (fresh.sk)
+		read_conn_tuple(fresh.sk, &fresh.conn);
+	bpf_map_update_elem(&session_sockets, key, &fresh, BPF_ANY);
+	if (fresh.sk && bio)
+		bpf_map_update_elem(&socket_sessions, &fresh.sk, key, BPF_ANY);
+	return bpf_map_lookup_elem(&session_sockets, key);
+}
+
+/* The session's socket. Read from its BIO when that is a descriptor: one
+ * load while the BIO is the one the socket was learned from, as
+ * forget_closed_socket drops the entry when the connection ends. Else as
+ * the syscall tracepoints last saw it, asking for them if need be. */
+static __always_inline struct session_socket *session_socket(struct session_key *key)
+{
+	struct session_socket *known = bpf_map_lookup_elem(&session_sockets, key);
+	__u64 bio;
+	int fd = -1;
+
+	if (!ssl_rbio_offset)
+		return known;
+	bio = read_bio_of(key->conn_id);
+	if (bio && known && known->sk && known->bio == bio)
+		return known;
+	if (bio && is_tls_connection(key->conn_id))
+		fd = descriptor_bio_fd(bio);
+	if (fd >= 0)
+		return remember_socket(key, fd, bio, known);
+	if (!known)
+		want_syscall_sockets();
+	return known;
+}
+
+/* At a handshake, before any data: a session whose BIO is not a descriptor
+ * asks for the syscall tracepoints while there is time to attach them. */
+static __always_inline int check_socket_bio(__u64 ssl)
+{
+	__u64 bio;
+
+	if (!ssl_rbio_offset || !process_is_traced(bpf_get_current_pid_tgid()))
+		return 0;
+	bio = read_bio_of(ssl);
+	if (bio && is_tls_connection(ssl) && descriptor_bio_fd(bio) < 0)
+		want_syscall_sockets();
+	return 0;
+}
+
+#define ECAP_TCP_ESTABLISHED 1
+#define ECAP_TCP_CLOSE 7
+
+/* The record of sock:inet_sock_set_state, fixed since Linux 4.16. */
+struct inet_sock_state_ctx {
+	__u64 common;
+	__u64 skaddr;
+	int oldstate;
+	int newstate;
+};
+
+/* A connection that ends takes its session's socket entry with it. */
+SEC("tracepoint/sock/inet_sock_set_state")
+int forget_closed_socket(struct inet_sock_state_ctx *ctx)
+{
+	__u64 sk = ctx->skaddr;
+	struct session_socket *entry;
+	struct session_key *key;
+
+	if (ctx->oldstate != ECAP_TCP_ESTABLISHED && ctx->newstate != ECAP_TCP_CLOSE)
+		return 0;
+	key = bpf_map_lookup_elem(&socket_sessions, &sk);
+	if (!key)
+		return 0;
+	entry = bpf_map_lookup_elem(&session_sockets, key);
+	if (entry && entry->sk == sk)
+		bpf_map_delete_elem(&session_sockets, key);
+	bpf_map_delete_elem(&socket_sessions, &sk);
+	return 0;
+}
+
 static __always_inline int tls_call_exit(int ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -326,7 +512,7 @@ static __always_inline int tls_call_exit(int ret)
 
 	key.tgid = ev->pid;
 	key.conn_id = call.conn_id;
-	sock = bpf_map_lookup_elem(&session_sockets, &key);
+	sock = session_socket(&key);
 	if (sock) {
 		ev->fd = sock->fd;
 		ev->conn = sock->conn;
@@ -335,6 +521,10 @@ static __always_inline int tls_call_exit(int ret)
 		__builtin_memset(&ev->conn, 0, sizeof(ev->conn));
 	}
 	emit_chunks(call.buf, total);
+	if (sock && !sock->sk && !sock->woke_reader) {
+		sock->woke_reader = 1;
+		wake_reader();
+	}
 	return 0;
 }
 
@@ -342,7 +532,7 @@ static __always_inline int tls_call_exit(int ret)
 static __always_inline int note_socket_fd(long fd)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct session_socket *known, fresh = {};
+	struct session_socket *known;
 	struct session_key key = {};
 	struct tls_call *call;
 
@@ -353,14 +543,10 @@ static __always_inline int note_socket_fd(long fd)
 
 	key.tgid = pid_tgid >> 32;
 	key.conn_id = call->conn_id;
-	fresh.fd = fd;
-	fresh.sk = socket_of_fd(fd);
 	known = bpf_map_lookup_elem(&session_sockets, &key);
-	if (known && known->fd == fresh.fd && known->sk == fresh.sk)
-		return 0;
-	if (fresh.sk)
-		read_conn_tuple(fresh.sk, &fresh.conn);
-	bpf_map_update_elem(&session_sockets, &key, &fresh, BPF_ANY);
+	/* A session named from its BIO is kept by the return probe. */
+	if (!known || !known->bio)
+		remember_socket(&key, fd, 0, known);
 	return 0;
 }
 

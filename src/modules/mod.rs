@@ -11,6 +11,7 @@ use anyhow::Result;
 
 use crate::cli::{Config, ModuleCommand};
 use crate::modules::openssl::layout::OpensslLayout;
+use crate::modules::openssl::socket_bio::SocketBioLayout;
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
 use crate::target::disasm::{self, ProbeSite};
 use crate::target::elf::{ElfImage, FunctionSymbol};
@@ -62,6 +63,8 @@ pub struct HookTarget {
     pub hooks: Vec<Hook>,
     /// Where session secrets live, for modes that read them.
     pub key_layout: Option<OpensslLayout>,
+    /// Where a socket BIO keeps its fd, for the modes that name sockets.
+    pub socket_bio: Option<SocketBioLayout>,
 }
 
 impl fmt::Display for HookTarget {
@@ -80,7 +83,11 @@ impl fmt::Display for HookTarget {
             self.binary.display(),
             self.description,
             names.join(", ")
-        )
+        )?;
+        match &self.socket_bio {
+            Some(socket_bio) => write!(f, "; {socket_bio}"),
+            None => Ok(()),
+        }
     }
 }
 

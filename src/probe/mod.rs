@@ -13,6 +13,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeOpts};
 
 use crate::modules::openssl::layout::OpensslLayout;
+use crate::modules::openssl::socket_bio::SocketBioLayout;
 
 pub mod kernel_filter;
 pub mod packets;
@@ -88,6 +89,9 @@ impl Flavor {
 pub struct ProbeSettings {
     /// Where the library keeps session secrets; None when keys are not read.
     pub key_layout: Option<OpensslLayout>,
+    /// Where a socket BIO keeps its fd; None leaves naming sockets to the
+    /// syscall tracepoints.
+    pub socket_bio: Option<SocketBioLayout>,
     pub target_pid: Option<u32>,
     pub target_uid: Option<u32>,
     pub ring_buffer_bytes: u32,
@@ -133,6 +137,12 @@ macro_rules! configure_openssl {
         rodata.have_bpf_loop = kernel_has_bpf_loop();
         if let Some(layout) = &settings.key_layout {
             write_layout_fields!(&mut rodata.layout, layout);
+        }
+        if let Some(socket_bio) = &settings.socket_bio {
+            rodata.ssl_rbio_offset = socket_bio.ssl_rbio;
+            rodata.ssl_type_tagged = socket_bio.ssl_type_tagged;
+            rodata.bio_method_offset = socket_bio.bio_method;
+            rodata.bio_num_offset = socket_bio.bio_num;
         }
         $open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
     }};
@@ -279,6 +289,16 @@ impl LoadedProbes {
         Ok(())
     }
 
+    /// Attaches `program` where its section name says.
+    pub fn attach_program(&mut self, program: &str) -> Result<()> {
+        let link = self
+            .program(program)?
+            .attach()
+            .with_context(|| format!("attaching {program}"))?;
+        self.links.push(link);
+        Ok(())
+    }
+
     /// Attaches every program named `{prefix}sys_enter_NAME` to the syscall
     /// tracepoint sys_enter_NAME.
     pub fn attach_syscall_tracepoints(&mut self, prefix: &str) -> Result<usize> {
@@ -322,8 +342,14 @@ impl LoadedProbes {
     }
 
     /// The word that tells the programs whether the reader sleeps.
-    pub fn reader_sleep_flag(&self) -> Result<SleepFlag> {
-        SleepFlag::map(&self.map("reader_asleep")?)
+    pub fn reader_sleep_flag(&self) -> Result<SharedWord> {
+        SharedWord::map(&self.map("reader_asleep")?)
+    }
+
+    /// The word the programs set when a session's socket cannot be read
+    /// from its BIO, asking for the syscall tracepoints.
+    pub fn syscall_sockets_wanted(&self) -> Result<SharedWord> {
+        SharedWord::map(&self.map("syscall_sockets_wanted")?)
     }
 
     /// Detaches every probe now, before the maps go away with the object.
@@ -332,16 +358,16 @@ impl LoadedProbes {
     }
 }
 
-/// A word shared with the BPF programs through an mmapped array map. The
-/// reader sets it before it sleeps in poll() and clears it after, so that
-/// the programs wake it once per sleep instead of once per record.
-pub struct SleepFlag {
+/// A word shared with the BPF programs through an mmapped array map, such as
+/// the flag the reader sets before it sleeps in poll() and clears after, so
+/// that the programs wake it once per sleep instead of once per record.
+pub struct SharedWord {
     word: NonNull<AtomicU32>,
     len: usize,
 }
 
-impl SleepFlag {
-    fn map(map: &libbpf_rs::Map<'_>) -> Result<SleepFlag> {
+impl SharedWord {
+    fn map(map: &libbpf_rs::Map<'_>) -> Result<SharedWord> {
         // SAFETY: sysconf has no memory effects.
         let len = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })?;
         // SAFETY: maps one page of a BPF_F_MMAPABLE array map, whose first
@@ -357,20 +383,32 @@ impl SleepFlag {
             )
         };
         if address == libc::MAP_FAILED {
-            bail!("mapping reader_asleep: {}", std::io::Error::last_os_error());
+            bail!(
+                "mapping {}: {}",
+                map.name().to_string_lossy(),
+                std::io::Error::last_os_error()
+            );
         }
         let word = NonNull::new(address.cast::<AtomicU32>()).ok_or_else(|| anyhow!("mmap returned null"))?;
-        Ok(SleepFlag { word, len })
+        Ok(SharedWord { word, len })
     }
 
-    pub fn set(&self, asleep: bool) {
+    fn atomic(&self) -> &AtomicU32 {
         // SAFETY: the page stays mapped while self lives, and the kernel
         // side only ever loads and stores the aligned word.
-        unsafe { self.word.as_ref() }.store(u32::from(asleep), Ordering::SeqCst);
+        unsafe { self.word.as_ref() }
+    }
+
+    pub fn set(&self, on: bool) {
+        self.atomic().store(u32::from(on), Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.atomic().load(Ordering::SeqCst) != 0
     }
 }
 
-impl Drop for SleepFlag {
+impl Drop for SharedWord {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`.
         unsafe { libc::munmap(self.word.as_ptr().cast(), self.len) };

@@ -88,6 +88,18 @@ impl ElfImage {
             .collect()
     }
 
+    /// The libraries this file needs whose names start with `prefix`, opened
+    /// from the directory the file is in (where a distribution installs a
+    /// library's companions, such as libssl's libcrypto).
+    pub fn needed_beside(&self, prefix: &str) -> Vec<ElfImage> {
+        let dir = self.path().parent().unwrap_or(Path::new("/"));
+        self.needed_libraries()
+            .iter()
+            .filter(|name| name.starts_with(prefix))
+            .filter_map(|name| ElfImage::open(&dir.join(name)).ok())
+            .collect()
+    }
+
     pub fn contains(&self, needle: &[u8]) -> bool {
         memchr::memmem::find(&self.data, needle).is_some()
     }

@@ -50,6 +50,68 @@ fn curl_request_and_gzip_chunked_response_are_whole_messages() {
         &["Comm:python3", "Received", &format!("GET {path} HTTP/1.1\r\n")],
     );
     assert!(out.stderr.contains("0 records lost"), "{}", out.stderr);
+    // curl brings its own BIO: its handshake asked for the syscall
+    // tracepoints, in time to name the socket of its first request.
+    assert!(out.stderr.contains("(0 syscall tracepoints, more if"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("a session's BIO is not a socket") && out.stderr.contains("(8 syscall tracepoints)"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The local port in a record's header ("... (local 127.0.0.1:PORT):"),
+/// or the remote one ("from 127.0.0.1:PORT").
+fn header_port(record: &str, before: &str) -> u16 {
+    let header = record.lines().next().unwrap_or_default();
+    let start = header
+        .find(before)
+        .unwrap_or_else(|| panic!("no {before:?} in {header}"))
+        + before.len();
+    let digits: String = header[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no port after {before:?} in {header}"))
+}
+
+#[test]
+fn socket_bios_name_each_connection_without_syscall_tracepoints() {
+    if !e2e_enabled() {
+        return;
+    }
+    let client = build_tls_client("tls_dynamic", &["-lssl", "-lcrypto"]);
+    let (_server, port) = spawn_s_server(&["-www"]);
+    let capture = Capture::start(&["tls"]);
+    // Three connections one after the other, each session object made after
+    // the last was freed: the allocator hands back the same session object
+    // and BIO, and the kernel the same fd number, yet each connection must
+    // be named as itself.
+    let path = format!("/{}", marker("socket-bio"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    run_peer(
+        "tls_client 3x",
+        Command::new(&client).args(["127.0.0.1", &port.to_string(), &request, "3x"]),
+    );
+    let out = capture.stop();
+    assert!(out.stderr.contains("(0 syscall tracepoints, more if"), "{}", out.stderr);
+    assert!(!out.stderr.contains("named from system calls"), "{}", out.stderr);
+    let ports = |needles: &[&str], before: &str| -> Vec<u16> {
+        let mut ports: Vec<u16> = records(&out.stdout)
+            .into_iter()
+            .filter(|record| needles.iter().all(|n| record.contains(n)))
+            .map(|record| header_port(record, before))
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let request_line = format!("GET {path} HTTP/1.1\r\n");
+    let client_ports = ports(&["Comm:tls_dynamic", "Sent", &request_line], "(local 127.0.0.1:");
+    let server_saw = ports(&["Comm:openssl", "Received", &request_line], "from 127.0.0.1:");
+    assert_eq!(client_ports.len(), 3, "{}", truncate(&out.stdout));
+    assert_eq!(client_ports, server_saw, "{}", truncate(&out.stdout));
+    let mut distinct = client_ports.clone();
+    distinct.dedup();
+    assert_eq!(distinct, client_ports, "{}", truncate(&out.stdout));
 }
 
 #[test]
@@ -424,9 +486,21 @@ fn openssl_3_5_is_hooked_past_its_null_check() {
             "{hook}"
         );
     }
-    find_record(
+    // 3.5's SSL objects start with a type tag; the BIO pointer follows the
+    // connection's common header.
+    assert!(
+        out.stderr
+            .contains("socket fds read from the BIO at SSL+0x50 (fd at BIO+0x38)"),
+        "{}",
+        out.stderr
+    );
+    let request = find_record(
         &out.stdout,
         &["Comm:tls_openssl35", "Sent", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+    assert!(
+        request.contains(&format!("to 127.0.0.1:{port} (local 127.0.0.1:")),
+        "{request}"
     );
     find_record(&out.stdout, &["Comm:tls_openssl35", "Received", "HTTP/1.1 200 OK\r\n"]);
 }

@@ -1,6 +1,7 @@
 //! OpenSSL and BoringSSL, as shared libraries or linked into a program.
 
 pub mod layout;
+pub mod socket_bio;
 pub mod version;
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use tracing::{debug, info, warn};
 
+use self::socket_bio::SocketBioLayout;
 use self::version::SslLibrary;
 use super::{Hook, HookTarget, Module};
 use crate::cli::{Config, Mode};
@@ -69,12 +71,18 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
         None => version::detect(&image),
     };
     debug!(path = %path.display(), %library, "found TLS library");
-    let (hooks, key_layout) = match config.mode {
+    let (hooks, key_layout, socket_bio) = match config.mode {
         Mode::Text => {
+            let socket_bio = SocketBioLayout::derive(&image);
+            // Sockets are read from their BIOs; a session whose BIO is not
+            // a socket is found at its handshake, in time to attach the
+            // syscall tracepoints before its data flows.
+            let handshake = socket_bio.and(image.function("SSL_do_handshake"));
             let hooks = data_functions(&image)
                 .into_iter()
-                .map(|(symbol, entry_program)| Hook::new(&image, symbol, entry_program, Some(DATA_RETURN)));
-            (hooks.collect(), None)
+                .map(|(symbol, entry_program)| Hook::new(&image, symbol, entry_program, Some(DATA_RETURN)))
+                .chain(handshake.map(|symbol| Hook::new(&image, symbol, "handshake_socket_check", None)));
+            (hooks.collect(), None, socket_bio)
         }
         Mode::Keylog | Mode::Pcap => {
             let selection = select_key_layout(&library, &image, config.ssl_version.as_deref())?;
@@ -96,7 +104,7 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
                 Some("handshake_return"),
             ))
             .chain(later_calls.map(|symbol| Hook::new(&image, symbol, "keys_at_call", None)));
-            (hooks.collect(), Some(*selection.layout))
+            (hooks.collect(), Some(*selection.layout), None)
         }
     };
     Ok(HookTarget {
@@ -104,6 +112,7 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
         description: library.to_string(),
         hooks,
         key_layout,
+        socket_bio,
     })
 }
 
@@ -241,9 +250,24 @@ mod tests {
             .find(|t| t.binary.ends_with("libssl.so.3"))
             .expect("libssl.so.3 found");
         let names: Vec<_> = libssl3.hooks.iter().map(|h| h.symbol.name.as_str()).collect();
-        assert_eq!(names, ["SSL_write/SSL_write_ex callee", "SSL_read/SSL_read_ex callee"]);
+        assert_eq!(
+            names,
+            [
+                "SSL_write/SSL_write_ex callee",
+                "SSL_read/SSL_read_ex callee",
+                "SSL_do_handshake"
+            ]
+        );
         assert!(libssl3.description.starts_with("OpenSSL 3."), "{}", libssl3.description);
         assert!(libssl3.key_layout.is_none());
+        // Sockets come from the BIOs; the handshake is watched only for
+        // sessions whose BIO is not a socket, on entry.
+        assert!(libssl3.socket_bio.is_some());
+        let handshake = libssl3.hooks.last().unwrap();
+        assert_eq!(
+            (handshake.entry_program, handshake.return_program),
+            ("handshake_socket_check", None)
+        );
     }
 
     #[test]
@@ -282,7 +306,7 @@ mod tests {
         assert_eq!(target.description, "BoringSSL");
         // BoringSSL has no _ex pair here: the exported functions are hooked.
         let names: Vec<_> = target.hooks.iter().map(|h| h.symbol.name.as_str()).collect();
-        assert_eq!(names, ["SSL_write", "SSL_read"]);
+        assert_eq!(names, ["SSL_write", "SSL_read", "SSL_do_handshake"]);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Which TLS library a file is, and which release, read from the file itself.
 
 use std::fmt;
-use std::path::Path;
 
 use crate::target::elf::ElfImage;
 
@@ -49,13 +48,7 @@ pub fn detect(image: &ElfImage) -> SslLibrary {
     if let Some(version) = openssl_version_in(image) {
         return SslLibrary::OpenSsl(Some(version));
     }
-    let dir = image.path().parent().unwrap_or(Path::new("/"));
-    let from_libcrypto = image
-        .needed_libraries()
-        .iter()
-        .filter(|name| name.starts_with("libcrypto"))
-        .filter_map(|name| ElfImage::open(&dir.join(name)).ok())
-        .find_map(|libcrypto| openssl_version_in(&libcrypto));
+    let from_libcrypto = image.needed_beside("libcrypto").iter().find_map(openssl_version_in);
     SslLibrary::OpenSsl(from_libcrypto)
 }
 
@@ -114,6 +107,7 @@ fn parse_banner(banner: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_banners_of_each_family() {
