@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -221,8 +222,7 @@ def summarize(samples):
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def run(args):
-    workdir = tempfile.mkdtemp(prefix="ecapture-bench-")
+def run(args, workdir):
     os.chmod(workdir, 0o755)  # nginx workers run as nobody and must read the pages
     cert, key = f"{workdir}/cert.pem", f"{workdir}/key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
@@ -327,7 +327,12 @@ def main():
     args.paths = paths if args.paths is None else args.paths
     if os.geteuid() != 0:
         sys.exit("make bench needs root (BPF)")
-    results, costs = run(args)
+    # Captured text runs to gigabytes a run: the directory goes at the end.
+    workdir = tempfile.mkdtemp(prefix="ecapture-bench-")
+    try:
+        results, costs = run(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     table = report(results, costs)
     print_table(table)
     print_program_costs(table)
