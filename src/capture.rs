@@ -189,6 +189,10 @@ impl Pipeline<'_> {
     /// Hands buffered output over, so that events show up live; with
     /// `everything`, packets still held back are written too.
     fn flush(&mut self, everything: bool) {
+        let mut records = std::mem::take(&mut self.records);
+        self.tracker.release_unnamed(&mut records);
+        self.emit_all(&mut records);
+        self.records = records;
         for sink in &mut self.sinks {
             if let Err(err) = sink.flush() {
                 self.output_failures.record(&err);

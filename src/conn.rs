@@ -2,16 +2,26 @@
 //! protocol state, and names its sockets when the kernel could not.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::event::{BufferPool, DataEvent, Direction, EventMeta, SocketPair};
 use crate::procnet;
 use crate::proto::http1::{Http1Session, Parsed};
 use crate::sink::{Payload, Record};
 
+/// How long the records of a session whose socket is unknown wait for it.
+/// A program with its own BIO has its socket named only once the syscall
+/// tracepoints are attached, which its first request can beat; its next
+/// call (the response) then brings the fd, for the held records too.
+const UNNAMED_HOLD: Duration = Duration::from_millis(250);
+
 struct Session {
     /// The latest event's metadata; records completed at the end carry it.
     meta: EventMeta,
     http: Http1Session,
+    /// Records completed while the socket was unknown, and since when.
+    unnamed: Vec<Record>,
+    unnamed_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -19,6 +29,8 @@ pub struct ConnTracker {
     sessions: HashMap<(u32, u64), Session>,
     /// The parser's output, reused from event to event.
     parsed: Vec<Parsed>,
+    /// Sessions holding records back; none most of the time.
+    holding: usize,
 }
 
 impl ConnTracker {
@@ -43,6 +55,8 @@ impl ConnTracker {
                 ..meta
             },
             http: Http1Session::default(),
+            unnamed: Vec::new(),
+            unnamed_since: None,
         });
         if session.meta.fd < 0 && meta.fd >= 0 && session.meta.sockets.is_none() {
             session.meta.sockets = meta.sockets.or_else(|| sockets_from_procfs(meta.pid, meta.fd));
@@ -54,7 +68,44 @@ impl ConnTracker {
             Direction::Ingress => 1,
         };
         session.http.push(direction, data, pool, &mut self.parsed);
-        out.extend(self.parsed.drain(..).map(|p| record(meta, p)));
+        let completed = self.parsed.drain(..).map(|p| record(meta, p));
+        if meta.fd < 0 {
+            session.unnamed.extend(completed);
+            if !session.unnamed.is_empty() && session.unnamed_since.is_none() {
+                session.unnamed_since = Some(Instant::now());
+                self.holding += 1;
+            }
+            return;
+        }
+        if session.unnamed_since.take().is_some() {
+            self.holding -= 1;
+            out.extend(session.unnamed.drain(..).map(|held| Record {
+                meta: EventMeta {
+                    fd: meta.fd,
+                    sockets: meta.sockets,
+                    ..held.meta
+                },
+                ..held
+            }));
+        }
+        out.extend(completed);
+    }
+
+    /// Gives up the records that waited UNNAMED_HOLD for their socket.
+    pub fn release_unnamed(&mut self, out: &mut Vec<Record>) {
+        if self.holding == 0 {
+            return;
+        }
+        for session in self.sessions.values_mut() {
+            if session
+                .unnamed_since
+                .is_some_and(|since| since.elapsed() >= UNNAMED_HOLD)
+            {
+                session.unnamed_since = None;
+                self.holding -= 1;
+                out.append(&mut session.unnamed);
+            }
+        }
     }
 
     /// Capture is ending: every session gives up what it buffered.
@@ -65,6 +116,10 @@ impl ConnTracker {
     }
 
     fn finish(&mut self, mut session: Session, out: &mut Vec<Record>) {
+        if session.unnamed_since.take().is_some() {
+            self.holding -= 1;
+        }
+        out.append(&mut session.unnamed);
         session.http.finish(&mut self.parsed);
         out.extend(self.parsed.drain(..).map(|p| record(session.meta, p)));
     }
@@ -145,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn an_fd_learned_midway_continues_the_session() {
+    fn an_fd_learned_midway_continues_the_session_and_names_what_waited() {
         let mut tracker = ConnTracker::default();
         let mut flushed = Vec::new();
         let mut pool = BufferPool::default();
@@ -153,14 +208,35 @@ mod tests {
             event(
                 -1,
                 Direction::Egress,
-                b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc",
+                b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc",
             ),
             &mut pool,
             &mut flushed,
         );
+        assert!(flushed.is_empty());
         tracker.on_event(event(7, Direction::Egress, b"def"), &mut pool, &mut flushed);
+        assert_eq!(flushed.len(), 2);
+        assert!(
+            flushed
+                .iter()
+                .all(|r| matches!(&r.payload, Payload::Http(_)) && r.meta.fd == 7)
+        );
+    }
+
+    #[test]
+    fn records_whose_socket_stays_unknown_are_released_after_a_while() {
+        let mut tracker = ConnTracker::default();
+        let mut flushed = Vec::new();
+        tracker.on_event(
+            event(-1, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"),
+            &mut BufferPool::default(),
+            &mut flushed,
+        );
+        tracker.release_unnamed(&mut flushed);
+        assert!(flushed.is_empty());
+        std::thread::sleep(UNNAMED_HOLD);
+        tracker.release_unnamed(&mut flushed);
         assert_eq!(flushed.len(), 1);
-        assert!(matches!(&flushed[0].payload, Payload::Http(_)));
-        assert_eq!(flushed[0].meta.fd, 7);
+        assert_eq!(flushed[0].meta.fd, -1);
     }
 }
