@@ -335,7 +335,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         }
         ring.consume()?;
         pipeline.borrow_mut().flush(false);
-        tls.attach_wanted_tracepoints()?;
+        tls.attach_wanted_tracepoints();
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
             last_lost_check = Instant::now();
             let lost = total_lost(&tls.objects)?;
@@ -399,31 +399,29 @@ struct TlsObjects {
 }
 
 impl TlsObjects {
-    /// Attaches the syscall tracepoints the probes have asked for.
-    fn attach_wanted_tracepoints(&mut self) -> Result<()> {
+    /// Attaches the syscall tracepoints the probes have asked for. Failing
+    /// that, the capture goes on: only those sessions' addresses are missing.
+    fn attach_wanted_tracepoints(&mut self) {
         let objects = &mut self.objects;
         let mut attached = 0;
-        let mut failure = None;
         self.on_demand.retain(|(index, wanted)| {
             if !wanted.is_set() {
                 return true;
             }
             match objects[*index].attach_syscall_tracepoints("") {
                 Ok(count) => attached += count,
-                Err(err) => failure = Some(err),
+                Err(err) => warn!(
+                    "a session's BIO is not a socket, and the syscall tracepoints that would name its socket could not be attached ({err:#}): such sessions are captured without addresses"
+                ),
             }
             false
         });
-        if let Some(err) = failure {
-            return Err(err);
-        }
         if attached > 0 {
             self.tracepoints += attached;
             info!(
                 "a session's BIO is not a socket (the program brings its own, as curl and node do): its socket is named from system calls now ({attached} syscall tracepoints)"
             );
         }
-        Ok(())
     }
 }
 
