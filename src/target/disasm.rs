@@ -2,20 +2,17 @@
 //! touches, and through which pointers. Used to check struct layouts against
 //! the library at hand.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::target::elf::{ElfImage, FunctionSymbol};
 
 /// Longest stretch of a function we decode before giving up.
-#[cfg(target_arch = "x86_64")]
-const MAX_INSTRUCTIONS: usize = 64;
+pub(super) const MAX_INSTRUCTIONS: usize = 64;
 
 /// Instructions decoded over all the branches of one accessor.
-#[cfg(target_arch = "x86_64")]
-const MAX_EXPLORED: usize = 512;
+pub(super) const MAX_EXPLORED: usize = 512;
 
 /// The full registers `instruction` writes, even only conditionally.
-#[cfg(target_arch = "x86_64")]
 fn written_registers(
     info_factory: &mut iced_x86::InstructionInfoFactory,
     instruction: &iced_x86::Instruction,
@@ -43,27 +40,97 @@ pub type FieldPath = Vec<u64>;
 
 /// Every field path the function touches on any branch from its entry up to
 /// its returns and tail jumps. None when the function is missing, does not
-/// decode, or the architecture has no decoder here.
-#[cfg(target_arch = "x86_64")]
+/// decode, or is of an architecture without a decoder. Decoded by the file's
+/// architecture, not the host's, so each decoder is tested on any host.
 pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPath>> {
-    use std::collections::{BTreeMap, HashSet};
-
-    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind, Register};
-
-    /// A register's value: the pointer reached by following `loads` from the
-    /// argument, plus `bias` bytes.
-    #[derive(Clone)]
-    struct Derived {
-        loads: FieldPath,
-        bias: u64,
+    match image.architecture()? {
+        object::Architecture::X86_64 => x86_64_field_paths(image, function),
+        object::Architecture::Aarch64 => super::aarch64::field_paths(image, function),
+        _ => None,
     }
-    impl Derived {
-        fn field(&self, displacement: u64) -> FieldPath {
-            let mut path = self.loads.clone();
-            path.push(self.bias.wrapping_add(displacement));
-            path
+}
+
+/// A register's value: the pointer reached by following `loads` from the
+/// first argument, plus `bias` bytes.
+#[derive(Clone)]
+pub(super) struct Derived {
+    pub loads: FieldPath,
+    pub bias: u64,
+}
+
+impl Derived {
+    pub fn field(&self, displacement: u64) -> FieldPath {
+        let mut path = self.loads.clone();
+        path.push(self.bias.wrapping_add(displacement));
+        path
+    }
+}
+
+/// A walk over every branch of one function, from its entry: where each
+/// branch starts and what its registers hold there, and the field paths
+/// found so far. Shared by the decoders of each architecture.
+pub(super) struct Walk<'a, R> {
+    pub start: u64,
+    pub end: u64,
+    pub code: &'a [u8],
+    pending: Vec<(u64, BTreeMap<R, Derived>)>,
+    started: HashSet<u64>,
+    explored: usize,
+    pub paths: BTreeSet<FieldPath>,
+}
+
+impl<'a, R: Ord + Clone> Walk<'a, R> {
+    /// Starts at `function`, whose first argument is in `argument`.
+    pub fn new(image: &'a ElfImage, function: &str, argument: R) -> Option<Walk<'a, R>> {
+        let symbol = image.function(function)?;
+        let code = image.function_code(&symbol)?;
+        let start_registers = BTreeMap::from([(
+            argument,
+            Derived {
+                loads: Vec::new(),
+                bias: 0,
+            },
+        )]);
+        Some(Walk {
+            start: symbol.address,
+            end: symbol.address + code.len() as u64,
+            code,
+            pending: vec![(symbol.address, start_registers)],
+            started: HashSet::new(),
+            explored: 0,
+            paths: BTreeSet::new(),
+        })
+    }
+
+    /// The next branch not walked yet: its address, its code, its registers.
+    pub fn next_branch(&mut self) -> Option<(u64, &'a [u8], BTreeMap<R, Derived>)> {
+        while let Some((address, registers)) = self.pending.pop() {
+            if self.started.insert(address) {
+                let from = usize::try_from(address.checked_sub(self.start)?).ok()?;
+                return Some((address, self.code.get(from..)?, registers));
+            }
+        }
+        None
+    }
+
+    /// A branch to `target` with `registers`; one outside the function is
+    /// a tail call, not followed.
+    pub fn branch(&mut self, target: u64, registers: BTreeMap<R, Derived>) {
+        if (self.start..self.end).contains(&target) {
+            self.pending.push((target, registers));
         }
     }
+
+    /// Counts one instruction; false once the walk has gone on too long.
+    pub fn count_instruction(&mut self) -> bool {
+        self.explored += 1;
+        self.explored <= MAX_EXPLORED
+    }
+}
+
+fn x86_64_field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPath>> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind, Register};
+
     // The System V calls may overwrite these.
     const CALLER_SAVED: [Register; 9] = [
         Register::RAX,
@@ -77,27 +144,12 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
         Register::R11,
     ];
 
-    let symbol = image.function(function)?;
-    let code = image.function_code(&symbol)?;
-    let end = symbol.address + code.len() as u64;
-    let argument = Derived {
-        loads: Vec::new(),
-        bias: 0,
-    };
-    let mut pending = vec![(symbol.address, BTreeMap::from([(Register::RDI, argument)]))];
-    let mut started = HashSet::new();
+    let mut walk = Walk::new(image, function, Register::RDI)?;
     let mut info_factory = InstructionInfoFactory::new();
-    let mut paths = BTreeSet::new();
-    let mut explored = 0;
-    while let Some((start, mut registers)) = pending.pop() {
-        if !started.insert(start) {
-            continue;
-        }
-        let from = usize::try_from(start - symbol.address).ok()?;
-        let mut decoder = Decoder::with_ip(64, &code[from..], start, DecoderOptions::NONE);
+    while let Some((start, code, mut registers)) = walk.next_branch() {
+        let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
         for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
-            explored += 1;
-            if instruction.is_invalid() || explored > MAX_EXPLORED {
+            if instruction.is_invalid() || !walk.count_instruction() {
                 return None;
             }
             let mut result: Option<Derived> = None;
@@ -117,7 +169,7 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
                     }),
                     _ => None,
                 };
-                paths.insert(field);
+                walk.paths.insert(field);
             }
             let source = registers.get(&instruction.op1_register().full_register());
             if instruction.op0_kind() == OpKind::Register && instruction.op1_kind() == OpKind::Register {
@@ -133,7 +185,7 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
                     loads: pointer.loads.clone(),
                     bias: pointer.bias.wrapping_add(instruction.immediate(1)),
                 };
-                paths.insert(moved.field(0));
+                walk.paths.insert(moved.field(0));
                 result = Some(moved);
             }
             let written = written_registers(&mut info_factory, &instruction);
@@ -150,23 +202,20 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
                 registers.insert(instruction.op0_register().full_register(), value);
             }
             let target = instruction.near_branch_target();
-            let inside = (symbol.address..end).contains(&target);
             match flow {
-                FlowControl::ConditionalBranch if inside => pending.push((target, registers.clone())),
-                FlowControl::UnconditionalBranch if inside => {
-                    pending.push((target, registers));
+                FlowControl::ConditionalBranch => walk.branch(target, registers.clone()),
+                FlowControl::UnconditionalBranch => {
+                    walk.branch(target, registers);
                     break;
                 }
-                FlowControl::Return
-                | FlowControl::UnconditionalBranch
-                | FlowControl::IndirectBranch
-                | FlowControl::Interrupt
-                | FlowControl::Exception => break,
+                FlowControl::Return | FlowControl::IndirectBranch | FlowControl::Interrupt | FlowControl::Exception => {
+                    break;
+                }
                 _ => {}
             }
         }
     }
-    Some(paths)
+    Some(walk.paths)
 }
 
 /// The function that both `plain` and `extended` call first, and which of
@@ -386,11 +435,6 @@ pub fn probe_site(_image: &ElfImage, _symbol: &FunctionSymbol) -> Option<ProbeSi
 
 #[cfg(not(target_arch = "x86_64"))]
 pub fn shared_callee(_image: &ElfImage, _plain: &str, _extended: &str) -> Option<SharedCallee> {
-    None
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn field_paths(_image: &ElfImage, _function: &str) -> Option<BTreeSet<FieldPath>> {
     None
 }
 

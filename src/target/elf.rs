@@ -114,15 +114,20 @@ impl ElfImage {
     }
 }
 
-/// Reading machine code: so far only the x86_64 decoder does.
-#[cfg(target_arch = "x86_64")]
+/// Reading machine code.
 impl ElfImage {
+    pub fn architecture(&self) -> Option<object::Architecture> {
+        Some(self.parse().ok()?.architecture())
+    }
+
     /// The file offset of `address`, if it lies in an executable segment.
+    #[cfg(target_arch = "x86_64")]
     pub fn file_offset_of(&self, address: u64) -> Option<u64> {
         executable_file_offset(&self.parse().ok()?, address)
     }
 
     /// The name of the section holding `address`.
+    #[cfg(target_arch = "x86_64")]
     pub fn section_name_at(&self, address: u64) -> Option<String> {
         use object::ObjectSection;
 
