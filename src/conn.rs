@@ -49,9 +49,12 @@ impl ConnTracker {
             let old = self.sessions.remove(&key).expect("present");
             self.finish(old, out);
         }
+        // A new session starts with its socket unknown, like one whose fd
+        // is yet to be learned: both are named once, from the first fd seen.
         let session = self.sessions.entry(key).or_insert_with(|| Session {
             meta: EventMeta {
-                sockets: meta.sockets.or_else(|| sockets_from_procfs(meta.pid, meta.fd)),
+                fd: -1,
+                sockets: None,
                 ..meta
             },
             http: Http1Session::default(),

@@ -269,10 +269,7 @@ impl Reassembler {
     /// leaves its bytes in the ring buffer.
     pub fn push<'a>(&mut self, chunk: Chunk<'a>, pool: &mut BufferPool) -> Option<DataEvent<'a>> {
         if chunk.offset == 0 && chunk.data.len() as u64 == chunk.total_len {
-            if let Some((_, abandoned)) = self.partial.remove(&chunk.meta.tid) {
-                self.broken_calls += 1;
-                pool.recycle(abandoned);
-            }
+            self.abandon(chunk.meta.tid, pool);
             return Some(DataEvent {
                 meta: chunk.meta,
                 data: EventData::Record(chunk.data),
@@ -280,10 +277,7 @@ impl Reassembler {
         }
         let tid = chunk.meta.tid;
         if chunk.offset == 0 {
-            if let Some((_, abandoned)) = self.partial.remove(&tid) {
-                self.broken_calls += 1;
-                pool.recycle(abandoned);
-            }
+            self.abandon(tid, pool);
             let mut data = pool.take();
             data.reserve(chunk.total_len as usize);
             data.extend_from_slice(chunk.data);
@@ -295,10 +289,7 @@ impl Reassembler {
             return None;
         };
         if data.len() as u64 != chunk.offset || meta.conn_id != chunk.meta.conn_id {
-            if let Some((_, abandoned)) = self.partial.remove(&tid) {
-                pool.recycle(abandoned);
-            }
-            self.broken_calls += 1;
+            self.abandon(tid, pool);
             return None;
         }
         data.extend_from_slice(chunk.data);
@@ -310,6 +301,14 @@ impl Reassembler {
             });
         }
         None
+    }
+
+    /// Drops the thread's unfinished call, if it has one, counting it broken.
+    fn abandon(&mut self, tid: u32, pool: &mut BufferPool) {
+        if let Some((_, abandoned)) = self.partial.remove(&tid) {
+            self.broken_calls += 1;
+            pool.recycle(abandoned);
+        }
     }
 }
 
