@@ -1,14 +1,15 @@
-//! AArch64 machine code, as far as accessors go: which fields of its first
-//! argument (x0) a small function loads, stores or takes the address of, and
-//! through which pointers. A64 instructions are fixed 32-bit words, so only
-//! the few forms accessors are built from are decoded; any other instruction
-//! is taken to overwrite the register in its low five bits, which loses a
-//! path at worst and never invents one.
+//! AArch64 machine code, as far as ecapture reads it: which fields of its
+//! first argument (x0) a small function loads, stores or takes the address
+//! of, and through which pointers; where a function's arguments come from at
+//! its first call; what its first instruction is. A64 instructions are fixed
+//! 32-bit words, so only the few forms these are built from are decoded; any
+//! other instruction is taken to overwrite the register in its low five bits,
+//! which loses a path or a match at worst and never invents one.
 
 use std::collections::BTreeSet;
 
-use super::disasm::{Derived, FieldPath, MAX_INSTRUCTIONS, Walk};
-use super::elf::ElfImage;
+use super::disasm::{Derived, FieldPath, FirstCall, MAX_INSTRUCTIONS, ProbeSite, Source, TAIL_JUMPS, Walk};
+use super::elf::{ElfImage, FunctionSymbol};
 
 /// What an instruction does, in the terms the walk needs. Registers are
 /// numbered 0-30; 31 is the zero register or sp, neither of which is tracked.
@@ -42,17 +43,21 @@ enum Op {
     Return,
     Branch(u64),
     ConditionalBranch(u64),
-    Call,
+    /// BL to its target, or BLR (None).
+    Call(Option<u64>),
     /// An indirect jump, or an instruction that never falls through.
     Stop,
     /// No register written (NOP, PACIASP, BTI and other hints).
     Nothing,
-    /// Anything else: it may write `written` (and `also`).
+    /// Anything else: it may write these registers (31 fills the slots
+    /// not used).
     Other {
-        written: u8,
-        also: Option<u8>,
+        written: [u8; 3],
     },
 }
+
+/// The zero register or sp, by context; never tracked.
+const SP_OR_ZERO: u8 = 31;
 
 fn bits(word: u32, low: u32, count: u32) -> u32 {
     (word >> low) & ((1 << count) - 1)
@@ -103,10 +108,21 @@ fn decode(word: u32, pc: u64) -> Op {
     // change their base as well.
     let indexed = word & 0x3B20_0400 == 0x3800_0400;
     let pair_indexed = word & 0x3A80_0000 == 0x2880_0000;
-    if indexed || pair_indexed {
+    if indexed {
+        let load = !simd && bits(word, 22, 2) != 0;
         return Op::Other {
-            written: rt,
-            also: Some(rn),
+            written: [if load { rt } else { SP_OR_ZERO }, rn, SP_OR_ZERO],
+        };
+    }
+    if pair_indexed {
+        let load = !simd && bits(word, 22, 1) == 1;
+        let (first, second) = if load {
+            (rt, bits(word, 10, 5) as u8)
+        } else {
+            (SP_OR_ZERO, SP_OR_ZERO)
+        };
+        return Op::Other {
+            written: [first, second, rn],
         };
     }
     // ADD/SUB (immediate), 64-bit, without flags.
@@ -123,8 +139,7 @@ fn decode(word: u32, pc: u64) -> Op {
             };
         }
         return Op::Other {
-            written: rt,
-            also: None,
+            written: [rt, SP_OR_ZERO, SP_OR_ZERO],
         };
     }
     if word & 0xFFE0_FFE0 == 0xAA00_03E0 {
@@ -139,7 +154,7 @@ fn decode(word: u32, pc: u64) -> Op {
     }
     match word & 0xFC00_0000 {
         0x1400_0000 => return Op::Branch(pc.wrapping_add(signed(bits(word, 0, 26), 26, 4))),
-        0x9400_0000 => return Op::Call,
+        0x9400_0000 => return Op::Call(Some(pc.wrapping_add(signed(bits(word, 0, 26), 26, 4)))),
         _ => {}
     }
     // B.cond, CBZ/CBNZ, TBZ/TBNZ.
@@ -152,7 +167,11 @@ fn decode(word: u32, pc: u64) -> Op {
     // Branches to a register: BLR (and its authenticated forms) call, the
     // rest jump away.
     if word & 0xFE00_0000 == 0xD600_0000 {
-        return if bits(word, 21, 2) == 1 { Op::Call } else { Op::Stop };
+        return if bits(word, 21, 2) == 1 {
+            Op::Call(None)
+        } else {
+            Op::Stop
+        };
     }
     // Hints (NOP, PACIASP, AUTIASP, BTI...).
     if word & 0xFFFF_F01F == 0xD503_201F {
@@ -163,8 +182,7 @@ fn decode(word: u32, pc: u64) -> Op {
         return Op::Stop;
     }
     Op::Other {
-        written: rt,
-        also: None,
+        written: [rt, SP_OR_ZERO, SP_OR_ZERO],
     }
 }
 
@@ -234,13 +252,12 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
                         registers.insert(dest, copied);
                     }
                 }
-                Op::Call => {
+                Op::Call(_) => {
                     registers.retain(|register, _| !CALLER_SAVED.contains(register) && *register != LINK_REGISTER);
                 }
-                Op::Other { written, also } => {
-                    registers.remove(&written);
-                    if let Some(also) = also {
-                        registers.remove(&also);
+                Op::Other { written } => {
+                    for register in written {
+                        registers.remove(&register);
                     }
                 }
                 Op::Nothing => {}
@@ -256,6 +273,127 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
     Some(walk.paths)
 }
 
+/// See `disasm::shared_callee`; the first direct call of `name` and where
+/// its arguments came from, following tail jumps.
+pub(super) fn first_call(image: &ElfImage, name: &str) -> Option<FirstCall> {
+    // Register 31 is sp as the source of ADD (immediate), the zero register
+    // elsewhere.
+    let mut sources = [Source::Other; 32];
+    for (index, source) in sources.iter_mut().take(6).enumerate() {
+        *source = Source::Argument(index);
+    }
+    let mut address = image.function(name)?.address;
+    for _ in 0..=TAIL_JUMPS {
+        let code = image.code_at(address)?;
+        let mut jumped = false;
+        for (index, bytes) in code.chunks_exact(4).take(MAX_INSTRUCTIONS).enumerate() {
+            let pc = address + 4 * index as u64;
+            let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+            match decode(word, pc) {
+                Op::Call(Some(target)) => {
+                    let arguments = sources[..6].try_into().expect("six argument registers");
+                    return Some((target, arguments));
+                }
+                Op::Branch(target) => {
+                    address = target;
+                    jumped = true;
+                    break;
+                }
+                Op::Call(None) | Op::Return | Op::Stop => return None,
+                Op::ConditionalBranch(_) | Op::Nothing => {}
+                Op::Memory { loaded, .. } => {
+                    if let Some((register, _)) = loaded {
+                        sources[usize::from(register)] = Source::Other;
+                    }
+                }
+                Op::Pair { loaded, .. } => {
+                    if let Some((first, second, _)) = loaded {
+                        sources[usize::from(first)] = Source::Other;
+                        sources[usize::from(second)] = Source::Other;
+                    }
+                }
+                Op::AddImmediate { dest, source, addend } => {
+                    sources[usize::from(dest)] = match sources[usize::from(source)] {
+                        _ if source == SP_OR_ZERO => Source::StackAddress,
+                        Source::StackAddress => Source::StackAddress,
+                        unchanged if addend == 0 => unchanged,
+                        _ => Source::Other,
+                    };
+                }
+                Op::Move { dest, source } => {
+                    sources[usize::from(dest)] = if source == SP_OR_ZERO {
+                        Source::Other
+                    } else {
+                        sources[usize::from(source)]
+                    };
+                }
+                Op::Other { written } => {
+                    for register in written {
+                        sources[usize::from(register)] = Source::Other;
+                    }
+                }
+            }
+        }
+        if !jumped {
+            return None;
+        }
+    }
+    None
+}
+
+/// The instruction forms a function may begin with, by mask and value, and
+/// whether the kernel simulates them (branches, ADR/ADRP) instead of
+/// stepping them out of line. A64 instructions are aligned words, so the
+/// entry is always a boundary; nothing is skipped.
+const ENTRY_FORMS: [(u32, u32, &str, bool); 22] = [
+    (0xFC00_0000, 0x1400_0000, "b", true),
+    (0xFC00_0000, 0x9400_0000, "bl", true),
+    (0xFF00_0010, 0x5400_0000, "b.cond", true),
+    (0x7F00_0000, 0x3400_0000, "cbz", true),
+    (0x7F00_0000, 0x3500_0000, "cbnz", true),
+    (0x7F00_0000, 0x3600_0000, "tbz", true),
+    (0x7F00_0000, 0x3700_0000, "tbnz", true),
+    (0x9F00_0000, 0x1000_0000, "adr", true),
+    (0x9F00_0000, 0x9000_0000, "adrp", true),
+    (0xFFFF_FC1F, 0xD63F_0000, "blr", true),
+    (0xFFFF_FC1F, 0xD65F_0000, "ret", true),
+    (0xFFFF_FFFF, 0xD503_201F, "nop", false),
+    (0xFFFF_FFFF, 0xD503_233F, "paciasp", false),
+    (0xFFFF_FFFF, 0xD503_237F, "pacibsp", false),
+    (0xFFFF_FF3F, 0xD503_241F, "bti", false),
+    (0x3E40_0000, 0x2800_0000, "stp", false),
+    (0x3E40_0000, 0x2840_0000, "ldp", false),
+    (0x7F80_0000, 0x1100_0000, "add", false),
+    (0x7F80_0000, 0x5100_0000, "sub", false),
+    (0x7FE0_FFE0, 0x2A00_03E0, "mov", false),
+    (0x3FC0_0000, 0x3900_0000, "str", false),
+    (0x3FC0_0000, 0x3940_0000, "ldr", false),
+];
+
+/// See `disasm::probe_site`: on AArch64 the probe stays at the entry.
+pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
+    let code = image.function_code(symbol)?;
+    let word = u32::from_le_bytes(code.get(..4)?.try_into().ok()?);
+    if !symbol.address.is_multiple_of(4) || decode(word, symbol.address) == Op::Stop {
+        return None;
+    }
+    let form = ENTRY_FORMS.iter().find(|&&(mask, value, _, _)| word & mask == value);
+    let emulated = form.is_some_and(|&(_, _, _, simulated)| simulated);
+    Some(ProbeSite {
+        mnemonic: form.map_or_else(
+            || format!("instruction {word:#010x}"),
+            |&(_, _, name, _)| name.to_string(),
+        ),
+        emulated,
+        offset: 0,
+        cost: if emulated {
+            "simulated by the kernel"
+        } else {
+            "single-stepped out of line"
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,8 +401,10 @@ mod tests {
 
     use crate::modules::openssl::layout::{self, CheckOutcome};
     use crate::modules::openssl::socket_bio::SocketBioLayout;
+    use crate::target::disasm;
 
     const LIBSSL: &str = "/usr/lib/aarch64-linux-gnu/libssl.so.3";
+    const BORINGSSL: &str = "/usr/lib/aarch64-linux-gnu/android/libssl.so.0";
 
     #[test]
     fn decodes_the_forms_accessors_use() {
@@ -323,15 +463,45 @@ mod tests {
             }
         );
         // stp x29, x30, [sp, #-16]! writes back sp
-        assert!(matches!(decode(0xA9BF_7BFD, 0), Op::Other { also: Some(31), .. }));
+        assert_eq!(decode(0xA9BF_7BFD, 0), Op::Other { written: [31, 31, 31] });
+        // ldp x0, x1, [sp], #16 loads both and writes back sp
+        assert_eq!(decode(0xA8C1_07E0, 0), Op::Other { written: [0, 1, 31] });
         assert_eq!(decode(0xAA01_03E0, 0), Op::Move { dest: 0, source: 1 });
         assert_eq!(decode(0xD65F_03C0, 0), Op::Return);
         assert_eq!(decode(0xD503_233F, 0), Op::Nothing, "paciasp");
         assert_eq!(decode(0x1400_0002, 0x100), Op::Branch(0x108));
         assert_eq!(decode(0xB4FF_FFE0, 0x100), Op::ConditionalBranch(0xFC), "cbz x0, .-4");
-        assert_eq!(decode(0x9400_0000, 0), Op::Call);
-        assert_eq!(decode(0xD63F_0020, 0), Op::Call, "blr x1");
+        assert_eq!(decode(0x97FF_FF81, 0x35970), Op::Call(Some(0x35774)), "bl .-0x1fc");
+        assert_eq!(decode(0xD63F_0020, 0), Op::Call(None), "blr x1");
         assert_eq!(decode(0xD61F_0020, 0), Op::Stop, "br x1");
+    }
+
+    #[test]
+    fn finds_the_internal_functions_behind_the_arm64_ssl_api() {
+        let image = ElfImage::open(Path::new(LIBSSL)).unwrap();
+        let write = disasm::shared_callee(&image, "SSL_write", "SSL_write_ex").expect("ssl_write_internal");
+        let read = disasm::shared_callee(&image, "SSL_read", "SSL_read_ex").expect("ssl_read_internal");
+        // SSL_write: `mov x3, sp; bl 0x35b30`; SSL_write_ex: `bl 0x35b30`.
+        assert_eq!((write.symbol.address, write.length_argument), (0x35b30, 4));
+        assert_eq!((read.symbol.address, read.length_argument), (0x35774, 4));
+        assert!(disasm::shared_callee(&image, "SSL_write", "SSL_read_ex").is_none());
+        let boringssl = ElfImage::open(Path::new(BORINGSSL)).unwrap();
+        assert!(disasm::shared_callee(&boringssl, "SSL_write", "SSL_write_ex").is_none());
+    }
+
+    #[test]
+    fn tells_simulated_probe_sites_from_stepped_ones() {
+        let image = ElfImage::open(Path::new(LIBSSL)).unwrap();
+        let internal = disasm::shared_callee(&image, "SSL_write", "SSL_write_ex").unwrap();
+        let site = disasm::probe_site(&image, &internal.symbol).unwrap();
+        assert_eq!(site.to_string(), "sub: single-stepped out of line");
+        let simulated = disasm::probe_site(&image, &image.function("SSL_get_peer_cert_chain").unwrap()).unwrap();
+        assert_eq!(
+            (simulated.mnemonic.as_str(), simulated.emulated, simulated.offset),
+            ("cbz", true, 0)
+        );
+        let pair = disasm::probe_site(&image, &image.function("SSL_write_ex").unwrap()).unwrap();
+        assert_eq!((pair.mnemonic.as_str(), pair.emulated), ("stp", false));
     }
 
     #[test]
@@ -359,7 +529,7 @@ mod tests {
 
     #[test]
     fn arm64_boringssl_layout_is_chosen_by_its_accessors() {
-        let libssl = ElfImage::open(Path::new("/usr/lib/aarch64-linux-gnu/android/libssl.so.0")).unwrap();
+        let libssl = ElfImage::open(Path::new(BORINGSSL)).unwrap();
         let selection = layout::select_boringssl(&libssl).unwrap();
         assert_eq!(selection.layout.name, "boringssl android 13");
         assert!(selection.expected, "{:?}", selection.checks);

@@ -1,6 +1,7 @@
 //! Reading machine code: which fields of its first argument a small function
-//! touches, and through which pointers. Used to check struct layouts against
-//! the library at hand.
+//! touches, and through which pointers (to check struct layouts against the
+//! library at hand); which internal function the API funnels into, and where
+//! a probe costs least. x86_64 here, AArch64 in `aarch64`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -232,9 +233,8 @@ pub struct SharedCallee {
 }
 
 /// Where an argument register's value at a call came from.
-#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(super) enum Source {
     /// The caller's own argument n (0-based), unchanged.
     Argument(usize),
     /// The address of a local variable.
@@ -242,83 +242,25 @@ enum Source {
     Other,
 }
 
+/// Where a function makes its first direct call: the target, and where each
+/// of the first six argument registers' values came from.
+pub(super) type FirstCall = (u64, [Source; 6]);
+
+/// Tail jumps followed on the way to a function's first call.
+pub(super) const TAIL_JUMPS: usize = 2;
+
 /// `plain` takes (ssl, buf, int num) and passes a local variable for the
 /// length; `extended` takes (ssl, buf, size_t num, size_t *len) and passes
 /// its first three arguments through, and its `len` in the same position as
 /// the plain function's local. Both must reach the same function in `.text`
 /// with their first direct call, following tail jumps. The target is a call
 /// target the compiler emitted, so an instruction boundary, and is checked to
-/// decode.
-#[cfg(target_arch = "x86_64")]
+/// decode. Decoded by the file's architecture, as `field_paths` is.
 pub fn shared_callee(image: &ElfImage, plain: &str, extended: &str) -> Option<SharedCallee> {
-    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind, Register};
-
-    const ARGUMENTS: [Register; 6] = [
-        Register::RDI,
-        Register::RSI,
-        Register::RDX,
-        Register::RCX,
-        Register::R8,
-        Register::R9,
-    ];
-    const TAIL_JUMPS: usize = 2;
-    let argument_index = |register: Register| ARGUMENTS.iter().position(|&r| r == register.full_register());
-    // The target of the function's first direct call, and where each
-    // argument register's value came from when it was made.
-    let first_call = |name: &str| -> Option<(u64, [Source; 6])> {
-        let mut sources = [0, 1, 2, 3, 4, 5].map(Source::Argument);
-        let mut info_factory = InstructionInfoFactory::new();
-        let symbol = image.function(name)?;
-        let mut address = symbol.address;
-        for _ in 0..=TAIL_JUMPS {
-            let file_offset = image.file_offset_of(address)?;
-            let code = image.function_code(&FunctionSymbol {
-                name: String::new(),
-                address,
-                size: 0,
-                file_offset,
-            })?;
-            let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-            let mut jumped = false;
-            for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
-                if instruction.is_invalid() {
-                    return None;
-                }
-                match instruction.flow_control() {
-                    FlowControl::Call if instruction.op0_kind() == OpKind::NearBranch64 => {
-                        return Some((instruction.near_branch_target(), sources));
-                    }
-                    FlowControl::UnconditionalBranch if instruction.op0_kind() == OpKind::NearBranch64 => {
-                        address = instruction.near_branch_target();
-                        jumped = true;
-                        break;
-                    }
-                    FlowControl::Next | FlowControl::ConditionalBranch => {}
-                    _ => return None,
-                }
-                let copied = match instruction.mnemonic() {
-                    Mnemonic::Mov
-                        if instruction.op1_kind() == OpKind::Register
-                            && instruction.op1_register() == Register::RSP =>
-                    {
-                        Some(Source::StackAddress)
-                    }
-                    Mnemonic::Mov if instruction.op1_kind() == OpKind::Register => {
-                        argument_index(instruction.op1_register()).map(|from| sources[from])
-                    }
-                    Mnemonic::Lea if instruction.memory_base() == Register::RSP => Some(Source::StackAddress),
-                    _ => None,
-                };
-                let written = written_registers(&mut info_factory, &instruction);
-                for index in written.into_iter().filter_map(argument_index) {
-                    sources[index] = copied.unwrap_or(Source::Other);
-                }
-            }
-            if !jumped {
-                return None;
-            }
-        }
-        None
+    let first_call = |name: &str| match image.architecture()? {
+        object::Architecture::X86_64 => x86_64_first_call(image, name),
+        object::Architecture::Aarch64 => super::aarch64::first_call(image, name),
+        _ => None,
     };
     let (target, extended_sources) = first_call(extended)?;
     let (plain_target, plain_sources) = first_call(plain)?;
@@ -332,26 +274,80 @@ pub fn shared_callee(image: &ElfImage, plain: &str, extended: &str) -> Option<Sh
     if image.section_name_at(target)? != ".text" {
         return None;
     }
-    let file_offset = image.file_offset_of(target)?;
     let symbol = FunctionSymbol {
         name: format!("{plain}/{extended} callee"),
         address: target,
         size: 0,
-        file_offset,
+        file_offset: image.file_offset_of(target)?,
     };
-    let mut decoder = Decoder::with_ip(64, image.function_code(&symbol)?, target, DecoderOptions::NONE);
-    if decoder.decode().is_invalid() {
-        return None;
-    }
+    probe_site(image, &symbol)?;
     Some(SharedCallee {
         symbol,
         length_argument: length + 1,
     })
 }
 
+fn x86_64_first_call(image: &ElfImage, name: &str) -> Option<FirstCall> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind, Register};
+
+    const ARGUMENTS: [Register; 6] = [
+        Register::RDI,
+        Register::RSI,
+        Register::RDX,
+        Register::RCX,
+        Register::R8,
+        Register::R9,
+    ];
+    let argument_index = |register: Register| ARGUMENTS.iter().position(|&r| r == register.full_register());
+    let mut sources = [0, 1, 2, 3, 4, 5].map(Source::Argument);
+    let mut info_factory = InstructionInfoFactory::new();
+    let mut address = image.function(name)?.address;
+    for _ in 0..=TAIL_JUMPS {
+        let mut decoder = Decoder::with_ip(64, image.code_at(address)?, address, DecoderOptions::NONE);
+        let mut jumped = false;
+        for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
+            if instruction.is_invalid() {
+                return None;
+            }
+            match instruction.flow_control() {
+                FlowControl::Call if instruction.op0_kind() == OpKind::NearBranch64 => {
+                    return Some((instruction.near_branch_target(), sources));
+                }
+                FlowControl::UnconditionalBranch if instruction.op0_kind() == OpKind::NearBranch64 => {
+                    address = instruction.near_branch_target();
+                    jumped = true;
+                    break;
+                }
+                FlowControl::Next | FlowControl::ConditionalBranch => {}
+                _ => return None,
+            }
+            let copied = match instruction.mnemonic() {
+                Mnemonic::Mov
+                    if instruction.op1_kind() == OpKind::Register && instruction.op1_register() == Register::RSP =>
+                {
+                    Some(Source::StackAddress)
+                }
+                Mnemonic::Mov if instruction.op1_kind() == OpKind::Register => {
+                    argument_index(instruction.op1_register()).map(|from| sources[from])
+                }
+                Mnemonic::Lea if instruction.memory_base() == Register::RSP => Some(Source::StackAddress),
+                _ => None,
+            };
+            let written = written_registers(&mut info_factory, &instruction);
+            for index in written.into_iter().filter_map(argument_index) {
+                sources[index] = copied.unwrap_or(Source::Other);
+            }
+        }
+        if !jumped {
+            return None;
+        }
+    }
+    None
+}
+
 /// Where an entry probe goes in a function, and what the kernel does with
-/// the instruction it replaces: x86 emulates push, nop, call and jmp (about
-/// 0.5 us a hit on the development VM) and single-steps everything else
+/// the instruction it replaces: it emulates some (on x86 push, nop, call and
+/// jmp: about 0.5 us a hit on the development VM) and single-steps the rest
 /// (about 10 us there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSite {
@@ -363,31 +359,33 @@ pub struct ProbeSite {
     /// stack nor the arguments, so the probe sees the call as at its entry,
     /// and a return probe still finds the return address on top of the stack.
     pub offset: u64,
+    /// What a hit costs, as far as it is known for the architecture.
+    pub cost: &'static str,
 }
 
 impl std::fmt::Display for ProbeSite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The order of magnitude, as measured on the development VM (see
-        // the README's performance section); bare metal single-steps faster.
-        let how = if self.emulated {
-            "emulated; about 0.5 us a hit in a VM"
-        } else {
-            "single-stepped; about 10 us a hit in a VM: 20x an emulated one"
-        };
         if self.offset > 0 {
-            write!(f, "{} at +{}: {how}", self.mnemonic, self.offset)
+            write!(f, "{} at +{}: {}", self.mnemonic, self.offset, self.cost)
         } else {
-            write!(f, "{}: {how}", self.mnemonic)
+            write!(f, "{}: {}", self.mnemonic, self.cost)
         }
     }
 }
 
+/// Where `symbol`'s entry probe goes; None if its code does not decode.
+pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
+    match image.architecture()? {
+        object::Architecture::X86_64 => x86_64_probe_site(image, symbol),
+        object::Architecture::Aarch64 => super::aarch64::probe_site(image, symbol),
+        _ => None,
+    }
+}
+
 /// Instructions a probe may be moved past.
-#[cfg(target_arch = "x86_64")]
 const MAX_SKIPPED: usize = 4;
 
-#[cfg(target_arch = "x86_64")]
-pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
+fn x86_64_probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
     use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, Register};
 
     let is_emulated = |mnemonic| {
@@ -396,6 +394,15 @@ pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite
             Mnemonic::Push | Mnemonic::Nop | Mnemonic::Call | Mnemonic::Jmp
         )
     };
+    // The order of magnitude, as measured on the development VM (see the
+    // README's performance section); bare metal single-steps faster.
+    let cost = |emulated| {
+        if emulated {
+            "emulated; about 0.5 us a hit in a VM"
+        } else {
+            "single-stepped; about 10 us a hit in a VM: 20x an emulated one"
+        }
+    };
     let mut decoder = Decoder::with_ip(64, image.function_code(symbol)?, symbol.address, DecoderOptions::NONE);
     let mut info_factory = InstructionInfoFactory::new();
     let mut first = None;
@@ -403,10 +410,12 @@ pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite
         if instruction.is_invalid() {
             return None;
         }
+        let emulated = is_emulated(instruction.mnemonic());
         let site = ProbeSite {
             mnemonic: format!("{:?}", instruction.mnemonic()).to_lowercase(),
-            emulated: is_emulated(instruction.mnemonic()),
+            emulated,
             offset: instruction.ip() - symbol.address,
+            cost: cost(emulated),
         };
         if site.emulated {
             return Some(site);
@@ -428,17 +437,7 @@ pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite
     first
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-pub fn probe_site(_image: &ElfImage, _symbol: &FunctionSymbol) -> Option<ProbeSite> {
-    None
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn shared_callee(_image: &ElfImage, _plain: &str, _extended: &str) -> Option<SharedCallee> {
-    None
-}
-
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
@@ -480,14 +479,9 @@ mod tests {
     fn tells_emulated_probe_sites_from_single_stepped_ones() {
         let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap();
         let internal = shared_callee(&image, "SSL_write", "SSL_write_ex").unwrap();
-        assert_eq!(
-            probe_site(&image, &internal.symbol).unwrap(),
-            ProbeSite {
-                mnemonic: "push".into(),
-                emulated: true,
-                offset: 0,
-            }
-        );
+        let site = probe_site(&image, &internal.symbol).unwrap();
+        assert_eq!((site.mnemonic.as_str(), site.emulated, site.offset), ("push", true, 0));
+        assert_eq!(site.to_string(), "push: emulated; about 0.5 us a hit in a VM");
         // SSL_write itself starts by making room on the stack, which no
         // probe may be moved past.
         let exported = probe_site(&image, &image.function("SSL_write").unwrap()).unwrap();

@@ -121,13 +121,23 @@ impl ElfImage {
     }
 
     /// The file offset of `address`, if it lies in an executable segment.
-    #[cfg(target_arch = "x86_64")]
     pub fn file_offset_of(&self, address: u64) -> Option<u64> {
         executable_file_offset(&self.parse().ok()?, address)
     }
 
+    /// Machine code from `address`, which must lie in an executable
+    /// segment: where a jump lands, with no symbol to give its extent.
+    pub fn code_at(&self, address: u64) -> Option<&[u8]> {
+        let file_offset = self.file_offset_of(address)?;
+        self.function_code(&FunctionSymbol {
+            name: String::new(),
+            address,
+            size: 0,
+            file_offset,
+        })
+    }
+
     /// The name of the section holding `address`.
-    #[cfg(target_arch = "x86_64")]
     pub fn section_name_at(&self, address: u64) -> Option<String> {
         use object::ObjectSection;
 
