@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
+use std::mem::MaybeUninit;
 
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
@@ -190,10 +191,13 @@ impl Http1Session {
 }
 
 fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -> Step {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (start, head_len, framing) = if buf.starts_with(b"HTTP/") || b"HTTP/".starts_with(buf) {
-        let mut response = httparse::Response::new(&mut headers);
-        let head_len = match response.parse(buf) {
+    // Left uninitialized: zeroing 128 headers (4 KiB) for every message was
+    // a tenth of the reader's CPU on small requests and responses.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let parser = httparse::ParserConfig::default();
+    let (start, head_len, framing, encoding) = if buf.starts_with(b"HTTP/") || b"HTTP/".starts_with(buf) {
+        let mut response = httparse::Response::new(&mut []);
+        let head_len = match parser.parse_response_with_uninit_headers(&mut response, buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore(None),
             _ => return Step::NotHttp,
@@ -207,13 +211,18 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
         } else {
             body_framing(response.headers, Framing::UntilClose)
         };
-        (StartLine::Response { status }, head_len, framing)
+        (
+            StartLine::Response { status },
+            head_len,
+            framing,
+            content_encoding(response.headers),
+        )
     } else {
         if !looks_like_request(buf) {
             return Step::NotHttp;
         }
-        let mut request = httparse::Request::new(&mut headers);
-        let head_len = match request.parse(buf) {
+        let mut request = httparse::Request::new(&mut []);
+        let head_len = match parser.parse_request_with_uninit_headers(&mut request, buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_LEN => return Step::NeedMore(None),
             _ => return Step::NotHttp,
@@ -229,9 +238,9 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
             StartLine::Request { method },
             head_len,
             body_framing(request.headers, Framing::Length(0)),
+            content_encoding(request.headers),
         )
     };
-    let encoding = header_value(&headers, "content-encoding").map(|v| v.to_ascii_lowercase());
 
     let body_bytes = &buf[head_len..];
     let (dechunked, body_len, mut notes) = match framing {
@@ -287,10 +296,13 @@ fn looks_like_request(buf: &[u8]) -> bool {
 fn header_value<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
     headers
         .iter()
-        .take_while(|h| !h.name.is_empty())
         .find(|h| h.name.eq_ignore_ascii_case(name))
         .and_then(|h| std::str::from_utf8(h.value).ok())
         .map(str::trim)
+}
+
+fn content_encoding(headers: &[httparse::Header<'_>]) -> Option<String> {
+    header_value(headers, "content-encoding").map(str::to_ascii_lowercase)
 }
 
 fn body_framing(headers: &[httparse::Header<'_>], otherwise: Framing) -> Framing {
