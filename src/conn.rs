@@ -1,7 +1,7 @@
 //! Connection tracking: groups events by TLS session, keeps each session's
 //! protocol state, and names its sockets when the kernel could not.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::event::{BufferPool, DataEvent, Direction, EventMeta, SocketPair};

@@ -1,7 +1,7 @@
 //! From ring buffer records to events: decoding the C layout, and joining the
 //! records of a call the kernel had to split.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};

@@ -1,7 +1,7 @@
 //! Human-readable output: a header line per record, then the payload as text
 //! when it is printable and as a hexdump otherwise.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
