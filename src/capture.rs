@@ -97,15 +97,14 @@ impl Pipeline<'_> {
         };
         self.summary.events += 1;
         self.summary.bytes += event.data.as_slice().len() as u64;
-        let mut records = std::mem::take(&mut self.records);
-        self.tracker.on_event(event, &mut self.buffers, &mut records);
-        self.emit_all(&mut records);
-        self.records = records;
+        self.emit_tracked(|tracker, buffers, out| tracker.on_event(event, buffers, out));
     }
 
-    /// Writes out `records`, leaving it empty, and gives their raw buffers
-    /// back for the next events.
-    fn emit_all(&mut self, records: &mut Vec<Record>) {
+    /// Writes out the records `track` has the connection tracker give up,
+    /// and gives their raw buffers back for the next events.
+    fn emit_tracked(&mut self, track: impl FnOnce(&mut ConnTracker, &mut BufferPool, &mut Vec<Record>)) {
+        let mut records = std::mem::take(&mut self.records);
+        track(&mut self.tracker, &mut self.buffers, &mut records);
         for record in records.drain(..) {
             self.emit(&record);
             self.buffers.recycle(match record.payload {
@@ -113,6 +112,7 @@ impl Pipeline<'_> {
                 Payload::Http(message) => message.into_wire(),
             });
         }
+        self.records = records;
     }
 
     /// A session's secrets: to the key log file and into the pcapng file.
@@ -189,10 +189,7 @@ impl Pipeline<'_> {
     /// Hands buffered output over, so that events show up live; with
     /// `everything`, packets still held back are written too.
     fn flush(&mut self, everything: bool) {
-        let mut records = std::mem::take(&mut self.records);
-        self.tracker.release_unnamed(&mut records);
-        self.emit_all(&mut records);
-        self.records = records;
+        self.emit_tracked(|tracker, _, out| tracker.release_unnamed(out));
         for sink in &mut self.sinks {
             if let Err(err) = sink.flush() {
                 self.output_failures.record(&err);
@@ -206,9 +203,7 @@ impl Pipeline<'_> {
     }
 
     fn finish(&mut self) {
-        let mut records = std::mem::take(&mut self.records);
-        self.tracker.finish_all(&mut records);
-        self.emit_all(&mut records);
+        self.emit_tracked(|tracker, _, out| tracker.finish_all(out));
         self.flush(true);
         self.summary.packets = self.packets.as_ref().map_or(0, |p| p.packets_written);
         self.summary.broken_calls = self.reassembler.broken_calls;
