@@ -8,7 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use super::disasm::{Derived, FieldPath, FirstCall, MAX_INSTRUCTIONS, ProbeSite, Source, TAIL_JUMPS, Walk};
+use super::disasm::{
+    Derived, FieldPath, FirstCall, MAX_INSTRUCTIONS, ProbeSite, Source, StretchEnd, Walk, first_call_target,
+};
 use super::elf::{ElfImage, FunctionSymbol};
 
 /// What an instruction does, in the terms the walk needs. Registers are
@@ -282,24 +284,14 @@ pub(super) fn first_call(image: &ElfImage, name: &str) -> Option<FirstCall> {
     for (index, source) in sources.iter_mut().take(6).enumerate() {
         *source = Source::Argument(index);
     }
-    let mut address = image.function(name)?.address;
-    for _ in 0..=TAIL_JUMPS {
-        let code = image.code_at(address)?;
-        let mut jumped = false;
+    let target = first_call_target(image, name, |address, code| {
         for (index, bytes) in code.chunks_exact(4).take(MAX_INSTRUCTIONS).enumerate() {
             let pc = address + 4 * index as u64;
             let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
             match decode(word, pc) {
-                Op::Call(Some(target)) => {
-                    let arguments = sources[..6].try_into().expect("six argument registers");
-                    return Some((target, arguments));
-                }
-                Op::Branch(target) => {
-                    address = target;
-                    jumped = true;
-                    break;
-                }
-                Op::Call(None) | Op::Return | Op::Stop => return None,
+                Op::Call(Some(target)) => return StretchEnd::Call(target),
+                Op::Branch(target) => return StretchEnd::Jump(target),
+                Op::Call(None) | Op::Return | Op::Stop => return StretchEnd::Lost,
                 Op::ConditionalBranch(_) | Op::Nothing => {}
                 Op::Memory { loaded, .. } => {
                     if let Some((register, _)) = loaded {
@@ -334,11 +326,9 @@ pub(super) fn first_call(image: &ElfImage, name: &str) -> Option<FirstCall> {
                 }
             }
         }
-        if !jumped {
-            return None;
-        }
-    }
-    None
+        StretchEnd::Lost
+    })?;
+    Some((target, sources[..6].try_into().expect("six argument registers")))
 }
 
 /// The instruction forms a function may begin with, by mask and value, and

@@ -247,7 +247,37 @@ pub(super) enum Source {
 pub(super) type FirstCall = (u64, [Source; 6]);
 
 /// Tail jumps followed on the way to a function's first call.
-pub(super) const TAIL_JUMPS: usize = 2;
+const TAIL_JUMPS: usize = 2;
+
+/// How a stretch of code on the way to a function's first call ends.
+pub(super) enum StretchEnd {
+    /// A direct call to this address.
+    Call(u64),
+    /// A jump to this address, where the next stretch starts.
+    Jump(u64),
+    /// Anything else: a return, an indirect branch, code that does not
+    /// decode, or a stretch too long.
+    Lost,
+}
+
+/// The target of `name`'s first direct call, through at most TAIL_JUMPS
+/// tail jumps. `stretch` decodes the code from each address reached, for
+/// the architecture, and tracks the argument registers as it goes.
+pub(super) fn first_call_target(
+    image: &ElfImage,
+    name: &str,
+    mut stretch: impl FnMut(u64, &[u8]) -> StretchEnd,
+) -> Option<u64> {
+    let mut address = image.function(name)?.address;
+    for _ in 0..=TAIL_JUMPS {
+        match stretch(address, image.code_at(address)?) {
+            StretchEnd::Call(target) => return Some(target),
+            StretchEnd::Jump(target) => address = target,
+            StretchEnd::Lost => return None,
+        }
+    }
+    None
+}
 
 /// `plain` takes (ssl, buf, int num) and passes a local variable for the
 /// length; `extended` takes (ssl, buf, size_t num, size_t *len) and passes
@@ -301,25 +331,21 @@ fn x86_64_first_call(image: &ElfImage, name: &str) -> Option<FirstCall> {
     let argument_index = |register: Register| ARGUMENTS.iter().position(|&r| r == register.full_register());
     let mut sources = [0, 1, 2, 3, 4, 5].map(Source::Argument);
     let mut info_factory = InstructionInfoFactory::new();
-    let mut address = image.function(name)?.address;
-    for _ in 0..=TAIL_JUMPS {
-        let mut decoder = Decoder::with_ip(64, image.code_at(address)?, address, DecoderOptions::NONE);
-        let mut jumped = false;
+    let target = first_call_target(image, name, |address, code| {
+        let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
         for instruction in decoder.iter().take(MAX_INSTRUCTIONS) {
             if instruction.is_invalid() {
-                return None;
+                return StretchEnd::Lost;
             }
             match instruction.flow_control() {
                 FlowControl::Call if instruction.op0_kind() == OpKind::NearBranch64 => {
-                    return Some((instruction.near_branch_target(), sources));
+                    return StretchEnd::Call(instruction.near_branch_target());
                 }
                 FlowControl::UnconditionalBranch if instruction.op0_kind() == OpKind::NearBranch64 => {
-                    address = instruction.near_branch_target();
-                    jumped = true;
-                    break;
+                    return StretchEnd::Jump(instruction.near_branch_target());
                 }
                 FlowControl::Next | FlowControl::ConditionalBranch => {}
-                _ => return None,
+                _ => return StretchEnd::Lost,
             }
             let copied = match instruction.mnemonic() {
                 Mnemonic::Mov
@@ -338,11 +364,9 @@ fn x86_64_first_call(image: &ElfImage, name: &str) -> Option<FirstCall> {
                 sources[index] = copied.unwrap_or(Source::Other);
             }
         }
-        if !jumped {
-            return None;
-        }
-    }
-    None
+        StretchEnd::Lost
+    })?;
+    Some((target, sources))
 }
 
 /// Where an entry probe goes in a function, and what the kernel does with
