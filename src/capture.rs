@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ pub struct Summary {
     pub sessions: u64,
     pub packets: u64,
     pub lost_packets: u64,
+    /// Panics caught in handling a record: bugs, reported and survived.
+    pub internal_errors: u64,
 }
 
 /// Everything that happens to a record after the kernel hands it over.
@@ -86,7 +89,45 @@ impl OutputFailures {
     }
 }
 
-impl Pipeline<'_> {
+/// Runs one ring buffer callback's work on the pipeline. A panic must not
+/// reach libbpf's C caller, where it cannot unwind and aborts ecapture: it
+/// is caught here, counted and reported, and the capture goes on with the
+/// next record.
+fn guarded(pipeline: &RefCell<Pipeline<'_>>, handle: impl FnOnce(&mut Pipeline<'_>)) {
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(|| handle(&mut pipeline.borrow_mut())));
+    if caught.is_err() {
+        let mut pipeline = pipeline.borrow_mut();
+        pipeline.summary.internal_errors += 1;
+        warn!(
+            "a bug in ecapture was caught while handling a record (its details are above); that record is lost, and the capture goes on ({} so far)",
+            pipeline.summary.internal_errors
+        );
+    }
+}
+
+impl<'s> Pipeline<'s> {
+    fn new(
+        sinks: Vec<&'s mut dyn Sink>,
+        keylog: Option<KeylogWriter>,
+        packets: Option<PacketFile<Box<dyn Write>>>,
+        proc_owners: Option<ProcOwners>,
+    ) -> Self {
+        Pipeline {
+            decoder: RecordDecoder::new(),
+            reassembler: Reassembler::default(),
+            buffers: BufferPool::default(),
+            tracker: ConnTracker::default(),
+            sinks,
+            keylog,
+            packets,
+            keyed_sessions: HashSet::new(),
+            proc_owners,
+            records: Vec::new(),
+            summary: Summary::default(),
+            output_failures: OutputFailures::default(),
+        }
+    }
+
     fn on_record(&mut self, record: &[u8]) {
         let Some(chunk) = self.decoder.decode(record) else {
             warn!(len = record.len(), "dropping a malformed ring buffer record");
@@ -235,21 +276,9 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
     }
 
-    let pipeline = RefCell::new(Pipeline {
-        decoder: RecordDecoder::new(),
-        reassembler: Reassembler::default(),
-        buffers: BufferPool::default(),
-        tracker: ConnTracker::default(),
-        sinks,
-        keylog,
-        packets,
-        keyed_sessions: HashSet::new(),
-        // Only the CO-RE build names connections in the kernel.
-        proc_owners: (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default),
-        records: Vec::new(),
-        summary: Summary::default(),
-        output_failures: OutputFailures::default(),
-    });
+    // Only the CO-RE build names connections in the kernel.
+    let proc_owners = (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default);
+    let pipeline = RefCell::new(Pipeline::new(sinks, keylog, packets, proc_owners));
     let maps: Vec<[libbpf_rs::Map<'_>; 3]> = tls
         .objects
         .iter()
@@ -264,11 +293,11 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let mut builder = RingBufferBuilder::new();
     for [events, key_events, reader_wakeups] in &maps {
         builder.add(events, |record| {
-            pipeline.borrow_mut().on_record(record);
+            guarded(&pipeline, |pipeline| pipeline.on_record(record));
             0
         })?;
         builder.add(key_events, |record| {
-            pipeline.borrow_mut().on_secrets(record);
+            guarded(&pipeline, |pipeline| pipeline.on_secrets(record));
             0
         })?;
         // Only wakes the reader, which then consumes the other rings and
@@ -280,7 +309,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let lost_packets = Cell::new(0u64);
     let perf = match &packet_probes {
         Some(probes) => Some(probes.perf_buffer(
-            |_cpu, sample| pipeline.borrow_mut().on_packet(sample),
+            |_cpu, sample| guarded(&pipeline, |pipeline| pipeline.on_packet(sample)),
             |_cpu, count| lost_packets.set(lost_packets.get() + count),
         )?),
         None => None,
@@ -509,4 +538,18 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
     let file = PacketFile::new(out, &interface, packets::MAX_CAPTURE, userspace_filter)?;
     info!("capturing packets on {interface}{matching}");
     Ok((probes, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_handling_a_record_is_counted_and_survived() {
+        let pipeline = RefCell::new(Pipeline::new(Vec::new(), None, None, None));
+        guarded(&pipeline, |_| panic!("a bug"));
+        guarded(&pipeline, |pipeline| pipeline.summary.events += 1);
+        let summary = &pipeline.borrow().summary;
+        assert_eq!((summary.internal_errors, summary.events), (1, 1));
+    }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{Cli, Mode};
 use crate::sink::Sink;
@@ -76,6 +76,12 @@ fn run(cli: Cli) -> Result<()> {
         summary.lost_packets,
         summary.broken_calls
     );
+    if summary.internal_errors > 0 {
+        warn!(
+            "{} records were lost to bugs in ecapture, caught and reported above: please report them",
+            summary.internal_errors
+        );
+    }
     Ok(())
 }
 

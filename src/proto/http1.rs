@@ -119,6 +119,8 @@ enum Framing {
     Length(usize),
     Chunked,
     UntilClose,
+    /// A Content-Length that is not a number this machine can count to.
+    Invalid,
 }
 
 /// Both directions of one connection.
@@ -247,9 +249,11 @@ fn parse_message(buf: &[u8], head_requests: &mut VecDeque<bool>, at_eof: bool) -
         Framing::Length(n) if body_bytes.len() >= n => (None, n, Vec::new()),
         Framing::Length(n) => return Step::NeedMore(Some(head_len.saturating_add(n))),
         Framing::Chunked => match dechunk(body_bytes) {
-            Some((body, used)) => (Some(body), used, vec!["chunked".to_string()]),
-            None => return Step::NeedMore(None),
+            Dechunked::Complete(body, used) => (Some(body), used, vec!["chunked".to_string()]),
+            Dechunked::NeedMore => return Step::NeedMore(None),
+            Dechunked::Malformed => return Step::NotHttp,
         },
+        Framing::Invalid => return Step::NotHttp,
         Framing::UntilClose if at_eof => (None, body_bytes.len(), Vec::new()),
         Framing::UntilClose => return Step::NeedMore(None),
     };
@@ -309,40 +313,66 @@ fn body_framing(headers: &[httparse::Header<'_>], otherwise: Framing) -> Framing
     if header_value(headers, "transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
         return Framing::Chunked;
     }
-    match header_value(headers, "content-length").and_then(|v| v.parse().ok()) {
-        Some(n) => Framing::Length(n),
+    match header_value(headers, "content-length").map(str::parse) {
+        Some(Ok(n)) => Framing::Length(n),
+        Some(Err(_)) => Framing::Invalid,
         None => otherwise,
     }
 }
 
-/// Decodes a chunked body. Returns the body and the bytes it used, trailers
-/// included, or None until the final chunk and its trailers have arrived.
-pub fn dechunk(wire: &[u8]) -> Option<(Vec<u8>, usize)> {
+/// A chunked body's framing, as far as it has arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dechunked {
+    /// The body and the bytes it used, trailers included.
+    Complete(Vec<u8>, usize),
+    /// The final chunk and its trailers have not all arrived.
+    NeedMore,
+    /// A chunk size that is not hex or does not fit in memory: not a body
+    /// any reader could follow.
+    Malformed,
+}
+
+/// Decodes a chunked body. Every size and offset comes from the peer, so
+/// each sum is checked.
+pub fn dechunk(wire: &[u8]) -> Dechunked {
     let mut body = Vec::new();
     let mut pos = 0;
     loop {
-        let line_end = pos + find_crlf(&wire[pos..])?;
-        let size_field = std::str::from_utf8(&wire[pos..line_end]).ok()?;
-        let size_hex = size_field.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        let Some(line_len) = find_crlf(&wire[pos..]) else {
+            return Dechunked::NeedMore;
+        };
+        let line_end = pos + line_len;
+        let Some(size) = chunk_size(&wire[pos..line_end]) else {
+            return Dechunked::Malformed;
+        };
         pos = line_end + 2;
         if size == 0 {
             // Trailers end with an empty line.
             loop {
-                let end = pos + find_crlf(&wire[pos..])?;
-                let empty = end == pos;
-                pos = end + 2;
-                if empty {
-                    return Some((body, pos));
+                let Some(len) = find_crlf(&wire[pos..]) else {
+                    return Dechunked::NeedMore;
+                };
+                pos += len + 2;
+                if len == 0 {
+                    return Dechunked::Complete(body, pos);
                 }
             }
         }
-        if wire.len() < pos + size + 2 {
-            return None;
+        let Some(chunk_end) = pos.checked_add(size).filter(|end| end.checked_add(2).is_some()) else {
+            return Dechunked::Malformed;
+        };
+        if wire.len() < chunk_end + 2 {
+            return Dechunked::NeedMore;
         }
-        body.extend_from_slice(&wire[pos..pos + size]);
-        pos += size + 2;
+        body.extend_from_slice(&wire[pos..chunk_end]);
+        pos = chunk_end + 2;
     }
+}
+
+/// A chunk-size line's size, without its extensions; None if it is not hex.
+fn chunk_size(line: &[u8]) -> Option<usize> {
+    let size_hex = std::str::from_utf8(line).ok()?.split(';').next()?.trim();
+    usize::from_str_radix(size_hex, 16).ok()
 }
 
 fn find_crlf(data: &[u8]) -> Option<usize> {
@@ -472,10 +502,12 @@ mod tests {
 
     #[test]
     fn dechunk_handles_extensions_and_trailers() {
-        let (body, used) = dechunk(b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT").unwrap();
-        assert_eq!(body, b"Wikipedia");
-        assert_eq!(used, 44);
-        assert!(dechunk(b"4\r\nWiki\r\n0\r\n").is_none());
+        assert_eq!(
+            dechunk(b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"),
+            Dechunked::Complete(b"Wikipedia".to_vec(), 44)
+        );
+        assert_eq!(dechunk(b"4\r\nWiki\r\n0\r\n"), Dechunked::NeedMore);
+        assert_eq!(dechunk(b"zz\r\nWiki\r\n"), Dechunked::Malformed);
     }
 
     #[test]
@@ -517,6 +549,28 @@ mod tests {
                 .is_empty()
         );
         assert!(matches!(session.finish_all().as_slice(), [Parsed::Raw(raw)] if raw.ends_with(b"abc")));
+    }
+
+    /// Sizes chosen by a hostile peer: a chunk size whose sum with the
+    /// offset wraps (this aborted ecapture), one past usize, and a
+    /// Content-Length past u64. Each is shown raw, and the stream goes on.
+    #[test]
+    fn hostile_framing_is_shown_raw() {
+        for (head, body) in [
+            ("Transfer-Encoding: chunked", "fffffffffffffffe\r\nabc\r\n"),
+            ("Transfer-Encoding: chunked", "ffffffffffffffff0\r\nabc\r\n"),
+            ("Content-Length: 99999999999999999999999", "abc"),
+            ("Content-Length: -1", "abc"),
+        ] {
+            let mut session = Http1Session::default();
+            session.push_all(0, b"GET / HTTP/1.1\r\n\r\n");
+            let wire = format!("HTTP/1.1 200 OK\r\n{head}\r\n\r\n{body}");
+            let out = session.push_all(1, wire.as_bytes());
+            assert!(
+                matches!(out.as_slice(), [Parsed::Raw(raw)] if raw == wire.as_bytes()),
+                "{head}: {out:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
 """A real HTTPS peer for ecapture's end-to-end tests (CPython's ssl, hence
 SSL_read_ex/SSL_write_ex). Answers GET with a body naming the path; paths
-ending in /gzip-chunked get a gzip body in chunked framing; POST is answered
-with the number of bytes received. Serves until killed."""
+ending in /gzip-chunked get a gzip body in chunked framing; paths under
+/hostile/ get the malformed framing they name, then the connection closes;
+POST is answered with the number of bytes received. Serves until killed."""
 import gzip
 import http.server
 import ssl
 import sys
+
+
+# Framings no reader can follow, as a hostile peer would send them.
+HOSTILE = {
+    # size + offset wraps a 64-bit sum
+    "chunk-overflow": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffe\r\nabc\r\n",
+    "length-overflow": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nabc",
+}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -14,6 +23,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         body = f"response-body-for {self.path}\n".encode()
+        hostile = HOSTILE.get(self.path.rsplit("/", 1)[-1])
+        if self.path.startswith("/hostile/") and hostile:
+            self.close_connection = True
+            self.wfile.write(hostile)
+            return
         if self.path.endswith("/gzip-chunked"):
             compressed = gzip.compress(body)
             self.send_response(200)

@@ -1,0 +1,54 @@
+//! Traffic is hostile: whatever a traced peer sends, ecapture keeps
+//! capturing.
+
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+/// Runs a client that may fail (the server's framing is broken on purpose),
+/// bounded in time.
+fn run_failing_peer(name: &str, command: &mut Command) {
+    command.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+    Guard::spawn(name, command).wait(PEER_TIMEOUT);
+}
+
+#[test]
+fn hostile_framings_neither_stop_the_capture_nor_the_next_exchange() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls"]);
+    for framing in ["chunk-overflow", "length-overflow"] {
+        let url = format!("https://127.0.0.1:{port}/hostile/{framing}");
+        run_failing_peer(
+            "curl",
+            Command::new("curl").args(["-sk", "--http1.1", "-m", "10", &url]),
+        );
+    }
+    let path = format!("/{}/after", marker("hostile"));
+    let body = run_peer(
+        "curl",
+        Command::new("curl").args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}{path}")]),
+    );
+    assert_eq!(body, format!("response-body-for {path}\n"));
+    let expected = format!("response-body-for {path}\n");
+    let seen = capture.wait_for_output(&expected, PEER_TIMEOUT);
+    let out = capture.stop();
+    assert!(
+        seen && out.status.success(),
+        "{}\n{}",
+        out.stderr,
+        truncate(&out.stdout)
+    );
+    for wire in ["fffffffffffffffe\r\nabc", "Content-Length: 99999999999999999999999"] {
+        let raw = find_record(&out.stdout, &["Comm:curl", "Received", "bytes data", "HTTP/1.1 200 OK"]);
+        assert!(out.stdout.contains(wire), "{wire:?} not shown raw; {raw}");
+    }
+    find_record(&out.stdout, &["Comm:curl", "HTTP response", &expected]);
+    assert!(
+        !out.stderr.contains("panicked") && !out.stderr.contains("bug"),
+        "{}",
+        out.stderr
+    );
+}
