@@ -28,7 +28,7 @@ use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret, S
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
-use crate::sink::{self, Payload, Record, Sink};
+use crate::sink::{self, Record, Sink};
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -148,10 +148,7 @@ impl<'s> Pipeline<'s> {
         track(&mut self.tracker, &mut self.buffers, &mut records);
         for record in records.drain(..) {
             self.emit(&record);
-            self.buffers.recycle(match record.payload {
-                Payload::Raw(buffer) => buffer,
-                Payload::Http(message) => message.into_wire(),
-            });
+            record.payload.recycle(&mut self.buffers);
         }
         self.records = records;
     }
@@ -230,7 +227,7 @@ impl<'s> Pipeline<'s> {
     /// Hands buffered output over, so that events show up live; with
     /// `everything`, packets still held back are written too.
     fn flush(&mut self, everything: bool) {
-        self.emit_tracked(|tracker, _, out| tracker.release_unnamed(out));
+        self.emit_tracked(ConnTracker::sweep);
         for sink in &mut self.sinks {
             if let Err(err) = sink.flush() {
                 self.output_failures.record(&err);
@@ -244,7 +241,7 @@ impl<'s> Pipeline<'s> {
     }
 
     fn finish(&mut self) {
-        self.emit_tracked(|tracker, _, out| tracker.finish_all(out));
+        self.emit_tracked(ConnTracker::finish_all);
         self.flush(true);
         self.summary.packets = self.packets.as_ref().map_or(0, |p| p.packets_written);
         self.summary.broken_calls = self.reassembler.broken_calls;

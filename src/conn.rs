@@ -2,7 +2,7 @@
 //! protocol state, and names its sockets when the kernel could not.
 
 use foldhash::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::event::{BufferPool, DataEvent, Direction, EventMeta, SocketPair};
 use crate::procnet;
@@ -14,13 +14,26 @@ use crate::sink::{Payload, Record};
 /// tracepoints are attached, which its first request can beat; its next
 /// call (the response) then brings the fd, for the held records too.
 const UNNAMED_HOLD: Duration = Duration::from_millis(250);
+/// ...or until this many bytes wait, whichever comes first.
+const UNNAMED_HOLD_BYTES: usize = 4 << 20;
+/// A message part in progress waits at most this long before it is shown.
+const PART_HOLD: Duration = Duration::from_millis(200);
+/// Sessions idle this long between messages are forgotten (a later call
+/// starts them again), so that hours of short connections keep memory flat.
+const IDLE_AT_REST: Duration = Duration::from_secs(30);
+/// Sessions idle this long are ended whatever their state.
+const IDLE_ANYWAY: Duration = Duration::from_secs(600);
+/// How often sessions are swept for the limits above.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 struct Session {
     /// The latest event's metadata; records completed at the end carry it.
     meta: EventMeta,
     http: Http1Session,
-    /// Records completed while the socket was unknown, and since when.
+    /// Records completed while the socket was unknown, their wire bytes,
+    /// and since when.
     unnamed: Vec<Record>,
+    unnamed_bytes: usize,
     unnamed_since: Option<Instant>,
 }
 
@@ -31,6 +44,7 @@ pub struct ConnTracker {
     parsed: Vec<Parsed>,
     /// Sessions holding records back; none most of the time.
     holding: usize,
+    last_sweep: Option<Instant>,
 }
 
 impl ConnTracker {
@@ -47,7 +61,7 @@ impl ConnTracker {
                 || (old.meta.sockets.is_some() && meta.sockets.is_some() && old.meta.sockets != meta.sockets))
         {
             let old = self.sessions.remove(&key).expect("present");
-            self.finish(old, out);
+            self.finish(old, pool, out);
         }
         // A new session starts with its socket unknown, like one whose fd
         // is yet to be learned: both are named once, from the first fd seen.
@@ -59,6 +73,7 @@ impl ConnTracker {
             },
             http: Http1Session::default(),
             unnamed: Vec::new(),
+            unnamed_bytes: 0,
             unnamed_since: None,
         });
         if session.meta.fd < 0 && meta.fd >= 0 && session.meta.sockets.is_none() {
@@ -70,18 +85,27 @@ impl ConnTracker {
             Direction::Egress => 0,
             Direction::Ingress => 1,
         };
-        session.http.push(direction, data, pool, &mut self.parsed);
+        session
+            .http
+            .push(direction, data, meta.timestamp, pool, &mut self.parsed);
         let completed = self.parsed.drain(..).map(|p| record(meta, p));
         if meta.fd < 0 {
-            session.unnamed.extend(completed);
+            for record in completed {
+                session.unnamed_bytes += record.payload.wire_len();
+                session.unnamed.push(record);
+            }
             if !session.unnamed.is_empty() && session.unnamed_since.is_none() {
                 session.unnamed_since = Some(Instant::now());
                 self.holding += 1;
+            }
+            if session.unnamed_bytes >= UNNAMED_HOLD_BYTES {
+                self.holding -= usize::from(session.release_unnamed(out));
             }
             return;
         }
         if session.unnamed_since.take().is_some() {
             self.holding -= 1;
+            session.unnamed_bytes = 0;
             out.extend(session.unnamed.drain(..).map(|held| Record {
                 meta: EventMeta {
                     fd: meta.fd,
@@ -94,37 +118,64 @@ impl ConnTracker {
         out.extend(completed);
     }
 
-    /// Gives up the records that waited UNNAMED_HOLD for their socket.
-    pub fn release_unnamed(&mut self, out: &mut Vec<Record>) {
-        if self.holding == 0 {
+    /// At most every SWEEP_INTERVAL: gives up the records that waited
+    /// UNNAMED_HOLD for their socket and the message parts that waited
+    /// PART_HOLD, and forgets idle sessions.
+    pub fn sweep(&mut self, pool: &mut BufferPool, out: &mut Vec<Record>) {
+        if self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_INTERVAL) {
             return;
         }
-        for session in self.sessions.values_mut() {
+        self.last_sweep = Some(Instant::now());
+        let now = SystemTime::now();
+        let part_cutoff = now - PART_HOLD;
+        let mut idle = Vec::new();
+        for (key, session) in &mut self.sessions {
             if session
                 .unnamed_since
                 .is_some_and(|since| since.elapsed() >= UNNAMED_HOLD)
             {
-                session.unnamed_since = None;
-                self.holding -= 1;
-                out.append(&mut session.unnamed);
+                self.holding -= usize::from(session.release_unnamed(out));
+            }
+            session.http.release_parts(part_cutoff, pool, &mut self.parsed);
+            out.extend(self.parsed.drain(..).map(|p| record(session.meta, p)));
+            let quiet = now.duration_since(session.meta.timestamp).unwrap_or_default();
+            if quiet >= IDLE_ANYWAY || (quiet >= IDLE_AT_REST && session.http.at_rest() && session.unnamed.is_empty()) {
+                idle.push(*key);
             }
         }
+        for key in idle {
+            let session = self.sessions.remove(&key).expect("present");
+            self.finish(session, pool, out);
+        }
+    }
+
+    /// Sessions being tracked.
+    #[cfg(test)]
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Capture is ending: every session gives up what it buffered.
-    pub fn finish_all(&mut self, out: &mut Vec<Record>) {
+    pub fn finish_all(&mut self, pool: &mut BufferPool, out: &mut Vec<Record>) {
         for (_, session) in std::mem::take(&mut self.sessions) {
-            self.finish(session, out);
+            self.finish(session, pool, out);
         }
     }
 
-    fn finish(&mut self, mut session: Session, out: &mut Vec<Record>) {
-        if session.unnamed_since.take().is_some() {
-            self.holding -= 1;
-        }
-        out.append(&mut session.unnamed);
-        session.http.finish(&mut self.parsed);
+    fn finish(&mut self, mut session: Session, pool: &mut BufferPool, out: &mut Vec<Record>) {
+        self.holding -= usize::from(session.release_unnamed(out));
+        session.http.finish(pool, &mut self.parsed);
         out.extend(self.parsed.drain(..).map(|p| record(session.meta, p)));
+    }
+}
+
+impl Session {
+    /// Gives up the records held while the socket was unknown; says whether
+    /// there were any.
+    fn release_unnamed(&mut self, out: &mut Vec<Record>) -> bool {
+        out.append(&mut self.unnamed);
+        self.unnamed_bytes = 0;
+        self.unnamed_since.take().is_some()
     }
 }
 
@@ -167,7 +218,7 @@ mod tests {
     fn event(fd: i32, direction: Direction, data: &[u8]) -> DataEvent<'_> {
         DataEvent {
             meta: EventMeta {
-                timestamp: SystemTime::UNIX_EPOCH,
+                timestamp: SystemTime::now(),
                 pid: 1,
                 tid: 1,
                 uid: 0,
@@ -191,14 +242,16 @@ mod tests {
             &mut flushed,
         );
         assert!(flushed.is_empty());
-        // A new fd: the partial request of the old session is flushed raw.
+        // A new fd: the partial request of the old session is flushed, said to be incomplete.
         tracker.on_event(
             event(4, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"),
             &mut BufferPool::default(),
             &mut flushed,
         );
         assert_eq!(flushed.len(), 2);
-        assert!(matches!(&flushed[0].payload, Payload::Raw(raw) if raw.ends_with(b"abc")));
+        assert!(
+            matches!(&flushed[0].payload, Payload::Http(part) if part.body() == b"abc" && part.notes[0].starts_with("incomplete"))
+        );
         assert!(matches!(&flushed[1].payload, Payload::Http(_)));
     }
 
@@ -227,6 +280,28 @@ mod tests {
     }
 
     #[test]
+    fn idle_sessions_are_forgotten_and_busy_ones_kept() {
+        let mut tracker = ConnTracker::default();
+        let mut flushed = Vec::new();
+        let mut pool = BufferPool::default();
+        let mut idle = event(3, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n");
+        idle.meta.timestamp = SystemTime::now() - IDLE_AT_REST;
+        tracker.on_event(idle, &mut pool, &mut flushed);
+        let mut busy = event(4, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n");
+        busy.meta.conn_id = 0xdef;
+        busy.meta.timestamp = SystemTime::now();
+        tracker.on_event(busy, &mut pool, &mut flushed);
+        let mut waiting = event(5, Direction::Egress, b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n");
+        waiting.meta.conn_id = 0x123;
+        waiting.meta.timestamp = SystemTime::now() - IDLE_AT_REST;
+        tracker.on_event(waiting, &mut pool, &mut flushed);
+        assert_eq!(tracker.sessions(), 3);
+        tracker.sweep(&mut pool, &mut flushed);
+        // The idle session between messages goes; the one inside a message stays.
+        assert_eq!(tracker.sessions(), 2);
+    }
+
+    #[test]
     fn records_whose_socket_stays_unknown_are_released_after_a_while() {
         let mut tracker = ConnTracker::default();
         let mut flushed = Vec::new();
@@ -235,10 +310,11 @@ mod tests {
             &mut BufferPool::default(),
             &mut flushed,
         );
-        tracker.release_unnamed(&mut flushed);
+        let mut pool = BufferPool::default();
+        tracker.sweep(&mut pool, &mut flushed);
         assert!(flushed.is_empty());
         std::thread::sleep(UNNAMED_HOLD);
-        tracker.release_unnamed(&mut flushed);
+        tracker.sweep(&mut pool, &mut flushed);
         assert_eq!(flushed.len(), 1);
         assert_eq!(flushed[0].meta.fd, -1);
     }

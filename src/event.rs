@@ -129,23 +129,34 @@ impl EventData<'_> {
 #[derive(Default)]
 pub struct BufferPool {
     spare: Vec<Vec<u8>>,
+    /// The spare buffers' capacity, in bytes.
+    spare_bytes: usize,
 }
 
 /// Spare buffers kept: enough for a burst, bounded in memory.
 const SPARE_BUFFERS: usize = 64;
+const SPARE_BYTES: usize = 8 << 20;
 /// Buffers larger than this are not kept for reuse.
 const RECYCLED_CAPACITY: usize = 1 << 20;
 
 impl BufferPool {
     pub fn take(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
+        let buffer = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= buffer.capacity();
+        buffer
     }
 
     /// Takes back a buffer that has been written out.
     pub fn recycle(&mut self, mut buffer: Vec<u8>) {
         // The rare huge buffer (a large HTTP body) is given back to the allocator.
-        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= RECYCLED_CAPACITY {
+        let capacity = buffer.capacity();
+        if capacity > 0
+            && capacity <= RECYCLED_CAPACITY
+            && self.spare.len() < SPARE_BUFFERS
+            && self.spare_bytes + capacity <= SPARE_BYTES
+        {
             buffer.clear();
+            self.spare_bytes += capacity;
             self.spare.push(buffer);
         }
     }
@@ -256,13 +267,25 @@ fn monotonic_epoch() -> SystemTime {
 
 /// Joins the records of each call. The kernel sends a call's records back to
 /// back from one thread, so a record that does not continue its thread's
-/// call means records were lost in between.
+/// call means records were lost in between. A call larger than JOIN_LIMIT
+/// is handed on in pieces of that size: what is held stays bounded
+/// whatever one call moves.
 #[derive(Default)]
 pub struct Reassembler {
-    partial: HashMap<u32, (EventMeta, Vec<u8>)>,
+    partial: HashMap<u32, Partial>,
     /// Calls abandoned because a record in the middle never arrived.
     pub broken_calls: u64,
 }
+
+/// A call's bytes not handed on yet.
+struct Partial {
+    meta: EventMeta,
+    data: Vec<u8>,
+    /// The offset in the call of the next record.
+    next: u64,
+}
+
+pub const JOIN_LIMIT: usize = 256 * 1024;
 
 impl Reassembler {
     /// A call's bytes once all its records are in; a call of one record
@@ -276,27 +299,37 @@ impl Reassembler {
             });
         }
         let tid = chunk.meta.tid;
+        let size = chunk.data.len() as u64;
         if chunk.offset == 0 {
             self.abandon(tid, pool);
             let mut data = pool.take();
-            data.reserve(chunk.total_len as usize);
+            data.reserve(chunk.total_len.min(JOIN_LIMIT as u64) as usize);
             data.extend_from_slice(chunk.data);
-            self.partial.insert(tid, (chunk.meta, data));
+            let (meta, next) = (chunk.meta, size);
+            self.partial.insert(tid, Partial { meta, data, next });
             return None;
         }
-        let Some((meta, data)) = self.partial.get_mut(&tid) else {
+        let Some(partial) = self.partial.get_mut(&tid) else {
             self.broken_calls += 1;
             return None;
         };
-        if data.len() as u64 != chunk.offset || meta.conn_id != chunk.meta.conn_id {
+        if partial.next != chunk.offset || partial.meta.conn_id != chunk.meta.conn_id {
             self.abandon(tid, pool);
             return None;
         }
-        data.extend_from_slice(chunk.data);
-        if data.len() as u64 >= chunk.total_len {
-            let (meta, data) = self.partial.remove(&tid)?;
+        partial.data.extend_from_slice(chunk.data);
+        partial.next += size;
+        if partial.next >= chunk.total_len {
+            let Partial { meta, data, .. } = self.partial.remove(&tid)?;
             return Some(DataEvent {
                 meta,
+                data: EventData::Joined(data),
+            });
+        }
+        if partial.data.len() >= JOIN_LIMIT {
+            let data = std::mem::replace(&mut partial.data, pool.take());
+            return Some(DataEvent {
+                meta: partial.meta,
                 data: EventData::Joined(data),
             });
         }
@@ -305,9 +338,9 @@ impl Reassembler {
 
     /// Drops the thread's unfinished call, if it has one, counting it broken.
     fn abandon(&mut self, tid: u32, pool: &mut BufferPool) {
-        if let Some((_, abandoned)) = self.partial.remove(&tid) {
+        if let Some(abandoned) = self.partial.remove(&tid) {
             self.broken_calls += 1;
-            pool.recycle(abandoned);
+            pool.recycle(abandoned.data);
         }
     }
 }
@@ -359,6 +392,21 @@ mod tests {
         let joined = |event: Option<DataEvent>| event.unwrap().data.as_slice().to_vec();
         assert_eq!(joined(r.push(chunk(1, 6, 3, b"def"), &mut pool)), b"abcdef");
         assert_eq!(joined(r.push(chunk(2, 4, 2, b"yz"), &mut pool)), b"wxyz");
+        assert_eq!(r.broken_calls, 0);
+    }
+
+    #[test]
+    fn a_huge_call_is_handed_on_in_bounded_pieces() {
+        let (mut r, mut pool) = (Reassembler::default(), BufferPool::default());
+        let record = vec![b'x'; 16 * 1024];
+        let total = 4 * JOIN_LIMIT as u64;
+        let mut pieces = Vec::new();
+        for offset in (0..total).step_by(record.len()) {
+            if let Some(event) = r.push(chunk(1, total, offset, &record), &mut pool) {
+                pieces.push(event.data.as_slice().len());
+            }
+        }
+        assert_eq!(pieces, [JOIN_LIMIT; 4]);
         assert_eq!(r.broken_calls, 0);
     }
 

@@ -11,14 +11,34 @@ use std::io::{self, BufWriter, Write};
 
 use self::direct_file::DirectFile;
 
+use crate::event::BufferPool;
 use crate::event::EventMeta;
-use crate::proto::http1::HttpMessage;
+use crate::proto::http1::HttpPart;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    Http(HttpMessage),
+    /// An HTTP message, or a part of one too large or slow to hold whole.
+    Http(HttpPart),
     /// Bytes of one call that are not a protocol we parse.
     Raw(Vec<u8>),
+}
+
+impl Payload {
+    /// Bytes this payload took on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Payload::Http(part) => part.wire_len(),
+            Payload::Raw(bytes) => bytes.len(),
+        }
+    }
+
+    /// Its buffers, for the next events.
+    pub fn recycle(self, pool: &mut BufferPool) {
+        match self {
+            Payload::Http(part) => part.recycle(pool),
+            Payload::Raw(bytes) => pool.recycle(bytes),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -126,15 +126,12 @@ fn write_record(
         Direction::Egress => "Sent",
         Direction::Ingress => "Received",
     };
-    let (kind, length) = match &record.payload {
-        Payload::Http(message) => (
-            match &message.start {
-                StartLine::Request { .. } => "HTTP request",
-                StartLine::Response { .. } => "HTTP response",
-            },
-            message.wire_len(),
-        ),
-        Payload::Raw(bytes) => ("data", bytes.len()),
+    let kind = match &record.payload {
+        Payload::Http(part) => match &part.start {
+            StartLine::Request { .. } => "HTTP request",
+            StartLine::Response { .. } => "HTTP response",
+        },
+        Payload::Raw(_) => "data",
     };
     repeated.write_time(scratch, meta.timestamp);
     scratch.extend_from_slice(b" PID:");
@@ -150,20 +147,30 @@ fn write_record(
     scratch.push(b' ');
     scratch.extend_from_slice(verb.as_bytes());
     scratch.push(b' ');
-    push_integer(scratch, length);
+    push_integer(scratch, record.payload.wire_len());
     scratch.extend_from_slice(b" bytes ");
     scratch.extend_from_slice(kind.as_bytes());
+    if let Payload::Http(part) = &record.payload
+        && !part.is_whole()
+    {
+        scratch.extend_from_slice(b" (part ");
+        push_integer(scratch, part.number);
+        if part.last {
+            scratch.extend_from_slice(b", end");
+        }
+        scratch.push(b')');
+    }
     if let Some(pair) = meta.sockets {
         repeated.write_addresses(scratch, pair, meta.direction);
     }
     scratch.extend_from_slice(b":\n");
     let bytes = match &record.payload {
-        Payload::Http(message) => {
-            scratch.extend_from_slice(message.head());
-            if !message.notes.is_empty() {
-                let _ = writeln!(scratch, "[body: {}]", message.notes.join("; "));
+        Payload::Http(part) => {
+            scratch.extend_from_slice(part.head());
+            if !part.notes.is_empty() {
+                let _ = writeln!(scratch, "[body: {}]", part.notes.join("; "));
             }
-            message.body()
+            part.body()
         }
         Payload::Raw(bytes) => bytes,
     };

@@ -590,3 +590,35 @@ pub fn spawn_s_client(port: u16) -> Guard {
             .stderr(Stdio::null()),
     )
 }
+
+/// An HTTP message as printed, its parts joined: the first record with
+/// every needle, then the records of the same process, fd and direction
+/// that continue it ("(part N)"), up to the one that ends it, each without
+/// its header line.
+pub fn joined_message(stdout: &str, needles: &[&str]) -> String {
+    let all = records(stdout);
+    let first = all
+        .iter()
+        .position(|record| needles.iter().all(|n| record.contains(n)))
+        .unwrap_or_else(|| panic!("no record contains all of {needles:?}; got:\n{}", truncate(stdout)));
+    let header = |record: &str| record.lines().next().unwrap_or_default().to_string();
+    // PID, FD and Sent/Received name the stream.
+    let stream = |record: &str| {
+        let words: Vec<String> = header(record).split_whitespace().map(String::from).collect();
+        [1, 5, 6].map(|i| words.get(i).cloned().unwrap_or_default())
+    };
+    let mut joined = all[first].to_string();
+    if !header(all[first]).contains("(part 1)") {
+        return joined;
+    }
+    for record in &all[first + 1..] {
+        if stream(record) != stream(all[first]) || !header(record).contains("(part ") {
+            continue;
+        }
+        joined.push_str(record.split_once('\n').map_or("", |(_, body)| body));
+        if header(record).contains(", end)") {
+            break;
+        }
+    }
+    joined
+}
