@@ -104,8 +104,10 @@ const volatile struct openssl_layout layout = {};
 /* SSL_MAX_MD_SIZE: BoringSSL's secrets are at most SHA-384 long. */
 #define BORINGSSL_SECRET_MAX 48
 
+/* LRU: a thread that never returns from its call (killed, or a return
+ * probe missed) must not hold its slot for good. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);   /* pid_tgid */
 	__type(value, __u64); /* SSL * */

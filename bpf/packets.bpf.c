@@ -39,8 +39,10 @@ struct {
 	__type(value, struct flow_owner);
 } flow_owners SEC(".maps");
 
+/* LRU, like every per-call map: a connect() whose return is never seen
+ * must not hold its slot for good. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);  /* pid_tgid */
 	__type(value, __s32); /* fd being connected */

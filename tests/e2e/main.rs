@@ -3,6 +3,7 @@
 //! (`--test-threads=1`), since probes see the whole machine.
 
 mod bad_input;
+mod bounded;
 mod hostile;
 mod keylog;
 mod pcapng;

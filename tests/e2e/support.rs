@@ -389,19 +389,21 @@ pub fn build_tls_client(name: &str, link_args: &[&str]) -> PathBuf {
 /// The records (header line and payload) ecapture printed, split apart at
 /// each header line.
 pub fn records(stdout: &str) -> Vec<&str> {
-    let is_header = |line: &str| {
-        line.len() > 30 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b'T' && line.contains(" PID:")
-    };
     let mut starts: Vec<usize> = Vec::new();
     let mut offset = 0;
     for line in stdout.split_inclusive('\n') {
-        if is_header(line) {
+        if is_header_line(line) {
             starts.push(offset);
         }
         offset += line.len();
     }
     starts.push(stdout.len());
     starts.windows(2).map(|w| &stdout[w[0]..w[1]]).collect()
+}
+
+/// Whether `line` starts a record: "2026-11-25T14:13:33.292610Z PID:...".
+pub fn is_header_line(line: &str) -> bool {
+    line.len() > 30 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b'T' && line.contains(" PID:")
 }
 
 /// The one record whose text contains every needle; fails listing what was seen.

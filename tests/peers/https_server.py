@@ -3,11 +3,27 @@
 SSL_read_ex/SSL_write_ex). Answers GET with a body naming the path; paths
 ending in /gzip-chunked get a gzip body in chunked framing; paths under
 /hostile/ get the malformed framing they name, then the connection closes;
+/big/SIZE/FRAMING/RATE streams SIZE bytes of numbered 64-byte lines, with a
+Content-Length or chunked (FRAMING "length" or "chunked"), at RATE MB/s;
 POST is answered with the number of bytes received. Serves until killed."""
 import gzip
 import http.server
 import ssl
 import sys
+import time
+
+
+# The big body's lines: "L" and the line's number, then filler to 64 bytes.
+FILLER = b"-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[:53] + b"\n"
+LINES_PER_BLOCK = 16384
+
+
+def big_body_blocks(size):
+    """The body, a block of LINES_PER_BLOCK lines (1 MiB) at a time."""
+    lines = size // 64
+    for first in range(0, lines, LINES_PER_BLOCK):
+        last = min(first + LINES_PER_BLOCK, lines)
+        yield b"".join(b"L%09d%s" % (n, FILLER) for n in range(first, last))
 
 
 # Framings no reader can follow, as a hostile peer would send them.
@@ -39,10 +55,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
             return
+        if self.path.startswith("/big/"):
+            self.send_big(*self.path.split("/")[2:5])
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def send_big(self, size, framing, rate):
+        size, chunked, rate = int(size), framing == "chunked", float(rate) * 1e6
+        self.send_response(200)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size // 64 * 64))
+        self.end_headers()
+        start, sent = time.monotonic(), 0
+        for block in big_body_blocks(size):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            sent += len(block)
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
