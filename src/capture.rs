@@ -75,10 +75,17 @@ struct Pipeline<'s> {
 struct OutputFailures {
     unreported: u64,
     last_report: Option<Instant>,
+    /// The reader of a pipe we write to has gone (`ecapture | head`, a
+    /// tshark that closed): the capture stops, as tcpdump does.
+    reader_gone: bool,
 }
 
 impl OutputFailures {
     fn record(&mut self, err: &std::io::Error) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe || self.reader_gone {
+            self.reader_gone = true;
+            return;
+        }
         self.unreported += 1;
         if self.last_report.is_some_and(|at| at.elapsed() < LOST_CHECK_INTERVAL) {
             return;
@@ -180,7 +187,7 @@ impl<'s> Pipeline<'s> {
         if let Some(packets) = self.packets.as_mut()
             && let Err(err) = packets.write_secrets(&lines)
         {
-            warn!("writing the pcapng file failed: {err}");
+            self.output_failures.record(&err);
         }
         self.summary.sessions += 1;
         let random = hex::encode(&secrets.client_random[..8]);
@@ -236,7 +243,7 @@ impl<'s> Pipeline<'s> {
         if let Some(packets) = self.packets.as_mut()
             && let Err(err) = packets.release(everything)
         {
-            warn!("writing the pcapng file failed: {err}");
+            self.output_failures.record(&err);
         }
     }
 
@@ -335,7 +342,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         .collect::<Result<Vec<_>>>()?;
     let mut lost_reported = 0;
     let mut last_lost_check = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !pipeline.borrow().output_failures.reader_gone {
         // The programs wake a sleeping reader once wakeup_bytes wait, and
         // timeouts catch small bursts. Records committed while the flag was
         // down announced nothing: with wakeup_bytes of those waiting the
@@ -367,6 +374,9 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         }
     }
 
+    if pipeline.borrow().output_failures.reader_gone {
+        info!("the output's reader has gone (broken pipe): stopping");
+    }
     // Detach first so that nothing new arrives, then drain what is left.
     for probes in &mut tls.objects {
         probes.detach();

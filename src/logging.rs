@@ -1,6 +1,7 @@
 //! Logs go to stderr (events own stdout); with -l/--logaddr, to a file as well.
 
 use std::fs::File;
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use tracing_subscriber::fmt::writer::MakeWriterExt;
@@ -17,6 +18,12 @@ pub fn init(debug: bool, log_file: Option<Arc<File>>) {
             .with_writer(std::io::stderr.and(file).with_max_level(level))
             .with_ansi(false)
             .init(),
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder.with_writer(std::io::stderr).with_ansi(colour_wanted()).init(),
     }
+}
+
+/// Colour only on a terminal, and never when NO_COLOR is set (no-color.org):
+/// escapes in a log file or a pipe are noise to whoever reads it.
+fn colour_wanted() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }

@@ -69,3 +69,38 @@ fn hostile_framings_neither_stop_the_capture_nor_the_next_exchange() {
         out.stderr
     );
 }
+
+/// `ecapture tls | head -n 3`, and pcap mode's `-w - | head -c 100`: once
+/// the reader has what it wanted and exits, ecapture stops by itself.
+#[test]
+fn ecapture_stops_when_the_reader_of_its_output_goes_away() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let url = format!("https://127.0.0.1:{port}/{}", marker("piped"));
+    let curl = || {
+        run_peer("curl", Command::new("curl").args(["-sk", "--http1.1", &url]));
+    };
+    let pcap_args = ["tls", "-m", "pcap", "-i", "lo", "-w", "-"];
+    let text_args = ["tls"];
+    for (args, reader, wanted) in [(&text_args[..], ["-n", "3"], 3), (&pcap_args[..], ["-c", "100"], 100)] {
+        let mut piped = PipedCapture::start(args, Command::new("head").args(reader));
+        let (status, stderr) = piped.run_until_exit(curl);
+        assert!(status.success(), "{args:?}: {status}\n{stderr}");
+        assert!(
+            stderr.contains("the output's reader has gone (broken pipe): stopping") && stderr.contains("stopped: "),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("WARN"), "{args:?}: {stderr}");
+        assert!(!stderr.contains('\u{1b}'), "colour escapes in a file: {stderr}");
+        piped.reader.wait(PEER_TIMEOUT);
+        let read = std::fs::read(&piped.reader_output).unwrap();
+        let got = if wanted == 3 {
+            read.split(|&b| b == b'\n').count() - 1
+        } else {
+            read.len()
+        };
+        assert_eq!(got, wanted, "{args:?}");
+    }
+}

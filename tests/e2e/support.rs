@@ -624,3 +624,71 @@ pub fn joined_message(stdout: &str, needles: &[&str]) -> String {
     }
     joined
 }
+
+/// `ecapture ARGS | READER`: the reader's stdout and ecapture's stderr go
+/// to files. Both are stopped when dropped.
+pub struct PipedCapture {
+    pub ecapture: Guard,
+    pub reader: Guard,
+    pub stderr_path: PathBuf,
+    pub reader_output: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PipedCapture {
+    /// Starts both and waits for ecapture's ready line.
+    pub fn start(args: &[&str], reader: &mut Command) -> PipedCapture {
+        let dir = scratch_dir();
+        let stderr_path = dir.path().join("stderr");
+        let reader_output = dir.path().join("reader");
+        let mut ecapture = Guard::spawn(
+            "ecapture",
+            Command::new(ecapture_bin())
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(File::create(&stderr_path).unwrap()),
+        );
+        let pipe = ecapture.child.stdout.take().expect("piped stdout");
+        let reader = Guard::spawn(
+            "reader",
+            reader
+                .stdin(Stdio::from(pipe))
+                .stdout(File::create(&reader_output).unwrap()),
+        );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !read_lossy(&stderr_path).contains("ready") {
+            assert!(
+                ecapture.child.try_wait().unwrap().is_none(),
+                "ecapture exited before it was ready:\n{}",
+                read_lossy(&stderr_path)
+            );
+            assert!(Instant::now() < deadline, "ecapture not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PipedCapture {
+            ecapture,
+            reader,
+            stderr_path,
+            reader_output,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `traffic` until ecapture ends by itself, within PEER_TIMEOUT;
+    /// returns its exit status and stderr.
+    pub fn run_until_exit(&mut self, mut traffic: impl FnMut()) -> (ExitStatus, String) {
+        let deadline = Instant::now() + PEER_TIMEOUT;
+        loop {
+            if let Some(status) = self.ecapture.child.try_wait().unwrap() {
+                return (status, read_lossy(&self.stderr_path));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ecapture did not stop after its reader went away:\n{}",
+                read_lossy(&self.stderr_path)
+            );
+            traffic();
+        }
+    }
+}

@@ -492,8 +492,9 @@ pub struct Selection {
     pub checks: Vec<FieldCheck>,
     /// Why this layout, for the user.
     pub reason: String,
-    /// False when the layout is a guess: a version newer than the known
-    /// releases, or a layout other than the version's own.
+    /// False when the layout is a guess (a version newer than the known
+    /// releases whose accessors could not all confirm it), or a layout
+    /// other than the version's own.
     pub expected: bool,
 }
 
@@ -511,8 +512,11 @@ pub fn select(version: &str, image: &ElfImage) -> Result<Selection, String> {
                 choice.layout.name
             )
         };
+        // A release newer than the tables is no guess when every accessor
+        // confirms its nearest layout.
+        let confirmed = checks.iter().all(|c| c.outcome == CheckOutcome::Agrees);
         return Ok(Selection {
-            expected: choice.known,
+            expected: choice.known || confirmed,
             layout: choice.layout,
             checks,
             reason,
