@@ -4,6 +4,7 @@
 #   CROSS_ARCH=arm64 make   aarch64 build from an x86_64 host
 #   make test            unit and end-to-end tests (root; installs what they need)
 #   make bench           throughput, latency, CPU and completeness against no tracer and bpftrace
+#   make fuzz            each fuzz target for FUZZ_SECONDS (default 60) under libFuzzer (nightly)
 #   make bench-quick     the same, under two minutes
 #                        (BENCH_ARGS="--sizes 64 --paths --configs ecapture-text" picks a subset)
 #   make run ARGS="tls --pid 123"
@@ -29,7 +30,10 @@ endif
 TARGET_FLAG := $(if $(RUST_TARGET),--target $(RUST_TARGET))
 RELEASE_DIR := target/$(if $(RUST_TARGET),$(RUST_TARGET)/)release
 
-.PHONY: all nocore deps test run clean lint bench bench-quick
+FUZZ_TARGETS := http1 records pcap_filter elf
+FUZZ_SECONDS ?= 60
+
+.PHONY: all nocore deps test run clean lint bench bench-quick fuzz
 
 all: deps
 	$(CARGO) build --release $(TARGET_FLAG)
@@ -48,7 +52,7 @@ lint: deps
 
 test: all
 	@scripts/install-deps.sh test
-	$(CARGO) test --release --bins
+	$(CARGO) test --release --lib --bins
 	$(CARGO) test --release --test e2e -- --test-threads=1
 
 bench: all
@@ -58,6 +62,16 @@ bench: all
 bench-quick: all
 	@scripts/install-deps.sh test
 	python3 bench/run.py --quick $(BENCH_ARGS)
+
+# New inputs go to target/fuzz-corpus; fuzz/corpus (replayed by `make
+# test`) only seeds it. A crash lands in fuzz/artifacts/TARGET/.
+fuzz: deps
+	@scripts/install-deps.sh fuzz
+	for target in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$target && \
+	  (cd fuzz && cargo +nightly fuzz run $$target ../target/fuzz-corpus/$$target corpus/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048) || exit 1; \
+	done
 
 run: all
 	bin/ecapture $(ARGS)

@@ -10,15 +10,17 @@ cross_arm64_libs=(libelf-dev:arm64 zlib1g-dev:arm64 libpcap-dev:arm64)
 test_pkgs=(curl openssl libssl-dev python3 android-libboringssl android-libboringssl-dev
            tshark nginx wrk bpftrace bpftool iproute2 procps perl libssl3:arm64 android-libboringssl:arm64)
 
-# build: `make`; cross: `CROSS_ARCH=arm64 make`; test: `make test` and `make bench`; all: everything.
+# build: `make`; cross: `CROSS_ARCH=arm64 make`; test: `make test` and `make bench`; fuzz: `make fuzz`
+# (a nightly toolchain and cargo-fuzz); all: everything but fuzz.
 mode="${1:-all}"
 want=("${build_pkgs[@]}")
 case "$mode" in
   build) ;;
   cross) want+=("${cross_pkgs[@]}" "${cross_arm64_libs[@]}") ;;
   test)  want+=("${test_pkgs[@]}") ;;
+  fuzz)  ;;
   all)   want+=("${cross_pkgs[@]}" "${cross_arm64_libs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [build|cross|test|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|cross|test|fuzz|all]" >&2; exit 2 ;;
 esac
 
 if [[ " ${want[*]} " == *":arm64 "* ]] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -45,4 +47,17 @@ if [[ "$mode" == cross || "$mode" == all ]] && command -v rustup >/dev/null \
     echo "install-deps: cannot add the Rust aarch64 target (rustup target add aarch64-unknown-linux-gnu)" >&2
     exit 1
   }
+fi
+
+# libFuzzer's instrumentation needs a nightly compiler; the project itself builds on stable.
+if [[ "$mode" == fuzz ]]; then
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal || {
+      echo "install-deps: cannot install the nightly toolchain that cargo-fuzz needs (rustup toolchain install nightly)" >&2
+      exit 1
+    }
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+  fi
 fi

@@ -24,7 +24,7 @@ use crate::modules::openssl::socket_bio::SocketBioLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, PacketProbes, ProcOwners, RawPacketMeta};
-use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings, RawMasterSecret, SharedWord};
+use crate::probe::{self, Flavor, LoadedProbes, Lost, ProbeSettings, RawMasterSecret, SharedWord};
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
@@ -41,6 +41,8 @@ pub struct Summary {
     pub events: u64,
     pub bytes: u64,
     pub lost_records: u64,
+    /// The payload bytes of those records.
+    pub lost_bytes: u64,
     pub broken_calls: u64,
     /// Sessions whose keys were written.
     pub sessions: u64,
@@ -120,7 +122,7 @@ impl<'s> Pipeline<'s> {
         proc_owners: Option<ProcOwners>,
     ) -> Self {
         Pipeline {
-            decoder: RecordDecoder::new(),
+            decoder: RecordDecoder::default(),
             reassembler: Reassembler::default(),
             buffers: BufferPool::default(),
             tracker: ConnTracker::default(),
@@ -340,7 +342,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         .iter()
         .map(LoadedProbes::reader_sleep_flag)
         .collect::<Result<Vec<_>>>()?;
-    let mut lost_reported = 0;
+    let mut lost_reported = Lost::default();
     let mut last_lost_check = Instant::now();
     while !stop.load(Ordering::Relaxed) && !pipeline.borrow().output_failures.reader_gone {
         // The programs wake a sleeping reader once wakeup_bytes wait, and
@@ -367,8 +369,11 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
             last_lost_check = Instant::now();
             let lost = total_lost(&tls.objects)?;
-            if lost > lost_reported {
-                warn!("{lost} records lost so far: the ring buffer was full (raise --mapsize)");
+            if lost.records > lost_reported.records {
+                warn!(
+                    "{} records ({} payload bytes) lost so far: the ring buffer was full (raise --mapsize)",
+                    lost.records, lost.bytes
+                );
                 lost_reported = lost;
             }
         }
@@ -392,7 +397,8 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     }
     let mut pipeline = pipeline.into_inner();
     pipeline.finish();
-    pipeline.summary.lost_records = lost;
+    pipeline.summary.lost_records = lost.records;
+    pipeline.summary.lost_bytes = lost.bytes;
     pipeline.summary.lost_packets = lost_packets.get();
     Ok(pipeline.summary)
 }
@@ -416,8 +422,10 @@ fn waiting_bytes(ring: &RingBuffer<'_>) -> u64 {
         .sum()
 }
 
-fn total_lost(objects: &[LoadedProbes]) -> Result<u64> {
-    objects.iter().map(LoadedProbes::lost_records).sum()
+fn total_lost(objects: &[LoadedProbes]) -> Result<Lost> {
+    objects
+        .iter()
+        .try_fold(Lost::default(), |sum, probes| Ok(sum + probes.lost()?))
 }
 
 /// The BPF objects of a capture, with the syscall tracepoints each attached
@@ -499,6 +507,7 @@ fn load_tls_objects(
             }
             info!("hooking {target}");
         }
+        probes.attach_pending_uprobes()?;
         // The data path reads sockets from their BIOs where it can, and
         // otherwise learns them from syscalls; BoringSSL's TLS 1.3 secrets
         // are read as the handshake writes to its socket.

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use crate::probe::RawDataEvent;
+use crate::probe::RawDataHeader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -171,24 +171,26 @@ pub struct Chunk<'a> {
     pub data: &'a [u8],
 }
 
-const HEADER_LEN: usize = std::mem::offset_of!(RawDataEvent, data);
+const HEADER_LEN: usize = std::mem::size_of::<RawDataHeader>();
 
-/// Decodes records, reusing one staging struct so that decoding allocates
-/// nothing but the comm string.
+/// Decodes records into events without allocating.
 pub struct RecordDecoder {
-    staging: Box<RawDataEvent>,
+    /// The header, copied out of the record to be read aligned.
+    header: RawDataHeader,
     /// Wall-clock time at monotonic zero, for bpf_ktime_get_ns() stamps.
     boot_time: SystemTime,
 }
 
-impl RecordDecoder {
-    pub fn new() -> Self {
+impl Default for RecordDecoder {
+    fn default() -> Self {
         RecordDecoder {
-            staging: Box::default(),
+            header: RawDataHeader::default(),
             boot_time: monotonic_epoch(),
         }
     }
+}
 
+impl RecordDecoder {
     /// The wall-clock time of a bpf_ktime_get_ns() stamp.
     pub fn wall_clock(&self, monotonic_ns: u64) -> SystemTime {
         self.boot_time + Duration::from_nanos(monotonic_ns)
@@ -196,12 +198,9 @@ impl RecordDecoder {
 
     /// Returns None for a record too short to hold its own header.
     pub fn decode<'a>(&mut self, record: &'a [u8]) -> Option<Chunk<'a>> {
-        let header = record.get(..HEADER_LEN)?;
-        // SAFETY: RawDataEvent is plain data, valid for any bytes; only its
-        // header is overwritten, the payload is read from the record itself.
-        let staging = unsafe { plain::as_mut_bytes(&mut *self.staging) };
-        staging[..HEADER_LEN].copy_from_slice(header);
-        let raw = &*self.staging;
+        plain::copy_from_bytes(&mut self.header, record).ok()?;
+        let raw = &self.header;
+        // The record may be reserved for more payload than it holds.
         let data = record.get(HEADER_LEN..HEADER_LEN + raw.data_len as usize)?;
         Some(Chunk {
             meta: EventMeta {
@@ -426,7 +425,7 @@ mod tests {
 
     #[test]
     fn decodes_the_c_layout() {
-        let mut raw = RawDataEvent {
+        let mut raw = RawDataHeader {
             pid: 42,
             tid: 43,
             fd: 7,
@@ -441,17 +440,18 @@ mod tests {
         raw.conn.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
         raw.conn.remote_port = 50000;
         raw.comm[..4].copy_from_slice(&[b'c' as i8, b'u' as i8, b'r' as i8, b'l' as i8]);
-        raw.data[..3].copy_from_slice(b"GET");
-        // SAFETY: RawDataEvent is plain data.
-        let bytes = unsafe { plain::as_bytes(&raw) };
-        let record = &bytes[..HEADER_LEN + 3];
-        let chunk = RecordDecoder::new().decode(record).unwrap();
+        // SAFETY: RawDataHeader is plain data.
+        let mut record = unsafe { plain::as_bytes(&raw) }.to_vec();
+        // Reserved for 64 bytes of payload, holding 3.
+        record.extend_from_slice(b"GET");
+        record.resize(HEADER_LEN + 64, 0xaa);
+        let chunk = RecordDecoder::default().decode(&record).unwrap();
         assert_eq!(chunk.data, b"GET");
         assert_eq!(chunk.meta.comm.to_string(), "curl");
         assert_eq!(chunk.meta.direction, Direction::Ingress);
         let pair = chunk.meta.sockets.unwrap();
         assert_eq!(pair.local, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(pair.remote, "127.0.0.2:50000".parse().unwrap());
-        assert!(RecordDecoder::new().decode(&bytes[..HEADER_LEN - 1]).is_none());
+        assert!(RecordDecoder::default().decode(&record[..HEADER_LEN - 1]).is_none());
     }
 }

@@ -1,18 +1,4 @@
-//! ecapture: SSL/TLS plaintext capture with eBPF uprobes.
-
-mod capture;
-mod cli;
-mod conn;
-mod event;
-mod keys;
-mod logging;
-mod modules;
-mod preflight;
-mod probe;
-mod procnet;
-mod proto;
-mod sink;
-mod target;
+//! ecapture: SSL/TLS plaintext capture with eBPF uprobes (the command line).
 
 use std::fs::File;
 use std::io::Write;
@@ -23,9 +9,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing::{info, warn};
 
-use crate::cli::{Cli, Mode};
-use crate::sink::Sink;
-use crate::sink::text::TextSink;
+use ecapture::cli::{Cli, Mode};
+use ecapture::sink::Sink;
+use ecapture::sink::text::TextSink;
+use ecapture::{capture, logging, modules, preflight, sink};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,14 +54,15 @@ fn run(cli: Cli) -> Result<()> {
     // Finishes writing the output before the summary says what was written.
     drop(stdout_sink);
     info!(
-        "stopped: {} events, {} bytes captured, {} sessions keyed, {} packets written, {} records lost, {} packets lost, {} calls incomplete",
+        "stopped: {} events, {} bytes captured, {} sessions keyed, {} packets written, {} records lost, {} packets lost, {} calls incomplete, {} bytes lost",
         summary.events,
         summary.bytes,
         summary.sessions,
         summary.packets,
         summary.lost_records,
         summary.lost_packets,
-        summary.broken_calls
+        summary.broken_calls,
+        summary.lost_bytes
     );
     if summary.internal_errors > 0 {
         warn!(

@@ -104,19 +104,18 @@ struct {
 	__uint(max_entries, 16 * 1024 * 1024); /* resized by userspace */
 } events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct data_event);
-} staging SEC(".maps");
+/* Records, and their payload bytes, that the ring buffer could not take or
+ * the kernel could not read; userspace sums the CPUs. */
+struct lost_counts {
+	__u64 records;
+	__u64 bytes;
+};
 
-/* Records the ring buffer could not take; userspace sums the CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct lost_counts);
 } lost_records SEC(".maps");
 
 /* Makes the event type visible in BTF, hence in the generated Rust types. */
@@ -161,13 +160,17 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 	return 0;
 }
 
-static __always_inline void count_lost(void)
+/* Atomic adds: on a preemptible kernel another task may run the same
+ * program on this CPU in the middle of this one. */
+static __always_inline void count_lost(__u64 records, __u64 bytes)
 {
 	__u32 zero = 0;
-	__u64 *lost = bpf_map_lookup_elem(&lost_records, &zero);
+	struct lost_counts *lost = bpf_map_lookup_elem(&lost_records, &zero);
 
-	if (lost)
-		*lost += 1;
+	if (lost) {
+		__sync_fetch_and_add(&lost->records, records);
+		__sync_fetch_and_add(&lost->bytes, bytes);
+	}
 }
 
 /* One word shared with userspace, which maps it (BPF_F_MMAPABLE: Linux 5.5,
@@ -210,99 +213,104 @@ static __always_inline void reader_woken(__u32 *asleep, __u64 wakeup)
 		*asleep = 0;
 }
 
+/* A call's records: their common header, and where the bytes are. On the
+ * program's stack, never in a per-CPU buffer: uprobe programs run with
+ * migration disabled but preemption enabled (Linux 6.x), so another task can
+ * run the same program on this CPU between two of our instructions. */
 struct chunk_loop {
+	struct data_event_header header;
 	__u64 buf;
 	__u64 total;
 };
 
-/* A full chunk is a record of constant size, so it can be reserved in the
- * ring and the payload read straight into it: one copy of 16 KiB instead of
- * two (into `staging`, then into the ring). */
-static __always_inline long emit_full_chunk(struct data_event *staged, __u64 payload)
+/* Reserves a record for `n` payload bytes (n <= size, a constant), and reads
+ * them straight into it: one copy, into memory no other task shares. */
+static __always_inline long emit_in_class(struct chunk_loop *loop, __u64 offset, __u64 n, const __u64 size)
 {
-	struct data_event *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	const __u64 record_bytes = offsetof(struct data_event, data) + size;
+	struct data_event *rec;
 	__u32 *asleep;
 	__u64 wakeup;
 
+	/* Keep the bound in the verifier's view after clang's rewrites. */
+	asm volatile("" : "+r"(n));
+	if (n > size)
+		return 1;
+	rec = bpf_ringbuf_reserve(&events, record_bytes, 0);
 	if (!rec) {
-		count_lost();
+		count_lost(1, n);
 		return 0;
 	}
-	__builtin_memcpy(rec, staged, offsetof(struct data_event, data));
+	rec->header = loop->header;
+	rec->header.chunk_offset = offset;
+	rec->header.data_len = n;
 	/* Bytes that cannot be read are lost, not sent as zeros. */
-	if (bpf_probe_read_user(rec->data, DATA_CHUNK_MAX, (void *)payload)) {
+	if (bpf_probe_read_user(rec->data, n, (void *)(loop->buf + offset))) {
 		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-		count_lost();
+		count_lost(1, n);
 		return 0;
 	}
-	wakeup = ringbuf_wakeup_flag(&asleep, sizeof(*rec));
+	wakeup = ringbuf_wakeup_flag(&asleep, record_bytes);
 	bpf_ringbuf_submit(rec, wakeup);
 	reader_woken(asleep, wakeup);
 	return 0;
 }
 
-/* Sends record `index` of a call staged in `staging`; returns 1 when done.
- * A separate function so that bpf_loop verifies it once, whatever the count. */
+/* Sends record `index` of a call; returns 1 when done. A separate function
+ * so that bpf_loop verifies it once, whatever the count. Payload classes
+ * double from 64 bytes, so a record takes at most twice its bytes. */
 static long emit_chunk(__u32 index, void *data)
 {
 	struct chunk_loop *loop = data;
-	struct data_event *ev;
-	__u32 zero = 0, *asleep;
-	__u64 wakeup;
 	__u64 offset = (__u64)index * DATA_CHUNK_MAX;
 	__u64 n;
 
-	ev = bpf_map_lookup_elem(&staging, &zero);
-	if (!ev || offset >= loop->total)
+	if (offset >= loop->total)
 		return 1;
 	n = loop->total - offset;
 	if (n > DATA_CHUNK_MAX)
 		n = DATA_CHUNK_MAX;
-	/* Keep the bound visible to the verifier after clang's rewrites. */
-	asm volatile("%0 &= 0x7fff" : "+r"(n));
-	if (n > DATA_CHUNK_MAX)
-		return 1;
-	ev->chunk_offset = offset;
-	ev->data_len = n;
-	if (n == DATA_CHUNK_MAX)
-		return emit_full_chunk(ev, loop->buf + offset);
-	if (bpf_probe_read_user(ev->data, n, (void *)(loop->buf + offset))) {
-		count_lost();
-		return 0;
-	}
-	n += offsetof(struct data_event, data);
-	wakeup = ringbuf_wakeup_flag(&asleep, n);
-	if (bpf_ringbuf_output(&events, ev, n, wakeup))
-		count_lost();
-	else
-		reader_woken(asleep, wakeup);
-	return 0;
+	if (n <= 64)
+		return emit_in_class(loop, offset, n, 64);
+	if (n <= 128)
+		return emit_in_class(loop, offset, n, 128);
+	if (n <= 256)
+		return emit_in_class(loop, offset, n, 256);
+	if (n <= 512)
+		return emit_in_class(loop, offset, n, 512);
+	if (n <= 1024)
+		return emit_in_class(loop, offset, n, 1024);
+	if (n <= 2048)
+		return emit_in_class(loop, offset, n, 2048);
+	if (n <= 4096)
+		return emit_in_class(loop, offset, n, 4096);
+	if (n <= 8192)
+		return emit_in_class(loop, offset, n, 8192);
+	return emit_in_class(loop, offset, n, DATA_CHUNK_MAX);
 }
 
-static __always_inline void emit_chunks(__u64 buf, __u64 total)
+static __always_inline void emit_chunks(struct chunk_loop *loop)
 {
-	struct chunk_loop loop = { .buf = buf, .total = total };
-	__u64 chunks = (total + DATA_CHUNK_MAX - 1) / DATA_CHUNK_MAX;
+	__u64 chunks = (loop->total + DATA_CHUNK_MAX - 1) / DATA_CHUNK_MAX;
+	__u64 sendable = have_bpf_loop ? MAX_CHUNKS_PER_CALL : LEGACY_MAX_CHUNKS;
 
-	if (chunks > MAX_CHUNKS_PER_CALL) {
-		/* Account for every record that will not be sent. */
-		count_lost();
-		chunks = MAX_CHUNKS_PER_CALL;
+	if (chunks > sendable) {
+		/* Every record, and every byte, that will not be sent is counted. */
+		count_lost(chunks - sendable, loop->total - sendable * DATA_CHUNK_MAX);
+		chunks = sendable;
 	}
 	if (chunks == 1) {
-		emit_chunk(0, &loop);
+		emit_chunk(0, loop);
 		return;
 	}
 	if (have_bpf_loop) {
-		bpf_loop(chunks, emit_chunk, &loop, 0);
+		bpf_loop(chunks, emit_chunk, loop, 0);
 		return;
 	}
 	for (__u32 i = 0; i < LEGACY_MAX_CHUNKS; i++) {
-		if (emit_chunk(i, &loop))
+		if (emit_chunk(i, loop))
 			return;
 	}
-	if (chunks > LEGACY_MAX_CHUNKS)
-		count_lost();
 }
 
 /* Set once a session's socket cannot be read from its BIO; userspace then
@@ -467,8 +475,8 @@ static __always_inline int tls_call_exit(int ret)
 	struct session_key key = {};
 	struct session_socket *sock;
 	struct tls_call *active, call;
-	struct data_event *ev;
-	__u32 zero = 0;
+	struct chunk_loop loop = {};
+	struct data_event_header *ev = &loop.header;
 	__u64 total = 0;
 
 	active = bpf_map_lookup_elem(&active_calls, &pid_tgid);
@@ -486,7 +494,8 @@ static __always_inline int tls_call_exit(int ret)
 		if (ret <= 0)
 			return 0;
 		if (bpf_probe_read_user(&total, sizeof(total), (void *)call.len_ptr)) {
-			count_lost();
+			/* How many bytes the call moved is unknown. */
+			count_lost(1, 0);
 			return 0;
 		}
 	} else {
@@ -497,9 +506,6 @@ static __always_inline int tls_call_exit(int ret)
 	if (!total)
 		return 0;
 
-	ev = bpf_map_lookup_elem(&staging, &zero);
-	if (!ev)
-		return 0;
 	ev->timestamp_ns = bpf_ktime_get_ns();
 	ev->conn_id = call.conn_id;
 	ev->total_len = total;
@@ -518,9 +524,10 @@ static __always_inline int tls_call_exit(int ret)
 		ev->conn = sock->conn;
 	} else {
 		ev->fd = -1;
-		__builtin_memset(&ev->conn, 0, sizeof(ev->conn));
 	}
-	emit_chunks(call.buf, total);
+	loop.buf = call.buf;
+	loop.total = total;
+	emit_chunks(&loop);
 	if (sock && !sock->sk && !sock->woke_reader) {
 		sock->woke_reader = 1;
 		wake_reader();

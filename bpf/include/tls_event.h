@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The contract between the kernel probes and userspace: every record in the
- * events ring buffer is a struct data_event, sent with only its first
- * data_len bytes of payload. Rust types are generated from this header.
+ * events ring buffer is a struct data_event whose first data_len bytes of
+ * payload are valid. Rust types are generated from this header.
  */
 #ifndef ECAPTURE_TLS_EVENT_H
 #define ECAPTURE_TLS_EVENT_H
@@ -41,7 +41,8 @@ struct conn_tuple {
 	__u8 remote_addr[16];
 };
 
-struct data_event {
+/* What every record of a call carries ahead of its payload. */
+struct data_event_header {
 	__u64 timestamp_ns;  /* bpf_ktime_get_ns() at the end of the call */
 	__u64 conn_id;       /* the library's session pointer (SSL *) */
 	__u64 total_len;     /* bytes the call transferred */
@@ -56,6 +57,12 @@ struct data_event {
 	__u16 _pad;
 	struct conn_tuple conn;
 	char comm[TASK_COMM_LEN];
+};
+
+/* A record is reserved for the smallest payload class that holds its bytes
+ * (see tls_capture.h), so data[] may be longer than data_len. */
+struct data_event {
+	struct data_event_header header;
 	__u8 data[DATA_CHUNK_MAX];
 };
 

@@ -22,7 +22,7 @@ pub type ClassicInstruction = libc::sock_filter;
 /// high one (the C bitfields on a little-endian machine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
-struct Instruction {
+pub struct Instruction {
     code: u8,
     registers: u8,
     off: i16,
@@ -299,7 +299,7 @@ fn rewrite(index: usize, classic: &ClassicInstruction, programs: i32) -> Result<
 
 /// The eBPF program for `filter`; `programs` is the fd of a one-slot program
 /// array holding the capture program.
-fn translate(filter: &[ClassicInstruction], programs: i32) -> Result<Vec<Instruction>> {
+pub fn translate(filter: &[ClassicInstruction], programs: i32) -> Result<Vec<Instruction>> {
     if filter.is_empty() {
         bail!("an empty filter");
     }

@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeOpts};
+use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeMultiOpts, UprobeOpts};
 
 use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::openssl::socket_bio::SocketBioLayout;
 
 pub mod kernel_filter;
 pub mod packets;
+mod uprobe_multi;
 
 #[cfg(bpf_core)]
 mod openssl_core {
@@ -27,11 +28,12 @@ mod openssl_nocore {
     include!(concat!(env!("OUT_DIR"), "/openssl_nocore.skel.rs"));
 }
 
-/// The event layout, generated from `bpf/include/tls_event.h`.
+/// The record header, generated from `bpf/include/tls_event.h`; the
+/// payload follows it.
 #[cfg(bpf_core)]
-pub use openssl_core::types::data_event as RawDataEvent;
+pub use openssl_core::types::data_event_header as RawDataHeader;
 #[cfg(all(bpf_nocore, not(bpf_core)))]
-pub use openssl_nocore::types::data_event as RawDataEvent;
+pub use openssl_nocore::types::data_event_header as RawDataHeader;
 
 /// The session secrets record, generated from `bpf/include/tls_keys.h`.
 #[cfg(bpf_core)]
@@ -40,7 +42,7 @@ pub use openssl_core::types::master_secret_event as RawMasterSecret;
 pub use openssl_nocore::types::master_secret_event as RawMasterSecret;
 
 // SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
-unsafe impl plain::Plain for RawDataEvent {}
+unsafe impl plain::Plain for RawDataHeader {}
 unsafe impl plain::Plain for RawMasterSecret {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -103,6 +105,21 @@ pub struct ProbeSettings {
 pub struct LoadedProbes {
     skel: Box<dyn Skel<'static>>,
     links: Vec<Link>,
+    /// Probes the links hold (a uprobe_multi link holds several).
+    probes: usize,
+    /// Whether the uprobe programs were loaded for uprobe_multi links.
+    multi: bool,
+    /// Uprobes to attach together, one uprobe_multi link per group.
+    pending: Vec<PendingUprobes>,
+}
+
+/// The offsets one program goes on in one binary, as entry or return probes.
+struct PendingUprobes {
+    program: String,
+    binary: PathBuf,
+    retprobe: bool,
+    pid: i32,
+    offsets: Vec<usize>,
 }
 
 /// Opens a generated skeleton, lets `$configure` fill its read-only data
@@ -145,6 +162,9 @@ macro_rules! configure_openssl {
             rodata.bio_num_offset = socket_bio.bio_num;
         }
         $open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
+        if uprobe_multi::supported() {
+            uprobe_multi::prepare($open.open_object_mut());
+        }
     }};
 }
 
@@ -251,6 +271,9 @@ impl LoadedProbes {
         Ok(LoadedProbes {
             skel,
             links: Vec::new(),
+            probes: 0,
+            multi: uprobe_multi::supported(),
+            pending: Vec::new(),
         })
     }
 
@@ -266,7 +289,9 @@ impl LoadedProbes {
     }
 
     /// Attaches `program` at `file_offset` of `binary`, as an entry or return
-    /// probe, for one process or all of them.
+    /// probe, for one process or all of them. With uprobe_multi links the
+    /// probe is attached by `attach_pending_uprobes`, with the others of its
+    /// program.
     pub fn attach_uprobe(
         &mut self,
         program: &str,
@@ -281,11 +306,54 @@ impl LoadedProbes {
             ..Default::default()
         };
         let offset = usize::try_from(file_offset)?;
+        if self.multi {
+            let same = |group: &&mut PendingUprobes| {
+                group.program == program && group.binary == binary && group.retprobe == retprobe && group.pid == pid
+            };
+            match self.pending.iter_mut().find(same) {
+                Some(group) => group.offsets.push(offset),
+                None => self.pending.push(PendingUprobes {
+                    program: program.to_string(),
+                    binary: binary.to_path_buf(),
+                    retprobe,
+                    pid,
+                    offsets: vec![offset],
+                }),
+            }
+            return Ok(());
+        }
         let link = self
             .program(program)?
             .attach_uprobe_with_opts(pid, binary, offset, opts)
             .with_context(|| format!("attaching {program} to {}+{file_offset:#x}", binary.display()))?;
         self.links.push(link);
+        self.probes += 1;
+        Ok(())
+    }
+
+    /// Attaches what `attach_uprobe` grouped: one link per program, binary
+    /// and kind of probe.
+    pub fn attach_pending_uprobes(&mut self) -> Result<()> {
+        for group in std::mem::take(&mut self.pending) {
+            let opts = UprobeMultiOpts {
+                offsets: group.offsets.clone(),
+                retprobe: group.retprobe,
+                ..Default::default()
+            };
+            let link = self
+                .program(&group.program)?
+                .attach_uprobe_multi_with_opts(group.pid, &group.binary, "", opts)
+                .with_context(|| {
+                    format!(
+                        "attaching {} to {} at {:#x?}",
+                        group.program,
+                        group.binary.display(),
+                        group.offsets
+                    )
+                })?;
+            self.links.push(link);
+            self.probes += group.offsets.len();
+        }
         Ok(())
     }
 
@@ -296,6 +364,7 @@ impl LoadedProbes {
             .attach()
             .with_context(|| format!("attaching {program}"))?;
         self.links.push(link);
+        self.probes += 1;
         Ok(())
     }
 
@@ -317,12 +386,13 @@ impl LoadedProbes {
                 .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, tracepoint)
                 .with_context(|| format!("attaching {name} to tracepoint syscalls:{tracepoint}"))?;
             self.links.push(link);
+            self.probes += 1;
         }
         Ok(names.len())
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len()
+        self.probes
     }
 
     pub fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
@@ -330,15 +400,23 @@ impl LoadedProbes {
     }
 
     /// Records the kernel could not put in the ring buffer, summed over CPUs.
-    pub fn lost_records(&self) -> Result<u64> {
+    pub fn lost(&self) -> Result<Lost> {
         let values = self
             .map("lost_records")?
             .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)?;
+        let word = |bytes: &[u8], at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|word| word.try_into().ok())
+                .map_or(0, u64::from_ne_bytes)
+        };
         Ok(values
             .unwrap_or_default()
             .iter()
-            .filter_map(|bytes| bytes.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
-            .sum())
+            .fold(Lost::default(), |sum, cpu| Lost {
+                records: sum.records + word(cpu, 0),
+                bytes: sum.bytes + word(cpu, 8),
+            }))
     }
 
     /// The word that tells the programs whether the reader sleeps.
@@ -355,6 +433,24 @@ impl LoadedProbes {
     /// Detaches every probe now, before the maps go away with the object.
     pub fn detach(&mut self) {
         release_together(std::mem::take(&mut self.links));
+    }
+}
+
+/// What the kernel could not deliver: records, and their payload bytes
+/// (a call whose length could not be read counts a record and no bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lost {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::Add for Lost {
+    type Output = Lost;
+    fn add(self, other: Lost) -> Lost {
+        Lost {
+            records: self.records + other.records,
+            bytes: self.bytes + other.bytes,
+        }
     }
 }
 

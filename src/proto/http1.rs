@@ -185,7 +185,7 @@ struct Stream {
     /// Bytes at the start of `buf` that belong to the part in progress.
     used: usize,
     /// How far the search for the end of a head or a line has got, so that
-    /// no byte is searched twice; never below `used`.
+    /// no byte is searched twice (bytes before `used` are never searched).
     scanned: usize,
     /// The message whose head has been parsed, until it ends.
     message: Option<Message>,
@@ -488,7 +488,7 @@ impl Stream {
             Vec::new()
         };
         self.since = (!rest.is_empty()).then_some(self.since).flatten();
-        self.scanned -= self.used;
+        self.scanned = self.scanned.saturating_sub(self.used);
         self.used = 0;
         let part = HttpPart {
             start: message.start,
@@ -611,6 +611,8 @@ enum Line<'a> {
 /// The line at `used`, searching only past `scanned`; on success `used`
 /// and `scanned` move past it.
 fn next_line<'a>(buf: &'a [u8], used: &mut usize, scanned: &mut usize, limit: usize) -> Line<'a> {
+    // Body bytes taken since the last line moved `used` past `scanned`.
+    *scanned = (*scanned).max(*used);
     let Some(at) = memchr::memchr(b'\n', &buf[*scanned..]) else {
         *scanned = buf.len();
         return if buf.len() - *used > limit {

@@ -27,6 +27,11 @@ impl ElfImage {
     /// Reads `path`; the error says whether it is missing or not an ELF file.
     pub fn open(path: &Path) -> Result<Self> {
         let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        ElfImage::from_bytes(path, data)
+    }
+
+    /// Takes the bytes of the file at `path`, which may be anything.
+    pub fn from_bytes(path: &Path, data: Vec<u8>) -> Result<Self> {
         if !data.starts_with(b"\x7fELF") {
             bail!("{} is not an ELF file", path.display());
         }

@@ -12,6 +12,7 @@ use crate::support::*;
 struct PacketCapture {
     guard: Guard,
     file: PathBuf,
+    port: u16,
 }
 
 impl PacketCapture {
@@ -40,10 +41,20 @@ impl PacketCapture {
             drop(std::net::TcpStream::connect(("127.0.0.1", port)));
             std::thread::sleep(Duration::from_millis(100));
         }
-        PacketCapture { guard, file }
+        PacketCapture { guard, file, port }
     }
 
     fn finish(mut self) -> PathBuf {
+        // Packets dumpcap has not read from the kernel when it is stopped are
+        // lost: once a connection made now is in the file, so is all before it.
+        let size = || std::fs::metadata(&self.file).map_or(0, |meta| meta.len());
+        let before = size();
+        let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+        while size() <= before {
+            assert!(std::time::Instant::now() < deadline, "dumpcap wrote nothing more");
+            drop(std::net::TcpStream::connect(("127.0.0.1", self.port)));
+            std::thread::sleep(Duration::from_millis(100));
+        }
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.guard.pid() as i32, libc::SIGINT) };
         self.guard.wait(PEER_TIMEOUT);

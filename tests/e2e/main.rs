@@ -2,6 +2,7 @@
 //! servers. They need root and BPF; run them one at a time
 //! (`--test-threads=1`), since probes see the whole machine.
 
+mod accounting;
 mod bad_input;
 mod bounded;
 mod hostile;

@@ -59,33 +59,40 @@ fn is_tls_library(image: &ElfImage) -> bool {
 
 /// Reads `path` and lists the hooks the configured mode needs there.
 pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
-    let image = ElfImage::open(path)?;
-    if !is_tls_library(&image) {
+    inspect(&ElfImage::open(path)?, config.mode, config.ssl_version.as_deref())
+}
+
+/// What to hook in `image`, and with which layouts, for `mode`. The file
+/// may be anything (a hostile or truncated --libssl): what cannot be read
+/// is an error.
+pub fn inspect(image: &ElfImage, mode: Mode, ssl_version: Option<&str>) -> Result<HookTarget> {
+    let path = image.path();
+    if !is_tls_library(image) {
         bail!(
             "{} has no SSL_write/SSL_read: it is neither OpenSSL nor BoringSSL, nor a program linking them statically",
             path.display()
         );
     }
-    let library = match &config.ssl_version {
+    let library = match ssl_version {
         Some(forced) => version::parse_override(forced)?,
-        None => version::detect(&image),
+        None => version::detect(image),
     };
     debug!(path = %path.display(), %library, "found TLS library");
-    let (hooks, key_layout, socket_bio) = match config.mode {
+    let (hooks, key_layout, socket_bio) = match mode {
         Mode::Text => {
-            let socket_bio = SocketBioLayout::derive(&image);
+            let socket_bio = SocketBioLayout::derive(image);
             // Sockets are read from their BIOs; a session whose BIO is not
             // a socket is found at its handshake, in time to attach the
             // syscall tracepoints before its data flows.
             let handshake = socket_bio.and(image.function("SSL_do_handshake"));
-            let hooks = data_functions(&image)
+            let hooks = data_functions(image)
                 .into_iter()
-                .map(|(symbol, entry_program)| Hook::new(&image, symbol, entry_program, Some(DATA_RETURN)))
-                .chain(handshake.map(|symbol| Hook::new(&image, symbol, "handshake_socket_check", None)));
+                .map(|(symbol, entry_program)| Hook::new(image, symbol, entry_program, Some(DATA_RETURN)))
+                .chain(handshake.map(|symbol| Hook::new(image, symbol, "handshake_socket_check", None)));
             (hooks.collect(), None, socket_bio)
         }
         Mode::Keylog | Mode::Pcap => {
-            let selection = select_key_layout(&library, &image, config.ssl_version.as_deref())?;
+            let selection = select_key_layout(&library, image, ssl_version)?;
             let handshake = image
                 .function("SSL_do_handshake")
                 .ok_or_else(|| anyhow!("{} has no SSL_do_handshake to learn session keys from", path.display()))?;
@@ -93,17 +100,12 @@ pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
             // SSL_shutdown are only looked at on entry, where a session that
             // completed its handshake inside one of them (or before ecapture
             // started) is keyed: no uretprobe on the data path.
-            let later_calls = data_functions(&image)
+            let later_calls = data_functions(image)
                 .into_iter()
                 .map(|(symbol, _)| symbol)
                 .chain(image.function("SSL_shutdown"));
-            let hooks = std::iter::once(Hook::new(
-                &image,
-                handshake,
-                "handshake_enter",
-                Some("handshake_return"),
-            ))
-            .chain(later_calls.map(|symbol| Hook::new(&image, symbol, "keys_at_call", None)));
+            let hooks = std::iter::once(Hook::new(image, handshake, "handshake_enter", Some("handshake_return")))
+                .chain(later_calls.map(|symbol| Hook::new(image, symbol, "keys_at_call", None)));
             (hooks.collect(), Some(*selection.layout), None)
         }
     };

@@ -1,0 +1,169 @@
+//! Fuzz targets: each parser and decoder that takes bytes from outside
+//! ecapture, driven with arbitrary input. `make fuzz` runs them under
+//! libFuzzer (fuzz/); the unit tests replay the checked-in corpus of each,
+//! crashes found so far included, on the stable toolchain.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::cli::Mode;
+use crate::conn::ConnTracker;
+use crate::event::{BufferPool, Direction, EventData, EventMeta, Reassembler, RecordDecoder};
+use crate::modules::openssl;
+use crate::probe::kernel_filter::{self, ClassicInstruction};
+use crate::proto::http1::{Http1Session, Parsed};
+use crate::sink::text::TextSink;
+use crate::sink::{Payload, Record, Sink};
+use crate::target::elf::ElfImage;
+
+/// A fuzz target: any bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
+/// The targets, by the name of their corpus directory under fuzz/corpus.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("http1", http1),
+    ("records", records),
+    ("pcap_filter", pcap_filter),
+    ("elf", elf),
+];
+
+const SHOWN_BYTES: usize = 64 * 1024;
+
+/// Both directions of a connection as a peer could send them: each step's
+/// first byte picks the direction (bit 0), whether parts held back are
+/// released first (bit 1), and how many of the following bytes go in.
+/// Whatever comes out is rendered as text.
+pub fn http1(data: &[u8]) {
+    let mut session = Http1Session::default();
+    let mut pool = BufferPool::default();
+    let mut parsed = Vec::new();
+    // Shown in part, as with -t: hexdumps of inflated megabytes would be
+    // most of each run, and the cut is one more path to cover.
+    let mut text = TextSink::new(std::io::sink(), false, Some(SHOWN_BYTES));
+    let mut time = SystemTime::UNIX_EPOCH;
+    let mut rest = data;
+    while let Some((&control, after)) = rest.split_first() {
+        let take = (usize::from(control >> 2) * 7 + 1).min(after.len());
+        let (piece, next) = after.split_at(take);
+        rest = next;
+        time += Duration::from_millis(50);
+        if control & 2 != 0 {
+            session.release_parts(time - Duration::from_millis(100), &mut pool, &mut parsed);
+        }
+        session.push(
+            usize::from(control & 1),
+            EventData::Record(piece),
+            time,
+            &mut pool,
+            &mut parsed,
+        );
+        render(&mut text, &mut parsed, &mut pool);
+    }
+    session.finish(&mut pool, &mut parsed);
+    render(&mut text, &mut parsed, &mut pool);
+}
+
+fn render(text: &mut TextSink<std::io::Sink>, parsed: &mut Vec<Parsed>, pool: &mut BufferPool) {
+    for parsed in parsed.drain(..) {
+        let payload = match parsed {
+            Parsed::Http(part) => Payload::Http(part),
+            Parsed::Raw(bytes) => Payload::Raw(bytes),
+        };
+        let record = Record {
+            meta: EventMeta {
+                timestamp: SystemTime::UNIX_EPOCH,
+                pid: 1,
+                tid: 1,
+                uid: 0,
+                comm: "fuzz".into(),
+                fd: 3,
+                conn_id: 1,
+                direction: Direction::Egress,
+                sockets: None,
+            },
+            payload,
+        };
+        let _ = text.emit(&record);
+        record.payload.recycle(pool);
+    }
+}
+
+/// Ring buffer records as the kernel could hand them over, each prefixed
+/// by its length (two bytes), through decoding, reassembly, connection
+/// tracking and the text sink.
+pub fn records(data: &[u8]) {
+    let mut decoder = RecordDecoder::default();
+    let mut reassembler = Reassembler::default();
+    let mut tracker = ConnTracker::default();
+    let mut pool = BufferPool::default();
+    let mut out = Vec::new();
+    let mut text = TextSink::new(std::io::sink(), false, None);
+    let mut rest = data;
+    while let [high, low, after @ ..] = rest {
+        let take = usize::from(u16::from_be_bytes([*high, *low])).min(after.len());
+        let (record, next) = after.split_at(take);
+        rest = next;
+        if let Some(chunk) = decoder.decode(record)
+            && let Some(event) = reassembler.push(chunk, &mut pool)
+        {
+            tracker.on_event(event, &mut pool, &mut out);
+        }
+        for record in out.drain(..) {
+            let _ = text.emit(&record);
+            record.payload.recycle(&mut pool);
+        }
+    }
+    tracker.finish_all(&mut pool, &mut out);
+    for record in out.drain(..) {
+        let _ = text.emit(&record);
+    }
+}
+
+/// Classic BPF programs, eight bytes an instruction, rewritten as eBPF.
+pub fn pcap_filter(data: &[u8]) {
+    let filter: Vec<ClassicInstruction> = data
+        .chunks_exact(8)
+        .map(|i| ClassicInstruction {
+            code: u16::from_le_bytes([i[0], i[1]]),
+            jt: i[2],
+            jf: i[3],
+            k: u32::from_le_bytes([i[4], i[5], i[6], i[7]]),
+        })
+        .collect();
+    let _ = kernel_filter::translate(&filter, -1);
+}
+
+/// A file given with --libssl: whatever it holds, inspecting it for every
+/// mode ends in hooks or an error.
+pub fn elf(data: &[u8]) {
+    let Ok(image) = ElfImage::from_bytes(Path::new("fuzz-input.so"), data.to_vec()) else {
+        return;
+    };
+    for mode in [Mode::Text, Mode::Keylog] {
+        let _ = openssl::inspect(&image, mode, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every input of every target's corpus, the crashes found so far
+    /// among them, runs to its end.
+    #[test]
+    fn corpus_replays() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        for (name, target) in TARGETS {
+            let inputs: Vec<_> = std::fs::read_dir(corpus.join(name))
+                .unwrap_or_else(|err| panic!("fuzz/corpus/{name}: {err}"))
+                .map(|entry| entry.unwrap().path())
+                .collect();
+            assert!(!inputs.is_empty(), "fuzz/corpus/{name} is empty");
+            for input in inputs {
+                let data = std::fs::read(&input).unwrap();
+                let replayed = std::panic::catch_unwind(|| target(&data));
+                assert!(replayed.is_ok(), "{name}: {} panics", input.display());
+            }
+        }
+    }
+}
