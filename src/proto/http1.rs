@@ -266,6 +266,7 @@ impl Stream {
                 Progress::Stepped => self.emit_if_large(pool, out),
                 Progress::NeedMore => {
                     self.emit_if_large(pool, out);
+                    self.reserve_for_part();
                     return;
                 }
                 Progress::Complete => self.emit_part(true, pool, out),
@@ -457,6 +458,20 @@ impl Stream {
                     }
                 }
             },
+        }
+    }
+
+    /// Sizes the buffer for the rest of the part a Content-Length tells,
+    /// rather than growing (and copying) it as the body arrives.
+    fn reserve_for_part(&mut self) {
+        if let Some(Message {
+            body: Body::Length(remaining),
+            ..
+        }) = &self.message
+        {
+            let to_come = usize::try_from(*remaining).unwrap_or(usize::MAX);
+            let part_len = self.used.saturating_add(to_come).min(PART_BYTES + BODY_STEP);
+            self.buf.reserve(part_len.saturating_sub(self.buf.len()));
         }
     }
 
