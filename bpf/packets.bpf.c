@@ -26,6 +26,9 @@
 #define MAX_CAPTURE (65535 - 512)
 
 const volatile __u32 snap_len = MAX_CAPTURE;
+/* Where the IP header starts: after the Ethernet header, or at once on
+ * layer-3 devices (tun, WireGuard, IP-in-IP). */
+const volatile __u32 network_offset = ETH_HLEN;
 
 struct flow_owner {
 	__u32 pid;
@@ -137,6 +140,42 @@ int accept_exit(struct syscall_exit_ctx *ctx)
 	return 0;
 }
 
+#define IPV6_HOP_BY_HOP 0
+#define IPV6_ROUTING 43
+#define IPV6_FRAGMENT 44
+#define IPV6_AUTH 51
+#define IPV6_DEST_OPTIONS 60
+/* Extension headers followed before giving up on finding TCP. */
+#define IPV6_MAX_EXTENSIONS 6
+
+/* Moves past IPv6 extension headers to the transport header; false for a
+ * fragment other than the first, which carries no ports. */
+static __always_inline bool skip_ipv6_extensions(struct __sk_buff *skb, __u8 *protocol, __u32 *offset)
+{
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXTENSIONS; i++) {
+		__u8 header[4];
+
+		if (*protocol != IPV6_HOP_BY_HOP && *protocol != IPV6_ROUTING && *protocol != IPV6_FRAGMENT &&
+		    *protocol != IPV6_AUTH && *protocol != IPV6_DEST_OPTIONS)
+			return true;
+		if (bpf_skb_load_bytes(skb, *offset, header, sizeof(header)))
+			return false;
+		if (*protocol == IPV6_FRAGMENT) {
+			/* The fragment offset: the upper 13 bits of bytes 2-3. */
+			if (((header[2] << 8) | header[3]) & 0xfff8)
+				return false;
+			*offset += 8;
+		} else if (*protocol == IPV6_AUTH) {
+			*offset += (header[1] + 2) * 4;
+		} else {
+			*offset += (header[1] + 1) * 8;
+		}
+		*protocol = header[0];
+	}
+	return true;
+}
+
 /* Reads the packet's addresses and ports into key, our end first: the source
  * for a packet we send, the destination for one we receive. False if the
  * packet is not TCP over IP. */
@@ -152,20 +191,22 @@ static __always_inline bool packet_flow(struct __sk_buff *skb, struct flow_key *
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+		if (bpf_skb_load_bytes(skb, network_offset, &ip, sizeof(ip)))
 			return false;
 		protocol = ip.protocol;
-		l4_offset = ETH_HLEN + ip.ihl * 4;
+		l4_offset = network_offset + ip.ihl * 4;
 		key->family = 2; /* AF_INET */
 		__builtin_memcpy(source_slot, &ip.saddr, 4);
 		__builtin_memcpy(destination_slot, &ip.daddr, 4);
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+		if (bpf_skb_load_bytes(skb, network_offset, &ip6, sizeof(ip6)))
 			return false;
 		protocol = ip6.nexthdr;
-		l4_offset = ETH_HLEN + sizeof(ip6);
+		l4_offset = network_offset + sizeof(ip6);
+		if (!skip_ipv6_extensions(skb, &protocol, &l4_offset))
+			return false;
 		key->family = 10; /* AF_INET6 */
 		__builtin_memcpy(source_slot, &ip6.saddr, 16);
 		__builtin_memcpy(destination_slot, &ip6.daddr, 16);

@@ -23,7 +23,7 @@ use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::openssl::socket_bio::SocketBioLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::kernel_filter;
-use crate::probe::packets::{self, PacketProbes, ProcOwners, RawPacketMeta};
+use crate::probe::packets::{self, LinkLayer, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::{self, Flavor, LoadedProbes, Lost, ProbeSettings, RawMasterSecret, SharedWord};
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
@@ -533,7 +533,12 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
         None => packets::default_route_interface()?,
     };
     let ifindex = packets::interface_index(&interface)?;
-    let filter = config.filter.as_deref().map(kernel_filter::compile).transpose()?;
+    let link = LinkLayer::of(&interface)?;
+    let filter = config
+        .filter
+        .as_deref()
+        .map(|expression| kernel_filter::compile(expression, link.filter_link_type()))
+        .transpose()?;
     let out = if config.pcap_file.as_os_str() == "-" {
         sink::stdout_writer()
     } else {
@@ -541,17 +546,24 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
             .with_context(|| format!("cannot create the pcapng file {}", config.pcap_file.display()))?;
         sink::file_writer(file)
     };
-    let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE)?;
+    let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE, link)?;
     probes.add_owners(&procnet::connection_owners())?;
     let classic = filter.as_ref().map(kernel_filter::classic_instructions);
-    let in_kernel = probes.attach(ifindex, packets::is_loopback(&interface), classic)?;
+    let loopback = link == LinkLayer::Ethernet { loopback: true };
+    let in_kernel = probes.attach(ifindex, loopback, classic)?;
     let matching = match &config.filter {
         Some(expression) if in_kernel => format!(" matching {expression:?} (filtered in the kernel)"),
         Some(expression) => format!(" matching {expression:?} (filtered in userspace)"),
         None => String::new(),
     };
     let userspace_filter = if in_kernel { None } else { filter };
-    let file = PacketFile::new(out, &interface, packets::MAX_CAPTURE, userspace_filter)?;
+    let file = PacketFile::new(
+        out,
+        &interface,
+        link.pcapng_link_type(),
+        packets::MAX_CAPTURE,
+        userspace_filter,
+    )?;
     info!("capturing packets on {interface}{matching}");
     Ok((probes, file))
 }

@@ -346,8 +346,8 @@ pub fn translate(filter: &[ClassicInstruction], programs: i32) -> Result<Vec<Ins
 
 /// Compiles a pcap-filter expression for Ethernet frames, which is what TC
 /// classifiers see on Ethernet and loopback interfaces.
-pub fn compile(expression: &str) -> Result<pcap::BpfProgram> {
-    pcap::Capture::dead(pcap::Linktype::ETHERNET)?
+pub fn compile(expression: &str, link_type: pcap::Linktype) -> Result<pcap::BpfProgram> {
+    pcap::Capture::dead(link_type)?
         .compile(expression, true)
         .map_err(|err| anyhow::anyhow!("bad pcap filter {expression:?}: {err}"))
 }
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn jumps_land_on_the_rewritten_targets() {
-        let program = compile("tcp port 443").unwrap();
+        let program = compile("tcp port 443", pcap::Linktype::ETHERNET).unwrap();
         let filter = classic_instructions(&program);
         let out = translate(filter, 99).unwrap();
         // Every jump lands inside the program, on an instruction that starts
@@ -555,7 +555,7 @@ mod tests {
         ];
         let mut kept = 0;
         for expression in expressions {
-            let program = compile(expression).unwrap();
+            let program = compile(expression, pcap::Linktype::ETHERNET).unwrap();
             let filter = load(classic_instructions(&program), programs.as_fd(), attach)
                 .unwrap_or_else(|err| panic!("{expression}: {err:#}"));
             for (index, frame) in frames.iter().enumerate() {

@@ -88,24 +88,23 @@ pub struct PacketProbes {
 }
 
 impl PacketProbes {
-    pub fn load(flavor: Flavor, snap_len: u32) -> Result<PacketProbes> {
+    pub fn load(flavor: Flavor, snap_len: u32, link: LinkLayer) -> Result<PacketProbes> {
+        macro_rules! configure {
+            ($open:ident) => {{
+                let rodata = $open
+                    .maps
+                    .rodata_data
+                    .as_deref_mut()
+                    .ok_or_else(|| anyhow!("no .rodata"))?;
+                rodata.snap_len = snap_len;
+                rodata.network_offset = link.network_offset();
+            }};
+        }
         let skel = match flavor {
             #[cfg(bpf_core)]
-            Flavor::Core => load_skeleton!(packets_core::PacketsCoreSkelBuilder, |open| {
-                open.maps
-                    .rodata_data
-                    .as_deref_mut()
-                    .ok_or_else(|| anyhow!("no .rodata"))?
-                    .snap_len = snap_len;
-            }),
+            Flavor::Core => load_skeleton!(packets_core::PacketsCoreSkelBuilder, |open| { configure!(open) }),
             #[cfg(bpf_nocore)]
-            Flavor::NoCore => load_skeleton!(packets_nocore::PacketsNocoreSkelBuilder, |open| {
-                open.maps
-                    .rodata_data
-                    .as_deref_mut()
-                    .ok_or_else(|| anyhow!("no .rodata"))?
-                    .snap_len = snap_len;
-            }),
+            Flavor::NoCore => load_skeleton!(packets_nocore::PacketsNocoreSkelBuilder, |open| { configure!(open) }),
             #[allow(unreachable_patterns)]
             _ => bail!("{flavor:?} BPF objects are not built in"),
         };
@@ -393,9 +392,68 @@ pub fn interface_index(name: &str) -> Result<i32> {
     Ok(index as i32)
 }
 
-/// Whether `name` is a loopback interface (ARPHRD_LOOPBACK).
-pub fn is_loopback(name: &str) -> bool {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/type")).is_ok_and(|t| t.trim() == "772")
+/// What classifiers on an interface see at the start of a packet, from its
+/// ARPHRD type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header: Ethernet, veth, bridges, and loopback, whose
+    /// packets carry a zeroed one.
+    Ethernet { loopback: bool },
+    /// The IP header itself: tun, WireGuard, IP-in-IP, SIT and other
+    /// layer-3 devices.
+    RawIp,
+}
+
+const ARPHRD_ETHER: u32 = 1;
+const ARPHRD_RAWIP: u32 = 519;
+const ARPHRD_TUNNEL: u32 = 768;
+const ARPHRD_TUNNEL6: u32 = 769;
+const ARPHRD_LOOPBACK: u32 = 772;
+const ARPHRD_SIT: u32 = 776;
+const ARPHRD_NONE: u32 = 65534;
+
+impl LinkLayer {
+    /// The link layer of interface `name`, or an error naming its type when
+    /// ecapture cannot read its packets.
+    pub fn of(name: &str) -> Result<LinkLayer> {
+        let kind = std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
+            .with_context(|| format!("cannot read the type of interface {name}"))?;
+        match kind.trim().parse::<u32>() {
+            Ok(ARPHRD_ETHER) => Ok(LinkLayer::Ethernet { loopback: false }),
+            Ok(ARPHRD_LOOPBACK) => Ok(LinkLayer::Ethernet { loopback: true }),
+            Ok(ARPHRD_NONE | ARPHRD_RAWIP | ARPHRD_TUNNEL | ARPHRD_TUNNEL6 | ARPHRD_SIT) => Ok(LinkLayer::RawIp),
+            _ => bail!(
+                "interface {name} has link type {} (ARPHRD), whose packets ecapture cannot read; \
+                 capture on an Ethernet, loopback or IP-level interface (tun, WireGuard, IP-in-IP) instead",
+                kind.trim()
+            ),
+        }
+    }
+
+    /// Where the IP header starts.
+    pub fn network_offset(self) -> u32 {
+        match self {
+            LinkLayer::Ethernet { .. } => 14,
+            LinkLayer::RawIp => 0,
+        }
+    }
+
+    /// The pcapng link type (LINKTYPE_ETHERNET, LINKTYPE_RAW).
+    pub fn pcapng_link_type(self) -> u16 {
+        match self {
+            LinkLayer::Ethernet { .. } => 1,
+            LinkLayer::RawIp => 101,
+        }
+    }
+
+    /// The link type libpcap compiles filters for: DLT values, and Linux's
+    /// DLT_RAW is 12, not LINKTYPE_RAW.
+    pub fn filter_link_type(self) -> pcap::Linktype {
+        match self {
+            LinkLayer::Ethernet { .. } => pcap::Linktype::ETHERNET,
+            LinkLayer::RawIp => pcap::Linktype(12),
+        }
+    }
 }
 
 /// The interface of the default route, from /proc/net/route.
@@ -408,4 +466,21 @@ pub fn default_route_interface() -> Result<String> {
         .find(|fields| fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000"))
         .map(|fields| fields[0].to_string())
         .ok_or_else(|| anyhow!("there is no default route; name the interface with -i IFACE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_layers_are_read_from_the_interface_type() {
+        let loopback = LinkLayer::of("lo").unwrap();
+        assert_eq!(loopback, LinkLayer::Ethernet { loopback: true });
+        assert_eq!((loopback.network_offset(), loopback.pcapng_link_type()), (14, 1));
+        assert_eq!(
+            (LinkLayer::RawIp.network_offset(), LinkLayer::RawIp.pcapng_link_type()),
+            (0, 101)
+        );
+        assert!(LinkLayer::of("no-such-interface").is_err());
+    }
 }

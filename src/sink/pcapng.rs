@@ -13,7 +13,6 @@ const ENHANCED_PACKET: u32 = 0x0000_0006;
 const DECRYPTION_SECRETS: u32 = 0x0000_000A;
 const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
 const SECRETS_TLS_KEY_LOG: u32 = 0x544C_534B;
-const LINKTYPE_ETHERNET: u16 = 1;
 
 const OPT_END: u16 = 0;
 const OPT_COMMENT: u16 = 1;
@@ -31,7 +30,7 @@ pub struct PcapngWriter<W: Write> {
 
 impl<W: Write> PcapngWriter<W> {
     /// Writes the section header and the description of the one interface.
-    pub fn new(out: W, interface: &str, snap_len: u32) -> io::Result<Self> {
+    pub fn new(out: W, interface: &str, link_type: u16, snap_len: u32) -> io::Result<Self> {
         let mut writer = PcapngWriter {
             out,
             block: Vec::with_capacity(64 * 1024),
@@ -49,7 +48,7 @@ impl<W: Write> PcapngWriter<W> {
         writer.finish()?;
 
         writer.start(INTERFACE_DESCRIPTION);
-        writer.put_u16(LINKTYPE_ETHERNET);
+        writer.put_u16(link_type);
         writer.put_u16(0);
         writer.put_u32(snap_len);
         writer.option(IF_NAME, interface.as_bytes());
@@ -156,8 +155,14 @@ pub struct PacketFile<W: Write> {
 
 impl<W: Write> PacketFile<W> {
     /// `filter`, a compiled pcap filter, is for when the kernel could not run it.
-    pub fn new(out: W, interface: &str, snap_len: u32, filter: Option<pcap::BpfProgram>) -> anyhow::Result<Self> {
-        let writer = PcapngWriter::new(out, interface, snap_len)?;
+    pub fn new(
+        out: W,
+        interface: &str,
+        link_type: u16,
+        snap_len: u32,
+        filter: Option<pcap::BpfProgram>,
+    ) -> anyhow::Result<Self> {
+        let writer = PcapngWriter::new(out, interface, link_type, snap_len)?;
         Ok(PacketFile {
             writer,
             filter,
@@ -204,6 +209,10 @@ impl<W: Write> PacketFile<W> {
     }
 }
 
+/// Ethernet, for the tests' captures on loopback.
+#[cfg(test)]
+const LINKTYPE_ETHERNET: u16 = 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,7 +222,7 @@ mod tests {
     #[test]
     fn blocks_parse_back_with_an_independent_parser() {
         let mut file = Vec::new();
-        let mut writer = PcapngWriter::new(&mut file, "lo", 65535).unwrap();
+        let mut writer = PcapngWriter::new(&mut file, "lo", LINKTYPE_ETHERNET, 65535).unwrap();
         writer.write_secrets("CLIENT_RANDOM aa bb\n").unwrap();
         let when = UNIX_EPOCH + Duration::new(1_764_078_306, 123_456_789);
         writer
@@ -274,7 +283,7 @@ mod packet_file_tests {
     #[test]
     fn packets_are_written_in_wire_order() {
         let mut out = Vec::new();
-        let mut file = PacketFile::new(&mut out, "lo", 65535, None).unwrap();
+        let mut file = PacketFile::new(&mut out, "lo", LINKTYPE_ETHERNET, 65535, None).unwrap();
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         for (port, micros) in [(1, 10), (3, 30), (2, 20), (4, 40)] {
             file.push(start + Duration::from_micros(micros), &tcp_frame(port, 443), 54, None);
@@ -298,8 +307,8 @@ mod packet_file_tests {
     #[test]
     fn filter_keeps_matching_packets_and_secrets_precede_held_packets() {
         let mut out = Vec::new();
-        let filter = crate::probe::kernel_filter::compile("tcp port 8443").unwrap();
-        let mut file = PacketFile::new(&mut out, "lo", 65535, Some(filter)).unwrap();
+        let filter = crate::probe::kernel_filter::compile("tcp port 8443", pcap::Linktype::ETHERNET).unwrap();
+        let mut file = PacketFile::new(&mut out, "lo", LINKTYPE_ETHERNET, 65535, Some(filter)).unwrap();
         file.push(
             SystemTime::now(),
             &tcp_frame(40000, 8443),
@@ -324,6 +333,6 @@ mod packet_file_tests {
             })
             .collect();
         assert_eq!(kinds, ["other", "other", "dsb", "epb"]);
-        assert!(crate::probe::kernel_filter::compile("tcp port banana").is_err());
+        assert!(crate::probe::kernel_filter::compile("tcp port banana", pcap::Linktype::ETHERNET).is_err());
     }
 }

@@ -228,3 +228,152 @@ fn without_btf_new_connections_are_named_from_proc() {
         "comment {comment:?}"
     );
 }
+
+/// Two network namespaces linked by a pair of tun devices (a layer-3 link
+/// with no Ethernet header, as WireGuard's), removed with everything in
+/// them when dropped.
+struct TunLink {
+    namespaces: [String; 2],
+    devices: [String; 2],
+    wire: Option<Guard>,
+}
+
+impl TunLink {
+    const ADDRESSES: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
+
+    fn new() -> TunLink {
+        let tag = std::process::id();
+        let namespaces = [format!("ectun-a-{tag}"), format!("ectun-b-{tag}")];
+        let devices = [format!("ectuna{tag}"), format!("ectunb{tag}")];
+        let ip = |args: &[&str]| {
+            run_peer("ip", Command::new("ip").args(args));
+        };
+        // Made first, so that the namespaces go whatever fails below.
+        let mut link = TunLink {
+            namespaces,
+            devices,
+            wire: None,
+        };
+        for namespace in &link.namespaces {
+            ip(&["netns", "add", namespace]);
+        }
+        let dir = scratch_dir();
+        let log = dir.path().join("wire.out");
+        let wire = link.wire.insert(Guard::spawn(
+            "tun_wire.py",
+            Command::new("ip")
+                .args(["netns", "exec", &link.namespaces[0], "/usr/bin/python3"])
+                .arg(peer_script("tun_wire.py"))
+                .args(&link.devices)
+                .stdout(std::fs::File::create(&log).unwrap()),
+        ));
+        let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready") {
+            assert!(wire.child.try_wait().unwrap().is_none(), "tun_wire.py exited");
+            assert!(std::time::Instant::now() < deadline, "tun_wire.py did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let [a, b] = &link.namespaces;
+        ip(&["-n", a, "link", "set", &link.devices[1], "netns", b]);
+        for (index, namespace) in link.namespaces.iter().enumerate() {
+            let (local, peer, device) = (Self::ADDRESSES[index], Self::ADDRESSES[1 - index], &link.devices[index]);
+            ip(&["-n", namespace, "addr", "add", local, "peer", peer, "dev", device]);
+            ip(&["-n", namespace, "link", "set", device, "up"]);
+            ip(&["-n", namespace, "link", "set", "lo", "up"]);
+        }
+        link
+    }
+
+    /// `command` run inside namespace `index`.
+    fn exec(&self, index: usize, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.namespaces[index], program]);
+        command
+    }
+}
+
+impl Drop for TunLink {
+    fn drop(&mut self) {
+        drop(self.wire.take());
+        for namespace in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", namespace]).status();
+        }
+    }
+}
+
+#[test]
+fn a_layer3_interface_is_captured_as_raw_ip_and_decrypted() {
+    if !e2e_enabled() {
+        return;
+    }
+    let link = TunLink::new();
+    let (cert, key) = certificate();
+    let port = free_port().to_string();
+    let _server = Guard::spawn(
+        "openssl s_server",
+        link.exec(0, "openssl")
+            .args(["s_server", "-www", "-accept", &port, "-cert"])
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let dir = scratch_dir();
+    let output = dir.path().join("tun.pcapng");
+    let device = &link.devices[0];
+    // Packets on this link are the server's: its namespace is the capture's.
+    let capture = Capture::start_in_netns(
+        &link.namespaces[0],
+        &[
+            "tls",
+            "-m",
+            "pcapng",
+            "-i",
+            device,
+            "-w",
+            output.to_str().unwrap(),
+            "tcp",
+            "port",
+            &port,
+        ],
+    );
+    let path = format!("/{}", marker("tun"));
+    let url = format!("https://{}:{port}{path}", TunLink::ADDRESSES[0]);
+    // The server may still be starting: curl retries refused connections.
+    run_peer(
+        "curl",
+        link.exec(1, "curl")
+            .args([
+                "-sk",
+                "--http1.1",
+                "--retry",
+                "20",
+                "--retry-connrefused",
+                "--retry-delay",
+                "1",
+                "-o",
+                "/dev/null",
+            ])
+            .arg(&url),
+    );
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let link_type = run_peer(
+        "tshark",
+        Command::new("tshark")
+            .arg("-r")
+            .arg(&output)
+            .args(["-c", "1", "-T", "fields", "-e", "frame.protocols"]),
+    );
+    assert!(link_type.starts_with("raw:ip:tcp"), "{link_type}");
+    let requests = decrypted_requests(&output);
+    assert!(
+        requests
+            .iter()
+            .any(|(uri, comment)| *uri == path && comment.contains("comm=openssl")),
+        "{requests:?}\n{}",
+        out.stderr
+    );
+}

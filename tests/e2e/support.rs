@@ -148,25 +148,35 @@ impl Capture {
     pub fn start(args: &[&str]) -> Capture {
         let dir = scratch_dir();
         let stdout_path = dir.path().join("stdout");
-        Capture::start_in(args, dir, stdout_path)
+        let mut command = Command::new(ecapture_bin());
+        Capture::start_in(command.args(args), dir, stdout_path)
     }
 
     /// Starts `ecapture ARGS` with its stdout in the file `stdout_path`.
     pub fn start_with_stdout(args: &[&str], stdout_path: PathBuf) -> Capture {
-        Capture::start_in(args, scratch_dir(), stdout_path)
+        let mut command = Command::new(ecapture_bin());
+        Capture::start_in(command.args(args), scratch_dir(), stdout_path)
     }
 
-    /// Starts `ecapture ARGS` with stdout in `stdout_path` and stderr in `dir`.
-    fn start_in(args: &[&str], dir: tempfile::TempDir, stdout_path: PathBuf) -> Capture {
+    /// Starts `ecapture ARGS` inside network namespace `netns` (`ip netns
+    /// exec` becomes ecapture, so signals reach it).
+    pub fn start_in_netns(netns: &str, args: &[&str]) -> Capture {
+        let dir = scratch_dir();
+        let stdout_path = dir.path().join("stdout");
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).arg(ecapture_bin()).args(args);
+        Capture::start_in(&mut command, dir, stdout_path)
+    }
+
+    /// Starts `command` with stdout in `stdout_path` and stderr in `dir`.
+    fn start_in(command: &mut Command, dir: tempfile::TempDir, stdout_path: PathBuf) -> Capture {
         let stderr_path = dir.path().join("stderr");
-        let mut command = Command::new(ecapture_bin());
         command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).unwrap())
             .stderr(File::create(&stderr_path).unwrap());
         let mut capture = Capture {
-            guard: Guard::spawn("ecapture", &mut command),
+            guard: Guard::spawn("ecapture", command),
             _dir: dir,
             stdout_path,
             stderr_path,
