@@ -4,6 +4,7 @@
 #   CROSS_ARCH=arm64 make   aarch64 build from an x86_64 host
 #   make test            unit and end-to-end tests (root; installs what they need)
 #   make bench           throughput, latency, CPU and completeness against no tracer and bpftrace
+#   make soak            mixed traffic for SOAK_SECONDS (default 300): RSS over time, nothing lost
 #   make fuzz            each fuzz target for FUZZ_SECONDS (default 60) under libFuzzer (nightly)
 #   make bench-quick     the same, under two minutes
 #                        (BENCH_ARGS="--sizes 64 --paths --configs ecapture-text" picks a subset)
@@ -33,7 +34,9 @@ RELEASE_DIR := target/$(if $(RUST_TARGET),$(RUST_TARGET)/)release
 FUZZ_TARGETS := http1 records pcap_filter elf
 FUZZ_SECONDS ?= 60
 
-.PHONY: all nocore deps test run clean lint bench bench-quick fuzz
+SOAK_SECONDS ?= 300
+
+.PHONY: all nocore deps test run clean lint bench bench-quick fuzz soak
 
 all: deps
 	$(CARGO) build --release $(TARGET_FLAG)
@@ -62,6 +65,10 @@ bench: all
 bench-quick: all
 	@scripts/install-deps.sh test
 	python3 bench/run.py --quick $(BENCH_ARGS)
+
+soak: all
+	@scripts/install-deps.sh test
+	python3 bench/soak.py --seconds $(SOAK_SECONDS)
 
 # New inputs go to target/fuzz-corpus; fuzz/corpus (replayed by `make
 # test`) only seeds it. A crash lands in fuzz/artifacts/TARGET/.
