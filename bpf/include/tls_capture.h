@@ -45,6 +45,7 @@ enum length_source {
 };
 
 struct tls_call {
+	__u64 entered_ns; /* when a write began (reads are stamped at their end) */
 	__u64 conn_id;
 	__u64 buf;
 	__u64 len_ptr;
@@ -146,6 +147,8 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 		outer->depth++;
 		return 0;
 	}
+	if (direction == DIRECTION_EGRESS)
+		call.entered_ns = bpf_ktime_get_ns();
 	call.conn_id = conn_id;
 	call.buf = buf;
 	call.len_ptr = len_ptr;
@@ -506,7 +509,9 @@ static __always_inline int tls_call_exit(int ret)
 	if (!total)
 		return 0;
 
-	ev->timestamp_ns = bpf_ktime_get_ns();
+	/* Writes are stamped when they begin and reads when they end: a
+	 * peer's read of these bytes cannot then carry an earlier time. */
+	ev->timestamp_ns = call.direction == DIRECTION_EGRESS ? call.entered_ns : bpf_ktime_get_ns();
 	ev->conn_id = call.conn_id;
 	ev->total_len = total;
 	ev->pid = pid_tgid >> 32;

@@ -43,7 +43,7 @@ struct conn_tuple {
 
 /* What every record of a call carries ahead of its payload. */
 struct data_event_header {
-	__u64 timestamp_ns;  /* bpf_ktime_get_ns() at the end of the call */
+	__u64 timestamp_ns;  /* bpf_ktime_get_ns(): when a write began, when a read ended */
 	__u64 conn_id;       /* the library's session pointer (SSL *) */
 	__u64 total_len;     /* bytes the call transferred */
 	__u64 chunk_offset;  /* where data[] starts within those bytes */

@@ -117,3 +117,83 @@ fn many_threads_per_cpu_every_byte_in_its_own_record() {
         );
     }
 }
+
+/// A record header's time, in microseconds since the epoch's day start
+/// (enough to order records of one run).
+fn header_micros(header: &str) -> u64 {
+    let clock = &header[11..26]; // HH:MM:SS.ffffff
+    let field = |range: std::ops::Range<usize>| clock[range].parse::<u64>().unwrap();
+    ((field(0..2) * 60 + field(3..5)) * 60 + field(6..8)) * 1_000_000 + field(9..15)
+}
+
+/// A TLS ping-pong: for every round trip, the client's write, the server's
+/// read of it, the server's answer and the client's read of that carry
+/// times in that order, whatever order the records were printed in.
+#[test]
+fn a_reply_never_carries_a_time_before_its_request() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (cert, key) = certificate();
+    let peer = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tls_pingpong");
+    run_peer(
+        "cc",
+        Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&peer)
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/tls_pingpong.c"))
+            .args(["-lssl", "-lcrypto", "-lpthread"]),
+    );
+    let capture = Capture::start(&["tls"]);
+    run_peer("tls_pingpong", Command::new(&peer).arg(cert).arg(key).args(["64", "1"]));
+    let out = capture.stop();
+    assert!(
+        out.status.success() && out.stderr.contains(" 0 records lost,"),
+        "{}",
+        out.stderr
+    );
+    // Per thread and direction, the times of its records in the order made.
+    let mut times: HashMap<(String, &str), Vec<u64>> = HashMap::new();
+    for record in records(&out.stdout)
+        .into_iter()
+        .filter(|r| r.contains(" Comm:tls_pingpong "))
+    {
+        let header = record.lines().next().unwrap();
+        let tid = header
+            .split_whitespace()
+            .find(|w| w.starts_with("TID:"))
+            .unwrap()
+            .to_string();
+        let verb = if header.contains(" Sent ") { "sent" } else { "received" };
+        times.entry((tid, verb)).or_default().push(header_micros(header));
+    }
+    let threads: Vec<String> = {
+        let mut tids: Vec<String> = times.keys().map(|(tid, _)| tid.clone()).collect();
+        tids.sort();
+        tids.dedup();
+        tids
+    };
+    assert_eq!(threads.len(), 2, "a client and a server thread: {threads:?}");
+    // The client sends first.
+    let first = |tid: &String| times[&(tid.clone(), "sent")][0];
+    let (client, server) = if first(&threads[0]) <= first(&threads[1]) {
+        (&threads[0], &threads[1])
+    } else {
+        (&threads[1], &threads[0])
+    };
+    let series = |tid: &String, verb| &times[&(tid.clone(), verb)];
+    let round_trips = series(client, "received").len();
+    assert!(round_trips > 1000, "{round_trips} round trips");
+    for trip in 0..round_trips {
+        let steps = [
+            series(client, "sent")[trip],
+            series(server, "received")[trip],
+            series(server, "sent")[trip],
+            series(client, "received")[trip],
+        ];
+        assert!(
+            steps.is_sorted(),
+            "round trip {trip}: write, read, reply, read at {steps:?} µs"
+        );
+    }
+}
