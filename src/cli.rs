@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Only capture this process (thread group id); 0 captures every process.
+    /// Only capture this process (thread group id), not the processes it starts (ecapture names those that map the same library); 0 captures every process.
     #[arg(short = 'p', long, global = true, default_value_t = 0)]
     pub pid: u32,
     /// Only capture processes running as this user id.

@@ -136,6 +136,39 @@ pub fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
         .collect())
 }
 
+/// The processes descended from `pid` (children, their children...), with
+/// their names, from each process's parent in /proc.
+pub fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // (pid, parent, name) of every process.
+    let processes: Vec<(u32, u32, String)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // "PID (NAME) STATE PPID ...": the name may hold spaces and parentheses.
+            let (head, tail) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let parent = tail.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, parent, name))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (child, _, name) in processes.iter().filter(|(_, of, _)| *of == parent) {
+            if found.iter().all(|(seen, _)| seen != child) {
+                found.push((*child, name.clone()));
+                frontier.push(*child);
+            }
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
 /// The file paths of a /proc/PID/maps text, skipping anonymous and special
 /// mappings and files deleted since they were mapped.
 fn parse_maps(maps: &str) -> impl Iterator<Item = PathBuf> + '_ {
@@ -198,6 +231,24 @@ mod tests {
                 .iter()
                 .all(|f| f.host_path.starts_with(format!("/proc/{}/root", std::process::id())))
         );
+    }
+
+    #[test]
+    fn descendants_include_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = Vec::new();
+        while found.len() < 2 && std::time::Instant::now() < deadline {
+            found = descendants(std::process::id());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let names: Vec<&str> = found.iter().map(|(_, name)| name.as_str()).collect();
+        assert!(names.contains(&"sh") && names.contains(&"sleep"), "{found:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `ecapture tls` in text mode: plaintext of real peers, asserted byte for byte.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -510,4 +511,53 @@ fn openssl_3_5_is_hooked_past_its_null_check() {
         "{request}"
     );
     find_record(&out.stdout, &["Comm:tls_openssl35", "Received", "HTTP/1.1 200 OK\r\n"]);
+}
+
+/// `--pid` of a server's master whose worker does the TLS: the log names
+/// the worker (nginx's master makes no TLS call of its own).
+#[test]
+fn pid_of_a_master_names_its_workers() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (cert, key) = certificate();
+    let port = free_port();
+    let dir = scratch_dir();
+    let log = dir.path().join("server.out");
+    // The master maps libssl (it imported ssl) and starts the server as its
+    // child; both are in a process group of their own, ended with the test.
+    struct Group(Guard);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the process group our child leads.
+            unsafe { libc::kill(-(self.0.pid() as i32), libc::SIGKILL) };
+        }
+    }
+    let master = Group(Guard::spawn(
+        "master",
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg("import ssl, subprocess, sys; subprocess.run([sys.executable] + sys.argv[1:])")
+            .arg(peer_script("https_server.py"))
+            .arg(port.to_string())
+            .args([cert, key])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .process_group(0),
+    ));
+    let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening") {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let master_pid = master.0.pid().to_string();
+    let capture = Capture::start(&["tls", "--pid", &master_pid]);
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let hint = out
+        .stderr
+        .lines()
+        .find(|line| line.contains(&format!("--pid {master_pid} follows that process only")))
+        .unwrap_or_else(|| panic!("no hint:\n{}", out.stderr));
+    assert!(hint.contains(" (python3) map "), "{hint}");
 }

@@ -4,6 +4,7 @@ pub mod layout;
 pub mod socket_bio;
 pub mod version;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
@@ -43,7 +44,11 @@ impl Module for OpenSsl {
             (Some(path), _) => Ok(vec![
                 hook_target(path, config).map_err(|err| anyhow!("--libssl: {err:#}"))?,
             ]),
-            (None, Some(pid)) => Ok(vec![hook_target(&library_mapped_by(pid)?, config)?]),
+            (None, Some(pid)) => {
+                let library = library_mapped_by(pid)?;
+                note_children_mapping(pid, &library);
+                Ok(vec![hook_target(&library, config)?])
+            }
             (None, None) => system_targets(config),
         }
     }
@@ -209,6 +214,32 @@ fn library_mapped_by(pid: u32) -> Result<PathBuf> {
         .ok_or_else(|| {
             anyhow!("process {pid} maps no OpenSSL or BoringSSL; name the library or program with --libssl PATH")
         })
+}
+
+/// `--pid` follows that one process. A server's master often makes no TLS
+/// call itself while its workers do: say so when its descendants map the
+/// same library, and name them.
+fn note_children_mapping(pid: u32, library: &Path) {
+    let identity = |path: &Path| std::fs::metadata(path).ok().map(|meta| (meta.dev(), meta.ino()));
+    let Some(wanted) = identity(library) else {
+        return;
+    };
+    let maps_it = |child: u32| {
+        libpath::mapped_files(child)
+            .is_ok_and(|files| files.iter().any(|file| identity(&file.host_path) == Some(wanted)))
+    };
+    let children: Vec<String> = libpath::descendants(pid)
+        .into_iter()
+        .filter(|(child, _)| maps_it(*child))
+        .map(|(child, name)| format!("{child} ({name})"))
+        .collect();
+    if !children.is_empty() {
+        info!(
+            "--pid {pid} follows that process only; its descendants {} map {} too: give one of their pids to capture it, or leave out --pid to capture them all",
+            children.join(", "),
+            library.display()
+        );
+    }
 }
 
 /// Every libssl.so.N the dynamic linker knows, so that any process using any
