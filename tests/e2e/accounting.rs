@@ -6,6 +6,8 @@ use std::process::Command;
 
 use crate::support::*;
 
+/// Linked against the system OpenSSL.
+const OPENSSL_LIBS: &[&str] = &["-lssl", "-lcrypto", "-lpthread"];
 const PAIRS: usize = 16;
 const MESSAGES: usize = 200;
 /// As in tests/peers/tls_threads.c.
@@ -35,15 +37,7 @@ fn many_threads_per_cpu_every_byte_in_its_own_record() {
         return;
     }
     let (cert, key) = certificate();
-    let peer = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tls_threads");
-    run_peer(
-        "cc",
-        Command::new("cc")
-            .args(["-O1", "-o"])
-            .arg(&peer)
-            .arg(peer_script("tls_threads.c"))
-            .args(["-lssl", "-lcrypto", "-lpthread"]),
-    );
+    let peer = build_c_peer("tls_threads", &peer_script("tls_threads.c"), OPENSSL_LIBS);
     // The peer moves about 50 MB in a tenth of a second: a ring buffer that
     // holds it all, so that nothing is lost and every byte can be checked.
     let capture = Capture::start(&["tls", "--mapsize", "65536"]);
@@ -135,15 +129,8 @@ fn a_reply_never_carries_a_time_before_its_request() {
         return;
     }
     let (cert, key) = certificate();
-    let peer = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tls_pingpong");
-    run_peer(
-        "cc",
-        Command::new("cc")
-            .args(["-O2", "-o"])
-            .arg(&peer)
-            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/tls_pingpong.c"))
-            .args(["-lssl", "-lcrypto", "-lpthread"]),
-    );
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/tls_pingpong.c");
+    let peer = build_c_peer("tls_pingpong", &source, OPENSSL_LIBS);
     let capture = Capture::start(&["tls"]);
     run_peer("tls_pingpong", Command::new(&peer).arg(cert).arg(key).args(["64", "1"]));
     let out = capture.stop();

@@ -87,13 +87,14 @@ fn check_both_sides(stdout: &Path) -> [BodyCheck; 2] {
     checks
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
+/// A field of /proc/PID/status in KiB, such as "VmHWM" (peak RSS) or "VmRSS".
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 fn big_body_is_printed_whole_in_bounded_memory(framing: &str) {
@@ -110,7 +111,7 @@ fn big_body_is_printed_whole_in_bounded_memory(framing: &str) {
         Command::new("curl").args(["-sk", "--http1.1", "-o", "/dev/null", &url]),
         PEER_TIMEOUT * 4,
     );
-    let peak = peak_rss_kib(capture.pid());
+    let peak = status_kib(capture.pid(), "VmHWM");
     let out = capture.stop();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
@@ -149,15 +150,6 @@ fn big_chunked_body_is_printed_whole_in_bounded_memory() {
     big_body_is_printed_whole_in_bounded_memory("chunked");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 const WARM_UP_CONNECTIONS: usize = 1_000;
 const SHORT_CONNECTIONS: usize = 10_000;
 const RSS_GROWTH_LIMIT_KIB: u64 = 16 * 1024;
@@ -184,9 +176,9 @@ fn ten_thousand_short_connections_keep_memory_flat() {
     connect(WARM_UP_CONNECTIONS);
     let last_response = format!("response-body-for {path}\n");
     assert!(capture.wait_for_output(&last_response, PEER_TIMEOUT));
-    let before = rss_kib(capture.pid());
+    let before = status_kib(capture.pid(), "VmRSS");
     connect(SHORT_CONNECTIONS);
-    let after = rss_kib(capture.pid());
+    let after = status_kib(capture.pid(), "VmRSS");
     let out = capture.stop();
     assert!(
         out.status.success() && out.stderr.contains(" 0 records lost,"),

@@ -382,15 +382,19 @@ fn count_bpf_programs() -> usize {
 
 /// Builds tests/peers/tls_client.c with the given compiler arguments, once.
 pub fn build_tls_client(name: &str, link_args: &[&str]) -> PathBuf {
+    build_c_peer(name, &peer_script("tls_client.c"), link_args)
+}
+
+/// Builds the C program `source` as `name` in the test target directory.
+pub fn build_c_peer(name: &str, source: &Path, link_args: &[&str]) -> PathBuf {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let source = peer_script("tls_client.c");
     run_peer(
         "cc",
         Command::new("cc")
             .arg("-O1")
             .arg("-o")
             .arg(&out)
-            .arg(&source)
+            .arg(source)
             .args(link_args),
     );
     out
