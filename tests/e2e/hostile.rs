@@ -19,7 +19,7 @@ fn hostile_framings_neither_stop_the_capture_nor_the_next_exchange() {
     }
     let (_server, port) = start_https_server();
     let capture = Capture::start(&["tls"]);
-    for framing in ["chunk-overflow", "length-overflow"] {
+    for framing in ["chunk-overflow", "length-overflow", "truncated-gzip", "gzip-bomb"] {
         let url = format!("https://127.0.0.1:{port}/hostile/{framing}");
         run_failing_peer(
             "curl",
@@ -43,15 +43,21 @@ fn hostile_framings_neither_stop_the_capture_nor_the_next_exchange() {
     );
     // A chunk size that fits in 64 bits is a body that never came whole;
     // a Content-Length that does not is not HTTP: both are shown.
+    // (Printed whole at exit, or, once 200 ms passed, its head and "abc" in
+    // a first part and the note in the last.)
     find_record(
         &out.stdout,
         &[
             "Comm:curl",
             "Received",
             "HTTP response",
-            "chunked\r\n\r\n",
-            "ended inside the chunked body]\nabc",
+            "chunked\r\n\r\n[body: chunked",
+            "\nabc",
         ],
+    );
+    assert!(
+        out.stdout
+            .contains("incomplete: the connection ended inside the chunked body]")
     );
     find_record(
         &out.stdout,
@@ -62,6 +68,23 @@ fn hostile_framings_neither_stop_the_capture_nor_the_next_exchange() {
             "Content-Length: 99999999999999999999999",
         ],
     );
+    // A gzip stream cut short is shown as far as it decodes, and said to be;
+    // a bomb stops inflating past 1 MiB at over 100:1, and says so.
+    find_record(
+        &out.stdout,
+        &[
+            "Comm:curl",
+            "Received",
+            "HTTP response",
+            "ends early]\ntruncated gzip body truncated gzip body",
+        ],
+    );
+    let bomb = find_record(
+        &out.stdout,
+        &["Comm:curl", "Received", "HTTP response", "a compression bomb?"],
+    );
+    // About 2 MiB inflated, as a hexdump (zeros are not text): not 256 MiB.
+    assert!(bomb.len() < 16 << 20, "{} bytes printed for the bomb", bomb.len());
     find_record(&out.stdout, &["Comm:curl", "HTTP response", &expected]);
     assert!(
         !out.stderr.contains("panicked") && !out.stderr.contains("bug"),

@@ -26,11 +26,20 @@ def big_body_blocks(size):
         yield b"".join(b"L%09d%s" % (n, FILLER) for n in range(first, last))
 
 
-# Framings no reader can follow, as a hostile peer would send them.
+def gzip_response(body):
+    return b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+# Framings no reader can follow, and bodies no reader should inflate, as a
+# hostile peer would send them.
 HOSTILE = {
     # size + offset wraps a 64-bit sum
     "chunk-overflow": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffe\r\nabc\r\n",
     "length-overflow": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nabc",
+    # the gzip trailer (and the end of the deflate stream) cut off
+    "truncated-gzip": gzip_response(gzip.compress(b"truncated gzip body " * 100)[:-12]),
+    # 256 MiB of zeros in about 250 KiB
+    "gzip-bomb": gzip_response(gzip.compress(bytes(256 << 20), 9)),
 }
 
 
