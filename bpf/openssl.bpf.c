@@ -378,4 +378,66 @@ READ_BORINGSSL_SECRETS_AT(writev)
 READ_BORINGSSL_SECRETS_AT(sendto)
 READ_BORINGSSL_SECRETS_AT(sendmsg)
 
+/* Handshakes of TLS libraries this module does not capture, reported once
+ * per process, so that ecapture can say so instead of staying silent. */
+enum foreign_library {
+	FOREIGN_GNUTLS = 1,
+	FOREIGN_NSS = 2,
+};
+
+struct foreign_tls_event {
+	__u32 pid;
+	__u32 library; /* enum foreign_library */
+	char comm[TASK_COMM_LEN];
+};
+
+struct foreign_tls_event _foreign_tls_event_btf_anchor = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tgid */
+	__type(value, __u8);
+} foreign_reported SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} foreign_tls SEC(".maps");
+
+static __always_inline int report_foreign(__u32 library)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	struct foreign_tls_event *ev;
+	__u8 seen = 1;
+
+	if (!process_is_traced(pid_tgid) || bpf_map_lookup_elem(&foreign_reported, &pid))
+		return 0;
+	bpf_map_update_elem(&foreign_reported, &pid, &seen, BPF_ANY);
+	ev = bpf_ringbuf_reserve(&foreign_tls, sizeof(*ev), 0);
+	if (!ev)
+		return 0;
+	ev->pid = pid;
+	ev->library = library;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
+/* int gnutls_handshake(gnutls_session_t): every GnuTLS session calls it. */
+SEC("uprobe")
+int gnutls_handshake_seen(struct pt_regs *ctx)
+{
+	return report_foreign(FOREIGN_GNUTLS);
+}
+
+/* PRFileDesc *SSL_ImportFD(PRFileDesc *model, PRFileDesc *fd): every NSS
+ * TLS socket is made by it. */
+SEC("uprobe")
+int nss_import_fd_seen(struct pt_regs *ctx)
+{
+	return report_foreign(FOREIGN_NSS);
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

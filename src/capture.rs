@@ -24,11 +24,13 @@ use crate::modules::openssl::socket_bio::SocketBioLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, LinkLayer, PacketProbes, ProcOwners, RawPacketMeta};
-use crate::probe::{self, Flavor, LoadedProbes, Lost, ProbeSettings, RawMasterSecret, SharedWord};
+use crate::probe::{self, Flavor, LoadedProbes, Lost, ProbeSettings, RawForeignTls, RawMasterSecret, SharedWord};
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
 use crate::sink::{self, Record, Sink};
+use crate::target::elf::ElfImage;
+use crate::target::libpath;
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -285,7 +287,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     // Only the CO-RE build names connections in the kernel.
     let proc_owners = (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default);
     let pipeline = RefCell::new(Pipeline::new(sinks, keylog, packets, proc_owners));
-    let maps: Vec<[libbpf_rs::Map<'_>; 3]> = tls
+    let maps: Vec<[libbpf_rs::Map<'_>; 4]> = tls
         .objects
         .iter()
         .map(|probes| {
@@ -293,11 +295,16 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
                 probes.map("events")?,
                 probes.map("key_events")?,
                 probes.map("reader_wakeups")?,
+                probes.map("foreign_tls")?,
             ])
         })
         .collect::<Result<_>>()?;
     let mut builder = RingBufferBuilder::new();
-    for [events, key_events, reader_wakeups] in &maps {
+    for [events, key_events, reader_wakeups, foreign_tls] in &maps {
+        builder.add(foreign_tls, |record| {
+            report_foreign_tls(record);
+            0
+        })?;
         builder.add(events, |record| {
             guarded(&pipeline, |pipeline| pipeline.on_record(record));
             0
@@ -401,6 +408,26 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     pipeline.summary.lost_bytes = lost.bytes;
     pipeline.summary.lost_packets = lost_packets.get();
     Ok(pipeline.summary)
+}
+
+/// A process did a TLS handshake through a library this module does not
+/// capture: say so once, rather than capture nothing silently.
+fn report_foreign_tls(record: &[u8]) {
+    let mut event = RawForeignTls::default();
+    if plain::copy_from_bytes(&mut event, record).is_err() {
+        return;
+    }
+    let library = match event.library {
+        1 => "GnuTLS",
+        2 => "NSS",
+        _ => return,
+    };
+    info!(
+        "pid {} ({}) does TLS through {library}, which the tls module does not capture; a {} module is planned but not built yet",
+        event.pid,
+        Comm::from_kernel(&event.comm),
+        library.to_lowercase()
+    );
 }
 
 /// Bytes that must wait in the ring buffer before the reader is woken.
@@ -523,7 +550,31 @@ fn load_tls_objects(
         }
         loaded.objects.push(probes);
     }
+    if let Some(first) = loaded.objects.first_mut() {
+        watch_foreign_tls(first, config.pid)?;
+    }
     Ok(loaded)
+}
+
+/// Hooks the handshake of each TLS library on the system that this module
+/// does not capture (GnuTLS, NSS), so that a process using one is named.
+/// Each program sits at its function's first instruction, once per
+/// handshake, whatever that costs.
+fn watch_foreign_tls(probes: &mut LoadedProbes, pid: Option<u32>) -> Result<()> {
+    let libraries: [(&str, &str, &str); 2] = [
+        ("libgnutls.so.", "gnutls_handshake", "gnutls_handshake_seen"),
+        ("libssl3.so", "SSL_ImportFD", "nss_import_fd_seen"),
+    ];
+    for (prefix, function, program) in libraries {
+        for library in libpath::find_system_libraries(|name| name.starts_with(prefix)) {
+            let Some(symbol) = ElfImage::open(&library).ok().and_then(|image| image.function(function)) else {
+                continue;
+            };
+            probes.attach_uprobe(program, &library, symbol.file_offset, false, pid)?;
+            debug!(library = %library.display(), function, "watching for TLS this module does not capture");
+        }
+    }
+    probes.attach_pending_uprobes()
 }
 
 /// Opens the pcapng output and starts capturing on the chosen interface.

@@ -41,9 +41,16 @@ pub use openssl_core::types::master_secret_event as RawMasterSecret;
 #[cfg(all(bpf_nocore, not(bpf_core)))]
 pub use openssl_nocore::types::master_secret_event as RawMasterSecret;
 
+/// A handshake of a TLS library the tls module does not capture.
+#[cfg(bpf_core)]
+pub use openssl_core::types::foreign_tls_event as RawForeignTls;
+#[cfg(all(bpf_nocore, not(bpf_core)))]
+pub use openssl_nocore::types::foreign_tls_event as RawForeignTls;
+
 // SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawDataHeader {}
 unsafe impl plain::Plain for RawMasterSecret {}
+unsafe impl plain::Plain for RawForeignTls {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 

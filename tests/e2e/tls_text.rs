@@ -561,3 +561,31 @@ fn pid_of_a_master_names_its_workers() {
         .unwrap_or_else(|| panic!("no hint:\n{}", out.stderr));
     assert!(hint.contains(" (python3) map "), "{hint}");
 }
+
+/// wget does its TLS through GnuTLS, which the tls module does not capture:
+/// the log says so rather than nothing.
+#[test]
+fn a_program_on_another_tls_library_is_named() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let capture = Capture::start(&["tls"]);
+    let mut wget = Guard::spawn(
+        "wget",
+        Command::new("wget")
+            .args(["-q", "-O", "/dev/null", "--no-check-certificate"])
+            .arg(format!("https://127.0.0.1:{port}/{}", marker("wget")))
+            .stdin(Stdio::null()),
+    );
+    let wget_pid = wget.pid();
+    assert!(wget.wait(PEER_TIMEOUT).success());
+    let out = capture.stop();
+    assert!(
+        out.stderr.contains(&format!(
+            "pid {wget_pid} (wget) does TLS through GnuTLS, which the tls module does not capture"
+        )),
+        "{}",
+        out.stderr
+    );
+}
