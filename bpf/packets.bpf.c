@@ -78,26 +78,86 @@ struct packet_meta _packet_meta_btf_anchor = {};
 struct flow_key _flow_key_btf_anchor = {};
 struct flow_owner _flow_owner_btf_anchor = {};
 
-static __always_inline void remember_owner(long fd)
+/* The connection of the TCP socket behind fd, our end first; false if fd
+ * is not one. */
+static __always_inline bool flow_of_fd(long fd, struct flow_key *key)
 {
 	struct conn_tuple tuple = {};
-	struct flow_owner owner = {};
-	struct flow_key key = {};
 	__u64 sk = socket_of_fd(fd);
 
 	if (!sk)
-		return;
+		return false;
 	read_conn_tuple(sk, &tuple);
 	if (!tuple.family)
-		return;
-	owner.pid = bpf_get_current_pid_tgid() >> 32;
+		return false;
+	key->family = tuple.family;
+	key->src_port = tuple.local_port;
+	key->dst_port = tuple.remote_port;
+	__builtin_memcpy(key->src_addr, tuple.local_addr, 16);
+	__builtin_memcpy(key->dst_addr, tuple.remote_addr, 16);
+	return true;
+}
+
+static __always_inline void set_owner(struct flow_key *key, __u32 pid)
+{
+	struct flow_owner owner = {};
+
+	owner.pid = pid;
 	bpf_get_current_comm(owner.comm, sizeof(owner.comm));
-	key.family = tuple.family;
-	key.src_port = tuple.local_port;
-	key.dst_port = tuple.remote_port;
-	__builtin_memcpy(key.src_addr, tuple.local_addr, 16);
-	__builtin_memcpy(key.dst_addr, tuple.remote_addr, 16);
-	bpf_map_update_elem(&flow_owners, &key, &owner, BPF_ANY);
+	bpf_map_update_elem(&flow_owners, key, &owner, BPF_ANY);
+}
+
+static __always_inline void remember_owner(long fd)
+{
+	struct flow_key key = {};
+
+	if (flow_of_fd(fd, &key))
+		set_owner(&key, bpf_get_current_pid_tgid() >> 32);
+}
+
+/* A connection's packets belong to the process that uses its socket: a
+ * fork-per-connection server (PostgreSQL, socat) accepts in its master and
+ * serves in a child, which takes the connection over at its first read or
+ * write. One lookup when the owner is already this process. */
+static __always_inline void claim_owner(long fd)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct flow_owner *owner;
+	struct flow_key key = {};
+
+	if (!flow_of_fd(fd, &key))
+		return;
+	owner = bpf_map_lookup_elem(&flow_owners, &key);
+	if (!owner || owner->pid != pid)
+		set_owner(&key, pid);
+}
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int read_enter(struct syscall_enter_ctx *ctx)
+{
+	claim_owner(ctx->args[0]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int write_enter(struct syscall_enter_ctx *ctx)
+{
+	claim_owner(ctx->args[0]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int recvfrom_enter(struct syscall_enter_ctx *ctx)
+{
+	claim_owner(ctx->args[0]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int sendto_enter(struct syscall_enter_ctx *ctx)
+{
+	claim_owner(ctx->args[0]);
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_connect")

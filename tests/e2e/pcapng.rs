@@ -377,3 +377,54 @@ fn a_layer3_interface_is_captured_as_raw_ip_and_decrypted() {
         out.stderr
     );
 }
+
+/// A fork-per-connection server: the parent accepts, the child does the
+/// TLS. The server's packets name the child, the process using the socket.
+#[test]
+fn packets_of_a_forked_server_name_the_child_that_serves() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (cert, key) = certificate();
+    let port = free_port();
+    let dir = scratch_dir();
+    let log = dir.path().join("server.out");
+    let mut server = Guard::spawn(
+        "forking_server.py",
+        Command::new("/usr/bin/python3")
+            .arg(peer_script("forking_server.py"))
+            .arg(port.to_string())
+            .args([cert, key])
+            .stdout(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening") {
+        assert!(server.child.try_wait().unwrap().is_none(), "forking_server.py exited");
+        assert!(std::time::Instant::now() < deadline, "forking_server.py did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = dir.path().join("forked.pcapng");
+    let capture = capture_port(output.to_str().unwrap(), port, &[]);
+    let reply = run_peer(
+        "curl",
+        Command::new("curl")
+            .args(["-sk", "--http1.1"])
+            .arg(format!("https://127.0.0.1:{port}/")),
+    );
+    let child: u32 = reply.trim().strip_prefix("served-by ").unwrap().parse().unwrap();
+    assert_ne!(child, server.pid());
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let responses = run_peer(
+        "tshark",
+        Command::new("tshark").arg("-r").arg(&output).args([
+            "-Y",
+            "http.response",
+            "-T",
+            "fields",
+            "-e",
+            "frame.comment",
+        ]),
+    );
+    assert_eq!(responses.trim(), format!("pid={child} comm=python3"), "{}", out.stderr);
+}
