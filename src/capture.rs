@@ -23,7 +23,7 @@ use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::openssl::socket_bio::SocketBioLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::kernel_filter;
-use crate::probe::packets::{self, LinkLayer, PacketProbes, ProcOwners, RawPacketMeta};
+use crate::probe::packets::{self, LinkLayer, OwnerLookup, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::{self, Flavor, LoadedProbes, Lost, ProbeSettings, RawForeignTls, RawMasterSecret, SharedWord};
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
@@ -67,6 +67,9 @@ struct Pipeline<'s> {
     keyed_sessions: HashSet<[u8; 32]>,
     /// Packet owners from /proc, where the kernel cannot name them.
     proc_owners: Option<ProcOwners>,
+    /// The kernel's connection owners, for packets that left before theirs
+    /// was known.
+    owner_lookup: Option<OwnerLookup>,
     /// Records completed by the latest event, reused from event to event.
     records: Vec<Record>,
     summary: Summary,
@@ -122,6 +125,7 @@ impl<'s> Pipeline<'s> {
         keylog: Option<KeylogWriter>,
         packets: Option<PacketFile<Box<dyn Write>>>,
         proc_owners: Option<ProcOwners>,
+        owner_lookup: Option<OwnerLookup>,
     ) -> Self {
         Pipeline {
             decoder: RecordDecoder::default(),
@@ -133,6 +137,7 @@ impl<'s> Pipeline<'s> {
             packets,
             keyed_sessions: HashSet::new(),
             proc_owners,
+            owner_lookup,
             records: Vec::new(),
             summary: Summary::default(),
             output_failures: OutputFailures::default(),
@@ -224,7 +229,7 @@ impl<'s> Pipeline<'s> {
                 .map(|(pid, comm)| format!("pid={pid} comm={comm}"))
         };
         let time = self.decoder.wall_clock(meta.timestamp_ns);
-        packets.push(time, data, meta.len, comment);
+        packets.push(time, data, meta.len, comment, packets::flow_bytes(&meta));
     }
 
     fn emit(&mut self, record: &Record) {
@@ -244,8 +249,10 @@ impl<'s> Pipeline<'s> {
                 self.output_failures.record(&err);
             }
         }
+        let owners = self.owner_lookup.as_ref();
+        let mut name_flow = |flow: &[u8]| owners?.comment(flow);
         if let Some(packets) = self.packets.as_mut()
-            && let Err(err) = packets.release(everything)
+            && let Err(err) = packets.release(everything, &mut name_flow)
         {
             self.output_failures.record(&err);
         }
@@ -286,7 +293,11 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
 
     // Only the CO-RE build names connections in the kernel.
     let proc_owners = (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default);
-    let pipeline = RefCell::new(Pipeline::new(sinks, keylog, packets, proc_owners));
+    let owner_lookup = match (&packet_probes, flavor) {
+        (Some(probes), Flavor::Core) => Some(probes.owner_lookup()?),
+        _ => None,
+    };
+    let pipeline = RefCell::new(Pipeline::new(sinks, keylog, packets, proc_owners, owner_lookup));
     let maps: Vec<[libbpf_rs::Map<'_>; 4]> = tls
         .objects
         .iter()
@@ -625,7 +636,7 @@ mod tests {
 
     #[test]
     fn a_panic_in_handling_a_record_is_counted_and_survived() {
-        let pipeline = RefCell::new(Pipeline::new(Vec::new(), None, None, None));
+        let pipeline = RefCell::new(Pipeline::new(Vec::new(), None, None, None, None));
         guarded(&pipeline, |_| panic!("a bug"));
         guarded(&pipeline, |pipeline| pipeline.summary.events += 1);
         let summary = &pipeline.borrow().summary;

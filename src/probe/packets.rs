@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{
-    Link, MapCore, MapFlags, OpenObject, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook, TcHookBuilder,
+    Link, MapCore, MapFlags, MapHandle, OpenObject, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook,
+    TcHookBuilder,
 };
 
 use super::kernel_filter::{self, ClassicInstruction};
 use super::{Flavor, explain_bpf_error, load_skeleton, map_named, program_named};
-use crate::event::SocketPair;
+use crate::event::{Comm, SocketPair};
 use crate::procnet;
 
 #[cfg(bpf_core)]
@@ -224,6 +225,14 @@ impl PacketProbes {
         Ok(())
     }
 
+    /// Looks up connection owners after the fact, for packets that left
+    /// before their owner was known (a connection's SYN and SYN-ACK go out
+    /// inside connect() and before accept() returns).
+    pub fn owner_lookup(&self) -> Result<OwnerLookup> {
+        let map = map_named(self.skel.object(), "flow_owners")?;
+        Ok(OwnerLookup(MapHandle::try_from(&map)?))
+    }
+
     /// Hands every packet sample (header then bytes) to `on_sample`, and the
     /// count of samples perf dropped to `on_lost`.
     pub fn perf_buffer<'a>(
@@ -379,6 +388,26 @@ fn create_clsact(ifindex: i32) -> Result<bool> {
             std::io::Error::from_raw_os_error(-rc)
         ),
     }
+}
+
+/// The kernel's table of connection owners, read from userspace.
+pub struct OwnerLookup(MapHandle);
+
+impl OwnerLookup {
+    /// The comment naming the owner of the connection whose flow key (as a
+    /// packet's metadata carries it) is `flow`, if the kernel knows it now.
+    pub fn comment(&self, flow: &[u8]) -> Option<String> {
+        let bytes = self.0.lookup(flow, MapFlags::ANY).ok()??;
+        let mut owner = FlowOwner::default();
+        plain::copy_from_bytes(&mut owner, &bytes).ok()?;
+        Some(format!("pid={} comm={}", owner.pid, Comm::from_kernel(&owner.comm)))
+    }
+}
+
+/// The bytes of a packet's flow key, when the kernel could read its addresses.
+pub fn flow_bytes(meta: &RawPacketMeta) -> Option<Vec<u8>> {
+    // SAFETY: a plain C struct, viewed as its bytes.
+    (meta.flow.family != 0).then(|| unsafe { plain::as_bytes(&meta.flow) }.to_vec())
 }
 
 /// The index of interface `name`.

@@ -143,6 +143,9 @@ struct HeldPacket {
     data: Vec<u8>,
     wire_len: u32,
     comment: Option<String>,
+    /// Without a comment: the connection whose owner may be known by the
+    /// time the packet is written.
+    flow: Option<Vec<u8>>,
 }
 
 /// The packet side of pcap mode: filter, hold, write.
@@ -171,7 +174,15 @@ impl<W: Write> PacketFile<W> {
         })
     }
 
-    pub fn push(&mut self, time: SystemTime, data: &[u8], wire_len: u32, comment: Option<String>) {
+    /// A packet, with its comment, or else its flow for `release` to name.
+    pub fn push(
+        &mut self,
+        time: SystemTime,
+        data: &[u8],
+        wire_len: u32,
+        comment: Option<String>,
+        flow: Option<Vec<u8>>,
+    ) {
         if self.filter.as_ref().is_some_and(|f| !f.filter(data)) {
             return;
         }
@@ -185,6 +196,7 @@ impl<W: Write> PacketFile<W> {
                 time,
                 data: data.to_vec(),
                 wire_len,
+                flow: if comment.is_none() { flow } else { None },
                 comment,
             },
         );
@@ -195,14 +207,16 @@ impl<W: Write> PacketFile<W> {
     }
 
     /// Writes the packets held long enough; all of them when `everything`.
-    pub fn release(&mut self, everything: bool) -> io::Result<()> {
+    /// A packet still without a comment gets its flow's from `name_flow`.
+    pub fn release(&mut self, everything: bool, name_flow: &mut dyn FnMut(&[u8]) -> Option<String>) -> io::Result<()> {
         while let Some(packet) = self.held.front() {
             if !everything && packet.arrived.elapsed() < HOLD {
                 break;
             }
             let packet = self.held.pop_front().expect("front exists");
+            let comment = packet.comment.or_else(|| name_flow(packet.flow.as_deref()?));
             self.writer
-                .write_packet(packet.time, &packet.data, packet.wire_len, packet.comment.as_deref())?;
+                .write_packet(packet.time, &packet.data, packet.wire_len, comment.as_deref())?;
             self.packets_written += 1;
         }
         self.writer.flush()
@@ -264,6 +278,7 @@ mod tests {
 #[cfg(test)]
 mod packet_file_tests {
     use super::*;
+    use pcap_parser::pcapng::{Block, PcapNGOption};
 
     /// An Ethernet/IPv4/TCP frame from 127.0.0.1:`sport` to 127.0.0.1:`dport`.
     fn tcp_frame(sport: u16, dport: u16) -> Vec<u8> {
@@ -280,28 +295,46 @@ mod packet_file_tests {
         frame
     }
 
+    /// Also: a packet whose owner was unknown when it was captured (a SYN)
+    /// is named from its flow when it is written.
     #[test]
-    fn packets_are_written_in_wire_order() {
+    fn packets_are_written_in_wire_order_and_named_late() {
         let mut out = Vec::new();
         let mut file = PacketFile::new(&mut out, "lo", LINKTYPE_ETHERNET, 65535, None).unwrap();
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         for (port, micros) in [(1, 10), (3, 30), (2, 20), (4, 40)] {
-            file.push(start + Duration::from_micros(micros), &tcp_frame(port, 443), 54, None);
+            let flow = Some(vec![port as u8]);
+            file.push(
+                start + Duration::from_micros(micros),
+                &tcp_frame(port, 443),
+                54,
+                None,
+                flow,
+            );
         }
-        file.release(true).unwrap();
+        file.release(true, &mut |flow| (flow[0] != 4).then(|| format!("pid={}", flow[0])))
+            .unwrap();
         drop(file);
         let (_, capture) = pcap_parser::parse_pcapng(&out).unwrap();
-        let ports: Vec<u16> = capture.sections[0]
+        let packets: Vec<(u16, Option<String>)> = capture.sections[0]
             .blocks
             .iter()
             .filter_map(|b| match b {
-                pcap_parser::pcapng::Block::EnhancedPacket(epb) => {
-                    Some(u16::from_be_bytes([epb.data[34], epb.data[35]]))
-                }
+                Block::EnhancedPacket(epb) => Some((
+                    u16::from_be_bytes([epb.data[34], epb.data[35]]),
+                    epb.options.iter().find_map(|o| match o {
+                        // The value as stored, padded to 4 bytes; len is the comment's.
+                        PcapNGOption { code, len, value } if code.0 == OPT_COMMENT => {
+                            Some(String::from_utf8_lossy(&value[..usize::from(*len)]).into_owned())
+                        }
+                        _ => None,
+                    }),
+                )),
                 _ => None,
             })
             .collect();
-        assert_eq!(ports, [1, 2, 3, 4]);
+        let named = |port: u16| (port, (port != 4).then(|| format!("pid={port}")));
+        assert_eq!(packets, [named(1), named(2), named(3), named(4)]);
     }
 
     #[test]
@@ -314,12 +347,13 @@ mod packet_file_tests {
             &tcp_frame(40000, 8443),
             54,
             Some("pid=1 comm=curl".into()),
+            None,
         );
-        file.push(SystemTime::now(), &tcp_frame(40000, 9999), 54, None);
+        file.push(SystemTime::now(), &tcp_frame(40000, 9999), 54, None, None);
         file.write_secrets("CLIENT_RANDOM aa bb\n").unwrap();
-        file.release(false).unwrap();
+        file.release(false, &mut |_| None).unwrap();
         assert_eq!(file.packets_written, 0, "packets are held");
-        file.release(true).unwrap();
+        file.release(true, &mut |_| None).unwrap();
         assert_eq!(file.packets_written, 1, "the filter dropped port 9999");
         drop(file);
         let (_, capture) = pcap_parser::parse_pcapng(&out).unwrap();

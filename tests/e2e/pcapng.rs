@@ -427,4 +427,21 @@ fn packets_of_a_forked_server_name_the_child_that_serves() {
         ]),
     );
     assert_eq!(responses.trim(), format!("pid={child} comm=python3"), "{}", out.stderr);
+    // The SYN and SYN-ACK leave before connect() and accept() return, that
+    // is, before their owners are known: they are named when written.
+    let handshake = run_peer(
+        "tshark",
+        Command::new("tshark").arg("-r").arg(&output).args([
+            "-Y",
+            "tcp.flags.syn == 1",
+            "-T",
+            "fields",
+            "-e",
+            "frame.comment",
+        ]),
+    );
+    let comments: Vec<&str> = handshake.lines().collect();
+    assert_eq!(comments.len(), 2, "{handshake}");
+    assert!(comments[0].ends_with("comm=curl"), "{handshake}");
+    assert!(comments[1].starts_with("pid="), "{handshake}");
 }
