@@ -267,12 +267,7 @@ impl TunLink {
                 .args(&link.devices)
                 .stdout(std::fs::File::create(&log).unwrap()),
         ));
-        let deadline = std::time::Instant::now() + PEER_TIMEOUT;
-        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready") {
-            assert!(wire.child.try_wait().unwrap().is_none(), "tun_wire.py exited");
-            assert!(std::time::Instant::now() < deadline, "tun_wire.py did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wire.wait_for_output(&log, "ready");
         let [a, b] = &link.namespaces;
         ip(&["-n", a, "link", "set", &link.devices[1], "netns", b]);
         for (index, namespace) in link.namespaces.iter().enumerate() {
@@ -397,12 +392,7 @@ fn packets_of_a_forked_server_name_the_child_that_serves() {
             .args([cert, key])
             .stdout(std::fs::File::create(&log).unwrap()),
     );
-    let deadline = std::time::Instant::now() + PEER_TIMEOUT;
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening") {
-        assert!(server.child.try_wait().unwrap().is_none(), "forking_server.py exited");
-        assert!(std::time::Instant::now() < deadline, "forking_server.py did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    server.wait_for_output(&log, "listening");
     let output = dir.path().join("forked.pcapng");
     let capture = capture_port(output.to_str().unwrap(), port, &[]);
     let reply = run_peer(

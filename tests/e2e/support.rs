@@ -77,6 +77,21 @@ impl Guard {
         self.child.id()
     }
 
+    /// Waits, within PEER_TIMEOUT, until the file `log` (where the process
+    /// writes) contains `needle`; fails if the process ends first.
+    pub fn wait_for_output(&mut self, log: &Path, needle: &str) {
+        let deadline = Instant::now() + PEER_TIMEOUT;
+        while !read_lossy(log).contains(needle) {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "{} exited before printing {needle:?}",
+                self.name
+            );
+            assert!(Instant::now() < deadline, "{} did not print {needle:?}", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to end by itself, within `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -334,15 +349,7 @@ pub fn start_https_server() -> (Guard, u16) {
             .stdout(File::create(&log).unwrap())
             .stderr(Stdio::null()),
     );
-    let deadline = Instant::now() + PEER_TIMEOUT;
-    while !read_lossy(&log).contains("listening") {
-        assert!(
-            server.child.try_wait().unwrap().is_none(),
-            "https_server.py exited early"
-        );
-        assert!(Instant::now() < deadline, "https_server.py did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_for_output(&log, "listening");
     (server, port)
 }
 

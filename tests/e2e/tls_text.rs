@@ -533,7 +533,7 @@ fn pid_of_a_master_names_its_workers() {
             unsafe { libc::kill(-(self.0.pid() as i32), libc::SIGKILL) };
         }
     }
-    let master = Group(Guard::spawn(
+    let mut master = Group(Guard::spawn(
         "master",
         Command::new("/usr/bin/python3")
             .arg("-c")
@@ -545,11 +545,7 @@ fn pid_of_a_master_names_its_workers() {
             .stdout(std::fs::File::create(&log).unwrap())
             .process_group(0),
     ));
-    let deadline = std::time::Instant::now() + PEER_TIMEOUT;
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening") {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    master.0.wait_for_output(&log, "listening");
     let master_pid = master.0.pid().to_string();
     let capture = Capture::start(&["tls", "--pid", &master_pid]);
     let out = capture.stop();
