@@ -380,19 +380,8 @@ fn packets_of_a_forked_server_name_the_child_that_serves() {
     if !e2e_enabled() {
         return;
     }
-    let (cert, key) = certificate();
-    let port = free_port();
+    let (server, port) = start_python_server("forking_server.py");
     let dir = scratch_dir();
-    let log = dir.path().join("server.out");
-    let mut server = Guard::spawn(
-        "forking_server.py",
-        Command::new("/usr/bin/python3")
-            .arg(peer_script("forking_server.py"))
-            .arg(port.to_string())
-            .args([cert, key])
-            .stdout(std::fs::File::create(&log).unwrap()),
-    );
-    server.wait_for_output(&log, "listening");
     let output = dir.path().join("forked.pcapng");
     let capture = capture_port(output.to_str().unwrap(), port, &[]);
     let reply = run_peer(

@@ -335,14 +335,20 @@ pub fn peer_script(name: &str) -> PathBuf {
 
 /// The Python HTTPS server, listening once this returns.
 pub fn start_https_server() -> (Guard, u16) {
+    start_python_server("https_server.py")
+}
+
+/// A Python server of tests/peers taking PORT CERT KEY, on a fresh port,
+/// listening once this returns.
+pub fn start_python_server(script: &str) -> (Guard, u16) {
     let (cert, key) = certificate();
     let port = free_port();
     let dir = scratch_dir();
     let log = dir.path().join("server.out");
     let mut server = Guard::spawn(
-        "https_server.py",
+        script,
         Command::new("/usr/bin/python3")
-            .arg(peer_script("https_server.py"))
+            .arg(peer_script(script))
             .arg(port.to_string())
             .args([cert, key])
             .stdin(Stdio::null())
