@@ -57,6 +57,8 @@ test: all
 	@scripts/install-deps.sh test
 	$(CARGO) test --release --lib --bins
 	$(CARGO) test --release --test e2e -- --test-threads=1
+	# Once more with the programs kernels before 5.13 get (perf buffers, no bpf_loop).
+	ECAPTURE_LEGACY_BPF=1 $(CARGO) test --release --test e2e -- --test-threads=1
 
 bench: all
 	@scripts/install-deps.sh test

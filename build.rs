@@ -5,7 +5,8 @@
 //! through CO-RE relocations and needs kernel BTF at run time, and `nocore`,
 //! which reads no kernel memory and loads on kernels without BTF.
 //! `ECAPTURE_BPF_FLAVORS` (comma separated) selects them; `make nocore` builds
-//! only `nocore`.
+//! only `nocore`. Each flavor is built twice more: for current kernels, and
+//! (`_legacy`, see `bpf/include/kernel_compat.h`) for Linux 4.18 to 5.12.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -32,14 +33,15 @@ fn main() {
         );
         println!("cargo::rustc-cfg=bpf_{flavor}");
         for probe in PROBES {
-            build_probe(probe, flavor, &target_arch, &out_dir);
+            build_probe(probe, flavor, false, &target_arch, &out_dir);
+            build_probe(probe, flavor, true, &target_arch, &out_dir);
         }
     }
 }
 
-fn build_probe(probe: &str, flavor: &str, target_arch: &str, out_dir: &Path) {
+fn build_probe(probe: &str, flavor: &str, legacy: bool, target_arch: &str, out_dir: &Path) {
     let source = Path::new("bpf").join(format!("{probe}.bpf.c"));
-    let name = format!("{probe}_{flavor}");
+    let name = format!("{probe}_{flavor}{}", if legacy { "_legacy" } else { "" });
     let mut args = vec![
         "-O2".to_string(),
         "-g".to_string(),
@@ -49,6 +51,9 @@ fn build_probe(probe: &str, flavor: &str, target_arch: &str, out_dir: &Path) {
     args.extend(arch_include_dirs(target_arch).into_iter().map(|dir| format!("-I{dir}")));
     if flavor == "nocore" {
         args.push("-DECAPTURE_NO_CORE".to_string());
+    }
+    if legacy {
+        args.push("-DECAPTURE_LEGACY_KERNEL".to_string());
     }
     SkeletonBuilder::new()
         .source(&source)

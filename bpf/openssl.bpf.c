@@ -52,14 +52,14 @@ int BPF_UPROBE(ssl_read_ex_enter, void *ssl, void *buf, size_t num, size_t *read
 SEC("uretprobe")
 int BPF_URETPROBE(ssl_call_return, int ret)
 {
-	return tls_call_exit(ret);
+	return tls_call_exit(ctx, ret);
 }
 
 /* int SSL_do_handshake(SSL *ssl), in text mode */
 SEC("uprobe")
 int BPF_UPROBE(handshake_socket_check, void *ssl)
 {
-	return check_socket_bio((__u64)ssl);
+	return check_socket_bio(ctx, (__u64)ssl);
 }
 
 /*
@@ -97,7 +97,8 @@ struct openssl_layout {
 	__u32 hs_server_traffic_secret_0;
 };
 
-const volatile struct openssl_layout layout = {};
+DECLARE_SETTINGS(struct openssl_layout, layout);
+BTF_ANCHOR(struct openssl_layout, _openssl_layout_btf_anchor);
 
 #define TLS1_3_VERSION 0x0304
 #define ABSENT 0xffffffff
@@ -122,12 +123,9 @@ struct {
 	__type(value, __u8[TLS_RANDOM_LEN]);
 } reported_sessions SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} key_events SEC(".maps");
-
-struct master_secret_event _master_secret_event_btf_anchor = {};
+EVENT_CHANNEL(key_events, 256 * 1024);
+RECORD_SLOT(key_events, struct master_secret_event);
+BTF_ANCHOR(struct master_secret_event, _master_secret_event_btf_anchor);
 
 /* On SSL_do_handshake (which SSL_connect, SSL_accept and BoringSSL's
  * implicit handshakes call): remember the session until the call returns. */
@@ -182,7 +180,7 @@ static __always_inline bool already_reported(struct session_key *key, __u64 pid_
 static __always_inline struct master_secret_event *start_report(const struct session_key *key,
 								 const __u8 *random, int version)
 {
-	struct master_secret_event *ev = bpf_ringbuf_reserve(&key_events, sizeof(*ev), 0);
+	struct master_secret_event *ev = RESERVE_RECORD(key_events, sizeof(*ev));
 
 	if (!ev)
 		return NULL;
@@ -195,16 +193,17 @@ static __always_inline struct master_secret_event *start_report(const struct ses
 	return ev;
 }
 
-static __always_inline void send_report(struct master_secret_event *ev, const struct session_key *key,
+/* A report the reader had no room for is sent again at the next call. */
+static __always_inline void send_report(void *ctx, struct master_secret_event *ev, const struct session_key *key,
 					const __u8 *random)
 {
-	bpf_ringbuf_submit(ev, 0);
-	bpf_map_update_elem(&reported_sessions, key, random, BPF_ANY);
+	if (!SUBMIT_RECORD(ctx, key_events, ev, sizeof(*ev), 0))
+		bpf_map_update_elem(&reported_sessions, key, random, BPF_ANY);
 }
 
 /* Sends the secrets of `ssl` once its handshake is complete, once per
  * session. */
-static __always_inline int report_keys(__u64 pid_tgid, __u64 ssl)
+static __always_inline int report_keys(void *ctx, __u64 pid_tgid, __u64 ssl)
 {
 	struct session_key key = {};
 	struct master_secret_event *ev;
@@ -216,58 +215,58 @@ static __always_inline int report_keys(__u64 pid_tgid, __u64 ssl)
 	if (!ssl)
 		return 0;
 	/* QUIC objects (3.2+) are not TLS connections. */
-	if (layout.ssl_type != ABSENT &&
-	    (bpf_probe_read_user(&ssl_type, sizeof(ssl_type), (void *)(ssl + layout.ssl_type)) || ssl_type != 0))
+	if (SETTING(layout, ssl_type) != ABSENT &&
+	    (bpf_probe_read_user(&ssl_type, sizeof(ssl_type), (void *)(ssl + SETTING(layout, ssl_type))) || ssl_type != 0))
 		return 0;
 	s3 = ssl;
-	if (layout.s3_pointer != ABSENT &&
-	    (bpf_probe_read_user(&s3, sizeof(s3), (void *)(ssl + layout.s3_pointer)) || !s3))
+	if (SETTING(layout, s3_pointer) != ABSENT &&
+	    (bpf_probe_read_user(&s3, sizeof(s3), (void *)(ssl + SETTING(layout, s3_pointer))) || !s3))
 		return 0;
-	if (bpf_probe_read_user(random, sizeof(random), (void *)(s3 + layout.client_random)))
+	if (bpf_probe_read_user(random, sizeof(random), (void *)(s3 + SETTING(layout, client_random))))
 		return 0;
 	if (already_reported(&key, pid_tgid, ssl, random))
 		return 0;
 	if (bpf_probe_read_user(&session, sizeof(session),
-				(void *)((layout.session_in_s3 ? s3 : ssl) + layout.session)) || !session)
+				(void *)((SETTING(layout, session_in_s3) ? s3 : ssl) + SETTING(layout, session))) || !session)
 		return 0;
-	if (layout.session_version != ABSENT)
-		bpf_probe_read_user(&version, sizeof(__u16), (void *)(session + layout.session_version));
+	if (SETTING(layout, session_version) != ABSENT)
+		bpf_probe_read_user(&version, sizeof(__u16), (void *)(session + SETTING(layout, session_version)));
 	else
-		bpf_probe_read_user(&version, sizeof(version), (void *)(ssl + layout.version));
+		bpf_probe_read_user(&version, sizeof(version), (void *)(ssl + SETTING(layout, version)));
 	/* BoringSSL's TLS 1.3 secrets went out while its Finished flight was written. */
-	if (version == TLS1_3_VERSION && layout.s3_handshake != ABSENT)
+	if (version == TLS1_3_VERSION && SETTING(layout, s3_handshake) != ABSENT)
 		return 0;
 
 	ev = start_report(&key, random, version);
 	if (!ev)
 		return 0;
-	bpf_probe_read_user(ev->master_key, sizeof(ev->master_key), (void *)(session + layout.session_master_key));
-	if (!bpf_probe_read_user(&cipher, sizeof(cipher), (void *)(session + layout.session_cipher)) && cipher)
-		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(cipher + layout.cipher_id));
-	else if (layout.session_cipher_id != ABSENT)
-		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(session + layout.session_cipher_id));
+	bpf_probe_read_user(ev->master_key, sizeof(ev->master_key), (void *)(session + SETTING(layout, session_master_key)));
+	if (!bpf_probe_read_user(&cipher, sizeof(cipher), (void *)(session + SETTING(layout, session_cipher))) && cipher)
+		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(cipher + SETTING(layout, cipher_id)));
+	else if (SETTING(layout, session_cipher_id) != ABSENT)
+		bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id), (void *)(session + SETTING(layout, session_cipher_id)));
 	if (version == TLS1_3_VERSION) {
-		bpf_probe_read_user(ev->handshake_secret, TLS13_SECRET_MAX, (void *)(ssl + layout.handshake_secret));
+		bpf_probe_read_user(ev->handshake_secret, TLS13_SECRET_MAX, (void *)(ssl + SETTING(layout, handshake_secret)));
 		bpf_probe_read_user(ev->handshake_traffic_hash, TLS13_SECRET_MAX,
-				    (void *)(ssl + layout.handshake_traffic_hash));
+				    (void *)(ssl + SETTING(layout, handshake_traffic_hash)));
 		bpf_probe_read_user(ev->client_app_traffic_secret, TLS13_SECRET_MAX,
-				    (void *)(ssl + layout.client_app_traffic_secret));
+				    (void *)(ssl + SETTING(layout, client_app_traffic_secret)));
 		bpf_probe_read_user(ev->server_app_traffic_secret, TLS13_SECRET_MAX,
-				    (void *)(ssl + layout.server_app_traffic_secret));
+				    (void *)(ssl + SETTING(layout, server_app_traffic_secret)));
 		bpf_probe_read_user(ev->exporter_master_secret, TLS13_SECRET_MAX,
-				    (void *)(ssl + layout.exporter_master_secret));
+				    (void *)(ssl + SETTING(layout, exporter_master_secret)));
 		/* A server may return from the handshake before it has read the
 		 * client's Finished, when the client's application secret is not
 		 * derived yet: report the session on a later call instead. */
 		if (!has_app_secrets(ev)) {
-			bpf_ringbuf_discard(ev, 0);
+			DISCARD_RECORD(ev);
 			return 0;
 		}
 	} else if (is_zero_secret(ev->master_key)) {
-		bpf_ringbuf_discard(ev, 0);
+		DISCARD_RECORD(ev);
 		return 0;
 	}
-	send_report(ev, &key, random);
+	send_report(ctx, ev, &key, random);
 	return 0;
 }
 
@@ -285,7 +284,7 @@ int BPF_URETPROBE(handshake_return, int ret)
 	bpf_map_delete_elem(&handshake_calls, &pid_tgid);
 	if (ret <= 0)
 		return 0;
-	return report_keys(pid_tgid, ssl);
+	return report_keys(ctx, pid_tgid, ssl);
 }
 
 /* On entry to reads, writes and SSL_shutdown: keys sessions whose handshake
@@ -299,7 +298,7 @@ int BPF_UPROBE(keys_at_call, void *ssl)
 
 	if (!process_is_traced(pid_tgid))
 		return 0;
-	return report_keys(pid_tgid, (__u64)ssl);
+	return report_keys(ctx, pid_tgid, (__u64)ssl);
 }
 
 /*
@@ -309,7 +308,7 @@ int BPF_UPROBE(keys_at_call, void *ssl)
  * flight, a server's first), so they are read at the write syscalls of a
  * thread inside a hooked call.
  */
-static __always_inline int read_boringssl_secrets(void)
+static __always_inline int read_boringssl_secrets(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct session_key key = {};
@@ -322,15 +321,15 @@ static __always_inline int read_boringssl_secrets(void)
 	if (!stashed)
 		return 0;
 	ssl = *stashed;
-	if (bpf_probe_read_user(&s3, sizeof(s3), (void *)(ssl + layout.s3_pointer)) || !s3)
+	if (bpf_probe_read_user(&s3, sizeof(s3), (void *)(ssl + SETTING(layout, s3_pointer))) || !s3)
 		return 0;
-	if (bpf_probe_read_user(&hs, sizeof(hs), (void *)(s3 + layout.s3_handshake)) || !hs)
+	if (bpf_probe_read_user(&hs, sizeof(hs), (void *)(s3 + SETTING(layout, s3_handshake))) || !hs)
 		return 0;
 	/* Zero until the server's hello fixes the hash: nothing to read yet. */
-	if (bpf_probe_read_user(&hash_len, sizeof(hash_len), (void *)(hs + layout.hs_hash_len)) ||
+	if (bpf_probe_read_user(&hash_len, sizeof(hash_len), (void *)(hs + SETTING(layout, hs_hash_len))) ||
 	    (hash_len != 32 && hash_len != 48))
 		return 0;
-	if (bpf_probe_read_user(random, sizeof(random), (void *)(s3 + layout.client_random)))
+	if (bpf_probe_read_user(random, sizeof(random), (void *)(s3 + SETTING(layout, client_random))))
 		return 0;
 	if (already_reported(&key, pid_tgid, ssl, random))
 		return 0;
@@ -339,29 +338,29 @@ static __always_inline int read_boringssl_secrets(void)
 	if (!ev)
 		return 0;
 	bpf_probe_read_user(ev->client_app_traffic_secret, BORINGSSL_SECRET_MAX,
-			    (void *)(hs + layout.hs_client_traffic_secret_0));
+			    (void *)(hs + SETTING(layout, hs_client_traffic_secret_0)));
 	bpf_probe_read_user(ev->server_app_traffic_secret, BORINGSSL_SECRET_MAX,
-			    (void *)(hs + layout.hs_server_traffic_secret_0));
+			    (void *)(hs + SETTING(layout, hs_server_traffic_secret_0)));
 	/* The first flight of a client, or a TLS 1.2 handshake. */
 	if (!has_app_secrets(ev)) {
-		bpf_ringbuf_discard(ev, 0);
+		DISCARD_RECORD(ev);
 		return 0;
 	}
 	bpf_probe_read_user(ev->client_handshake_traffic_secret, BORINGSSL_SECRET_MAX,
-			    (void *)(hs + layout.hs_client_handshake_secret));
+			    (void *)(hs + SETTING(layout, hs_client_handshake_secret)));
 	bpf_probe_read_user(ev->server_handshake_traffic_secret, BORINGSSL_SECRET_MAX,
-			    (void *)(hs + layout.hs_server_handshake_secret));
+			    (void *)(hs + SETTING(layout, hs_server_handshake_secret)));
 	bpf_probe_read_user(ev->exporter_master_secret, BORINGSSL_SECRET_MAX,
-			    (void *)(s3 + layout.s3_exporter_secret));
+			    (void *)(s3 + SETTING(layout, s3_exporter_secret)));
 	/* The flight is encrypted with this end's application secret by now. */
-	bpf_probe_read_user(written, sizeof(written), (void *)(s3 + layout.s3_write_traffic_secret));
+	bpf_probe_read_user(written, sizeof(written), (void *)(s3 + SETTING(layout, s3_write_traffic_secret)));
 	if (same_32_bytes(written, ev->client_app_traffic_secret) ||
 	    same_32_bytes(written, ev->server_app_traffic_secret))
 		ev->handshake_form = HANDSHAKE_SECRETS_AS_HELD;
 	else
 		ev->handshake_form = HANDSHAKE_SECRETS_CONTRADICTED;
 	ev->secret_len = hash_len;
-	send_report(ev, &key, random);
+	send_report(ctx, ev, &key, random);
 	return 0;
 }
 
@@ -370,7 +369,7 @@ static __always_inline int read_boringssl_secrets(void)
 	SEC("tracepoint/syscalls/sys_enter_" #name)                          \
 	int boringssl_sys_enter_##name(struct syscall_enter_ctx *ctx)        \
 	{                                                                    \
-		return read_boringssl_secrets();                             \
+		return read_boringssl_secrets(ctx);                           \
 	}
 
 READ_BORINGSSL_SECRETS_AT(write)
@@ -391,7 +390,7 @@ struct foreign_tls_event {
 	char comm[TASK_COMM_LEN];
 };
 
-struct foreign_tls_event _foreign_tls_event_btf_anchor = {};
+BTF_ANCHOR(struct foreign_tls_event, _foreign_tls_event_btf_anchor);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -400,28 +399,21 @@ struct {
 	__type(value, __u8);
 } foreign_reported SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096);
-} foreign_tls SEC(".maps");
+EVENT_CHANNEL(foreign_tls, 4096);
 
-static __always_inline int report_foreign(__u32 library)
+static __always_inline int report_foreign(void *ctx, __u32 library)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 pid = pid_tgid >> 32;
-	struct foreign_tls_event *ev;
+	struct foreign_tls_event ev = {};
 	__u8 seen = 1;
 
-	if (!process_is_traced(pid_tgid) || bpf_map_lookup_elem(&foreign_reported, &pid))
+	ev.pid = pid_tgid >> 32;
+	if (!process_is_traced(pid_tgid) || bpf_map_lookup_elem(&foreign_reported, &ev.pid))
 		return 0;
-	bpf_map_update_elem(&foreign_reported, &pid, &seen, BPF_ANY);
-	ev = bpf_ringbuf_reserve(&foreign_tls, sizeof(*ev), 0);
-	if (!ev)
-		return 0;
-	ev->pid = pid;
-	ev->library = library;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	bpf_map_update_elem(&foreign_reported, &ev.pid, &seen, BPF_ANY);
+	ev.library = library;
+	bpf_get_current_comm(ev.comm, sizeof(ev.comm));
+	OUTPUT_RECORD(ctx, foreign_tls, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 
@@ -429,7 +421,7 @@ static __always_inline int report_foreign(__u32 library)
 SEC("uprobe")
 int gnutls_handshake_seen(struct pt_regs *ctx)
 {
-	return report_foreign(FOREIGN_GNUTLS);
+	return report_foreign(ctx, FOREIGN_GNUTLS);
 }
 
 /* PRFileDesc *SSL_ImportFD(PRFileDesc *model, PRFileDesc *fd): every NSS
@@ -437,7 +429,7 @@ int gnutls_handshake_seen(struct pt_regs *ctx)
 SEC("uprobe")
 int nss_import_fd_seen(struct pt_regs *ctx)
 {
-	return report_foreign(FOREIGN_NSS);
+	return report_foreign(ctx, FOREIGN_NSS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "kernel_compat.h"
 #include "packet_event.h"
 #include "socket_of_fd.h"
 #include "syscall_tracepoint.h"
@@ -25,10 +26,14 @@
 /* Largest sample perf can carry (its size field is 16 bits), less headers. */
 #define MAX_CAPTURE (65535 - 512)
 
-const volatile __u32 snap_len = MAX_CAPTURE;
-/* Where the IP header starts: after the Ethernet header, or at once on
- * layer-3 devices (tun, WireGuard, IP-in-IP). */
-const volatile __u32 network_offset = ETH_HLEN;
+struct packet_settings {
+	__u32 snap_len; /* at most MAX_CAPTURE */
+	/* Where the IP header starts: after the Ethernet header, or at once
+	 * on layer-3 devices (tun, WireGuard, IP-in-IP). */
+	__u32 network_offset;
+};
+
+DECLARE_SETTINGS(struct packet_settings, packet_settings);
 
 struct flow_owner {
 	__u32 pid;
@@ -73,10 +78,11 @@ struct {
 	__type(value, __u32);
 } egress_capture SEC(".maps");
 
-struct packet_meta _packet_meta_btf_anchor = {};
+BTF_ANCHOR(struct packet_settings, _packet_settings_btf_anchor);
+BTF_ANCHOR(struct packet_meta, _packet_meta_btf_anchor);
 /* Userspace fills flow_owners with connections that predate the capture. */
-struct flow_key _flow_key_btf_anchor = {};
-struct flow_owner _flow_owner_btf_anchor = {};
+BTF_ANCHOR(struct flow_key, _flow_key_btf_anchor);
+BTF_ANCHOR(struct flow_owner, _flow_owner_btf_anchor);
 
 /* The connection of the TCP socket behind fd, our end first; false if fd
  * is not one. */
@@ -244,6 +250,7 @@ static __always_inline bool packet_flow(struct __sk_buff *skb, struct flow_key *
 	/* Where the packet's source and destination addresses go in the key. */
 	__u8 *source_slot = received ? key->dst_addr : key->src_addr;
 	__u8 *destination_slot = received ? key->src_addr : key->dst_addr;
+	__u32 network_offset = SETTING(packet_settings, network_offset);
 	__u32 l4_offset;
 	__u16 ports[2];
 	__u8 protocol;
@@ -286,9 +293,13 @@ static __always_inline int capture(struct __sk_buff *skb, enum packet_direction 
 	struct flow_key key = {};
 	struct flow_owner *owner;
 	__u64 captured = skb->len;
+	__u64 snap_len = SETTING(packet_settings, snap_len);
 
 	if (captured > snap_len)
 		captured = snap_len;
+	/* Within perf's limit whatever the settings say. */
+	if (captured > MAX_CAPTURE)
+		captured = MAX_CAPTURE;
 	meta.timestamp_ns = bpf_ktime_get_ns();
 	meta.ifindex = skb->ifindex;
 	meta.len = skb->len;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{AsRawLibbpf, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{AsRawLibbpf, MapCore, PerfBuffer, PerfBufferBuilder, RingBuffer, RingBufferBuilder};
 use tracing::{debug, info, warn};
 
 use crate::cli::{Config, Mode};
@@ -24,7 +24,10 @@ use crate::modules::openssl::socket_bio::SocketBioLayout;
 use crate::modules::{HookTarget, Module};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, LinkLayer, OwnerLookup, PacketProbes, ProcOwners, RawPacketMeta};
-use crate::probe::{self, Flavor, LoadedProbes, Lost, ProbeSettings, RawForeignTls, RawMasterSecret, SharedWord};
+use crate::probe::readiness::Readiness;
+use crate::probe::{
+    self, Flavor, Generation, LoadedProbes, Lost, ProbeSettings, RawForeignTls, RawMasterSecret, SharedWord,
+};
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
@@ -171,11 +174,13 @@ impl<'s> Pipeline<'s> {
 
     /// A session's secrets: to the key log file and into the pcapng file.
     fn on_secrets(&mut self, record: &[u8]) {
-        let Ok(raw) = plain::from_bytes::<RawMasterSecret>(record) else {
+        // Perf samples are only 4-byte aligned: copy the record out.
+        let mut raw = RawMasterSecret::default();
+        if plain::copy_from_bytes(&mut raw, record).is_err() {
             warn!(len = record.len(), "dropping a malformed secrets record");
             return;
-        };
-        let secrets = SessionSecrets::from_raw(raw);
+        }
+        let secrets = SessionSecrets::from_raw(&raw);
         // Both ends of a connection share its client random and its secrets.
         if self.keyed_sessions.contains(&secrets.client_random) {
             return;
@@ -271,6 +276,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     let targets = module.discover(config)?;
     probe::ensure_tracefs()?;
     let flavor = Flavor::choose(config.btf)?;
+    let generation = Generation::choose();
     let keylog = match &config.keylog_file {
         Some(path) => Some(
             KeylogWriter::create(path).with_context(|| format!("cannot open the key log file {}", path.display()))?,
@@ -279,12 +285,12 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     };
     let (mut packet_probes, packets) = match config.mode {
         Mode::Pcap => {
-            let (probes, file) = start_packet_capture(config, flavor)?;
+            let (probes, file) = start_packet_capture(config, flavor, generation)?;
             (Some(probes), Some(file))
         }
         _ => (None, None),
     };
-    let mut tls = load_tls_objects(module, config, flavor, &targets)?;
+    let mut tls = load_tls_objects(module, config, flavor, generation, &targets)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -310,33 +316,71 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
             ])
         })
         .collect::<Result<_>>()?;
-    let mut builder = RingBufferBuilder::new();
-    for [events, key_events, reader_wakeups, foreign_tls] in &maps {
-        builder.add(foreign_tls, |record| {
-            report_foreign_tls(record);
-            0
-        })?;
-        builder.add(events, |record| {
-            guarded(&pipeline, |pipeline| pipeline.on_record(record));
-            0
-        })?;
-        builder.add(key_events, |record| {
-            guarded(&pipeline, |pipeline| pipeline.on_secrets(record));
-            0
-        })?;
-        // Only wakes the reader, which then consumes the other rings and
-        // attaches what was asked for.
-        builder.add(reader_wakeups, |_| 0)?;
-    }
-    let ring = builder.build()?;
-    drop(maps);
     let lost_packets = Cell::new(0u64);
-    let perf = match &packet_probes {
-        Some(probes) => Some(probes.perf_buffer(
+    let on_data = |record: &[u8]| guarded(&pipeline, |pipeline| pipeline.on_record(record));
+    let time_order = RefCell::new(TimeOrder::default());
+    let queue_data = |record: &[u8]| time_order.borrow_mut().push(record);
+    let on_secrets = |record: &[u8]| guarded(&pipeline, |pipeline| pipeline.on_secrets(record));
+    // A block, so that the builder's borrows of the callbacks end with it.
+    let (ring, mut perf_buffers) = {
+        let mut builder = RingBufferBuilder::new();
+        let mut rings = 0;
+        let mut perf_buffers = Vec::new();
+        for (probes, [events, key_events, reader_wakeups, foreign_tls]) in tls.objects.iter().zip(&maps) {
+            match probes.generation() {
+                Generation::Current => {
+                    builder.add(foreign_tls, |record| {
+                        report_foreign_tls(record);
+                        0
+                    })?;
+                    builder.add(events, |record| {
+                        on_data(record);
+                        0
+                    })?;
+                    builder.add(key_events, |record| {
+                        on_secrets(record);
+                        0
+                    })?;
+                    // Only wakes the reader, which then consumes the other rings
+                    // and attaches what was asked for.
+                    builder.add(reader_wakeups, |_| 0)?;
+                    rings += 4;
+                }
+                Generation::Legacy => {
+                    // The programs count what the perf buffers had no room for.
+                    let data_pages = perf_pages(config.ring_buffer_bytes);
+                    perf_buffers.push(perf_channel(foreign_tls, 1, report_foreign_tls)?);
+                    perf_buffers.push(perf_channel(events, data_pages, queue_data)?);
+                    perf_buffers.push(perf_channel(key_events, 16, on_secrets)?);
+                    perf_buffers.push(perf_channel(reader_wakeups, 1, |_| ())?);
+                }
+            }
+        }
+        let ring = if rings > 0 { Some(builder.build()?) } else { None };
+        (ring, perf_buffers)
+    };
+    drop(maps);
+    if let Some(probes) = &packet_probes {
+        perf_buffers.push(probes.perf_buffer(
             |_cpu, sample| guarded(&pipeline, |pipeline| pipeline.on_packet(sample)),
             |_cpu, count| lost_packets.set(lost_packets.get() + count),
-        )?),
-        None => None,
+        )?);
+    }
+    let sources: Vec<_> = ring
+        .iter()
+        .map(RingBuffer::epoll_fd)
+        .chain(perf_buffers.iter().map(PerfBuffer::epoll_fd))
+        .collect();
+    let readiness = Readiness::new(&sources)?;
+    let consume_all = || -> Result<()> {
+        if let Some(ring) = &ring {
+            ring.consume()?;
+        }
+        for perf in &perf_buffers {
+            perf.consume()?;
+        }
+        time_order.borrow_mut().drain(on_data);
+        Ok(())
     };
 
     let attached = tls.objects.iter().map(LoadedProbes::attached).sum::<usize>()
@@ -346,8 +390,12 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     } else {
         ", more if a session's BIO is not a socket"
     };
+    let programs = match generation {
+        Generation::Current => "",
+        Generation::Legacy => ", programs for kernels before 5.13",
+    };
     info!(
-        "ready: module {} in {:?} mode ({flavor:?} BPF), {attached} probes attached ({} syscall tracepoints{on_demand}) in {} ms; press Ctrl-C to stop",
+        "ready: module {} in {:?} mode ({flavor:?} BPF{programs}), {attached} probes attached ({} syscall tracepoints{on_demand}) in {} ms; press Ctrl-C to stop",
         module.name(),
         config.mode,
         tls.tracepoints,
@@ -355,11 +403,14 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     );
 
     let wakeup_bytes = wakeup_bytes(config);
-    let sleep_flags = tls
+    let sleep_flags: Vec<SharedWord> = tls
         .objects
         .iter()
         .map(LoadedProbes::reader_sleep_flag)
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     let mut lost_reported = Lost::default();
     let mut last_lost_check = Instant::now();
     while !stop.load(Ordering::Relaxed) && !pipeline.borrow().output_failures.reader_gone {
@@ -370,18 +421,13 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         // hence sends no wakeup) would stay full until the timeout. Below
         // that, the next records will wake it.
         sleep_flags.iter().for_each(|flag| flag.set(true));
-        let polled = match &perf {
-            Some(perf) => perf.poll(POLL_INTERVAL),
-            None if waiting_bytes(&ring) >= wakeup_bytes => Ok(()),
-            None => ring.poll(POLL_INTERVAL),
+        let polled = match &ring {
+            Some(ring) if waiting_bytes(ring) >= wakeup_bytes => Ok(()),
+            _ => readiness.wait(POLL_INTERVAL),
         };
         sleep_flags.iter().for_each(|flag| flag.set(false));
-        if let Err(err) = polled
-            && err.kind() != libbpf_rs::ErrorKind::Interrupted
-        {
-            return Err(err).context("reading events from the kernel");
-        }
-        ring.consume()?;
+        polled.context("reading events from the kernel")?;
+        consume_all().context("reading events from the kernel")?;
         pipeline.borrow_mut().flush(false);
         tls.attach_wanted_tracepoints();
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
@@ -404,12 +450,9 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
     for probes in &mut tls.objects {
         probes.detach();
     }
-    if let Some(perf) = &perf {
-        perf.consume()?;
-    }
-    ring.consume()?;
+    consume_all()?;
     let lost = total_lost(&tls.objects)?;
-    drop((ring, perf));
+    drop((readiness, ring, perf_buffers));
     if let Some(probes) = packet_probes.as_mut() {
         probes.detach();
     }
@@ -439,6 +482,63 @@ fn report_foreign_tls(record: &[u8]) {
         Comm::from_kernel(&event.comm),
         library.to_lowercase()
     );
+}
+
+/// The legacy programs' records, which come through one perf buffer per CPU,
+/// each drained whole in turn: a thread that moved between CPUs has its
+/// records split across them. Once every buffer is drained they go on in
+/// time order; a thread's record is never visible before its earlier ones,
+/// so each drain holds all that precede it.
+#[derive(Default)]
+struct TimeOrder {
+    bytes: Vec<u8>,
+    /// (time, start, length) of each record in `bytes`.
+    records: Vec<(u64, usize, usize)>,
+}
+
+impl TimeOrder {
+    fn push(&mut self, record: &[u8]) {
+        let mut header = probe::RawDataHeader::default();
+        // A malformed record goes on first, for the decoder to report.
+        let time = plain::copy_from_bytes(&mut header, record).map_or(0, |()| header.timestamp_ns);
+        self.records.push((time, self.bytes.len(), record.len()));
+        self.bytes.extend_from_slice(record);
+    }
+
+    fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+        // Stable: the records of one call share its time, in order.
+        self.records.sort_by_key(|(time, _, _)| *time);
+        for (_, start, len) in self.records.drain(..) {
+            each(&self.bytes[start..start + len]);
+        }
+        self.bytes.clear();
+    }
+}
+
+/// A perf buffer of `pages` per CPU whose samples go to `on_sample`.
+fn perf_channel<'cb>(
+    map: &libbpf_rs::Map<'_>,
+    pages: usize,
+    on_sample: impl Fn(&[u8]) + 'cb,
+) -> Result<PerfBuffer<'cb>> {
+    PerfBufferBuilder::new(map)
+        .pages(pages)
+        .sample_cb(move |_cpu, sample: &[u8]| on_sample(sample))
+        .build()
+        .with_context(|| format!("opening the perf buffer {}", map.name().to_string_lossy()))
+}
+
+/// Per-CPU pages for the legacy programs' data: as many bytes in all as the
+/// ring buffer would have (perf wants a power of two).
+fn perf_pages(ring_buffer_bytes: u32) -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let (cpus, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize,
+            libc::sysconf(libc::_SC_PAGESIZE).max(4096) as usize,
+        )
+    };
+    (ring_buffer_bytes as usize / cpus / page).max(8).next_power_of_two()
 }
 
 /// Bytes that must wait in the ring buffer before the reader is woken.
@@ -508,6 +608,7 @@ fn load_tls_objects(
     module: &dyn Module,
     config: &Config,
     flavor: Flavor,
+    generation: Generation,
     targets: &[HookTarget],
 ) -> Result<TlsObjects> {
     type Layouts = (Option<OpensslLayout>, Option<SocketBioLayout>);
@@ -526,6 +627,7 @@ fn load_tls_objects(
     };
     for ((key_layout, socket_bio), members) in &groups {
         let settings = ProbeSettings {
+            generation,
             key_layout: *key_layout,
             socket_bio: *socket_bio,
             target_pid: config.pid,
@@ -589,7 +691,11 @@ fn watch_foreign_tls(probes: &mut LoadedProbes, pid: Option<u32>) -> Result<()> 
 }
 
 /// Opens the pcapng output and starts capturing on the chosen interface.
-fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes, PacketFile<Box<dyn Write>>)> {
+fn start_packet_capture(
+    config: &Config,
+    flavor: Flavor,
+    generation: Generation,
+) -> Result<(PacketProbes, PacketFile<Box<dyn Write>>)> {
     let interface = match &config.interface {
         Some(name) => name.clone(),
         None => packets::default_route_interface()?,
@@ -608,7 +714,7 @@ fn start_packet_capture(config: &Config, flavor: Flavor) -> Result<(PacketProbes
             .with_context(|| format!("cannot create the pcapng file {}", config.pcap_file.display()))?;
         sink::file_writer(file)
     };
-    let mut probes = PacketProbes::load(flavor, packets::MAX_CAPTURE, link)?;
+    let mut probes = PacketProbes::load(flavor, generation, packets::MAX_CAPTURE, link)?;
     probes.add_owners(&procnet::connection_owners())?;
     let classic = filter.as_ref().map(kernel_filter::classic_instructions);
     let loopback = link == LinkLayer::Ethernet { loopback: true };

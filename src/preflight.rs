@@ -24,11 +24,6 @@ fn kernel_release() -> Result<String> {
         .to_string())
 }
 
-/// (major, minor) of the running kernel; (0, 0) when unreadable.
-pub fn kernel_version() -> (u32, u32) {
-    kernel_release().map_or((0, 0), |release| parse_kernel_version(&release))
-}
-
 fn parse_kernel_version(release: &str) -> (u32, u32) {
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())

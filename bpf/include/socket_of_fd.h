@@ -105,6 +105,14 @@ static __always_inline __u64 socket_of_fd(int fd)
 	return (__u64)BPF_CORE_READ(sock, sk);
 }
 
+/* Whether socket_of_fd tells sockets from other files. */
+#define KERNEL_NAMES_SOCKETS 1
+
+static __always_inline bool may_be_socket(int fd)
+{
+	return socket_of_fd(fd) != 0;
+}
+
 static __always_inline bool is_v4_mapped(const __u8 *addr)
 {
 	const __u32 *words = (const __u32 *)addr;
@@ -157,6 +165,13 @@ static __always_inline __u64 socket_of_fd(int fd)
 
 static __always_inline void read_conn_tuple(__u64 sk_addr, struct conn_tuple *tuple)
 {
+}
+
+#define KERNEL_NAMES_SOCKETS 0
+
+static __always_inline bool may_be_socket(int fd)
+{
+	return true;
 }
 
 #endif

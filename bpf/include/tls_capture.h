@@ -9,34 +9,44 @@
 #define ECAPTURE_TLS_CAPTURE_H
 
 #include <bpf/bpf_helpers.h>
+#include "kernel_compat.h"
 #include "tls_event.h"
 #include "socket_of_fd.h"
 #include "syscall_tracepoint.h"
 
-/* Set by userspace before load; the verifier prunes what they disable. */
-const volatile __u32 target_pid = 0;   /* tgid to keep, 0 = all */
-const volatile __u32 target_uid = 0;
-const volatile bool filter_by_uid = false;
-/* Wake the reader only once this many bytes are waiting; it also polls on a
- * short timeout, so small bursts are never stranded. */
-const volatile __u64 wakeup_bytes = 0;
-/* Where a socket BIO keeps its fd, from the library's own accessors
- * (SSL_get_rbio, BIO_method_type, BIO_get_retry_reason); 0 when unknown.
- * With them the return probe names the socket itself. Without them, or for
- * a session whose BIO is not a descriptor (curl's, node's), the syscall
- * tracepoints below do; those put every system call of every process on the
- * kernel's slow path, which cost the 64-byte ping-pong 8% of its speed. */
-const volatile __u32 ssl_rbio_offset = 0;
-/* 3.2+: only an SSL object whose type tag (at 0) is 0 is a TLS connection. */
-const volatile bool ssl_type_tagged = false;
-const volatile __u32 bio_method_offset = 0;
-const volatile __u32 bio_num_offset = 0;
+/* Set by userspace before the programs run (see kernel_compat.h). */
+struct capture_settings {
+	__u32 target_pid; /* tgid to keep, 0 = all */
+	__u32 target_uid;
+	/* Wake the reader only once this many bytes are waiting; it also polls
+	 * on a short timeout, so small bursts are never stranded. */
+	__u64 wakeup_bytes;
+	/* Where a socket BIO keeps its fd, from the library's own accessors
+	 * (SSL_get_rbio, BIO_method_type, BIO_get_retry_reason); 0 when
+	 * unknown. With them the return probe names the socket itself.
+	 * Without them, or for a session whose BIO is not a descriptor
+	 * (curl's, node's), the syscall tracepoints below do; those put every
+	 * system call of every process on the kernel's slow path, which cost
+	 * the 64-byte ping-pong 8% of its speed. */
+	__u32 ssl_rbio_offset;
+	__u32 bio_method_offset;
+	__u32 bio_num_offset;
+	__u8 filter_by_uid;
+	/* 3.2+: only an SSL object whose type tag (at 0) is 0 is a TLS
+	 * connection. */
+	__u8 ssl_type_tagged;
+	/* bpf_loop (Linux 5.17) lets one call send any number of records;
+	 * older kernels get an unrolled loop of UNROLLED_MAX_CHUNKS. */
+	__u8 have_bpf_loop;
+	__u8 _pad;
+};
+
+DECLARE_SETTINGS(struct capture_settings, capture_settings);
+BTF_ANCHOR(struct capture_settings, _capture_settings_btf_anchor);
+
 /* The socket, fd, connect, accept and datagram BIOs carry this type bit. */
 #define BIO_TYPE_DESCRIPTOR 0x0100
-/* bpf_loop (Linux 5.17) lets one call send any number of records; older
- * kernels get an unrolled loop of LEGACY_MAX_CHUNKS. */
-const volatile bool have_bpf_loop = true;
-#define LEGACY_MAX_CHUNKS 8
+#define UNROLLED_MAX_CHUNKS 8
 
 /* How the call reports the transferred length. */
 enum length_source {
@@ -100,10 +110,8 @@ struct {
 	__type(value, struct session_key);
 } socket_sessions SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 * 1024 * 1024); /* resized by userspace */
-} events SEC(".maps");
+EVENT_CHANNEL(events, 16 * 1024 * 1024); /* resized by userspace */
+RECORD_SLOT(events, struct data_event);
 
 /* Records, and their payload bytes, that the ring buffer could not take or
  * the kernel could not read; userspace sums the CPUs. */
@@ -119,16 +127,486 @@ struct {
 	__type(value, struct lost_counts);
 } lost_records SEC(".maps");
 
-/* Makes the event type visible in BTF, hence in the generated Rust types. */
-struct data_event _data_event_btf_anchor = {};
+BTF_ANCHOR(struct data_event, _data_event_btf_anchor);
 
 static __always_inline bool process_is_traced(__u64 pid_tgid)
 {
+	__u32 target_pid = SETTING(capture_settings, target_pid);
+
 	if (target_pid && (__u32)(pid_tgid >> 32) != target_pid)
 		return false;
-	if (filter_by_uid && (__u32)bpf_get_current_uid_gid() != target_uid)
+	if (SETTING(capture_settings, filter_by_uid) &&
+	    (__u32)bpf_get_current_uid_gid() != SETTING(capture_settings, target_uid))
 		return false;
 	return true;
+}
+
+/* Atomic adds: on a preemptible kernel another task may run the same
+ * program on this CPU in the middle of this one. */
+static __always_inline void count_lost(__u64 records, __u64 bytes)
+{
+	__u32 zero = 0;
+	struct lost_counts *lost = bpf_map_lookup_elem(&lost_records, &zero);
+
+	if (lost) {
+		__sync_fetch_and_add(&lost->records, records);
+		__sync_fetch_and_add(&lost->bytes, bytes);
+	}
+}
+
+/* A call's records: their common header, and where the bytes are. On the
+ * program's stack, never in a per-CPU buffer: uprobe programs run with
+ * migration disabled but preemption enabled (Linux 6.x), so another task can
+ * run the same program on this CPU between two of our instructions. */
+struct chunk_loop {
+	struct data_event_header header;
+	__u64 buf;
+	__u64 total;
+};
+
+/* How many records a call of `total` bytes takes, counting what cannot be
+ * sent (past `sendable` records) as lost. */
+static __always_inline __u64 sendable_chunks(__u64 total, __u64 sendable)
+{
+	__u64 chunks = (total + DATA_CHUNK_MAX - 1) / DATA_CHUNK_MAX;
+
+	if (chunks > sendable) {
+		count_lost(chunks - sendable, total - sendable * DATA_CHUNK_MAX);
+		chunks = sendable;
+	}
+	return chunks;
+}
+
+/* How many bytes record `index` of a call carries, from `*offset` on; 0
+ * past the call's end. */
+static __always_inline __u64 chunk_bytes(const struct chunk_loop *loop, __u32 index, __u64 *offset)
+{
+	__u64 n;
+
+	*offset = (__u64)index * DATA_CHUNK_MAX;
+	if (*offset >= loop->total)
+		return 0;
+	n = loop->total - *offset;
+	return n > DATA_CHUNK_MAX ? DATA_CHUNK_MAX : n;
+}
+
+static __always_inline void fill_header(struct data_event *rec, const struct chunk_loop *loop, __u64 offset,
+					__u64 n)
+{
+	rec->header = loop->header;
+	rec->header.chunk_offset = offset;
+	rec->header.data_len = n;
+}
+
+#ifdef ECAPTURE_LEGACY_KERNEL
+
+/* Sends record `index` of a call through the per-CPU slot; returns 1 when
+ * done. */
+static __always_inline long emit_chunk(void *ctx, __u32 index, struct chunk_loop *loop)
+{
+	struct data_event *rec;
+	__u64 offset, n = chunk_bytes(loop, index, &offset);
+
+	/* Keep the bound in the verifier's view after clang's rewrites. */
+	asm volatile("" : "+r"(n));
+	if (!n || n > DATA_CHUNK_MAX)
+		return 1;
+	rec = RESERVE_RECORD(events, 0);
+	if (!rec) {
+		count_lost(1, n);
+		return 0;
+	}
+	fill_header(rec, loop, offset, n);
+	if (bpf_probe_read_user(rec->data, n, (void *)(loop->buf + offset)) ||
+	    SUBMIT_RECORD(ctx, events, rec, offsetof(struct data_event, data) + n, 0))
+		count_lost(1, n);
+	return 0;
+}
+
+/* Kernels before 5.3 take no loops, and before 5.13 no callbacks: a call's
+ * records go out CHUNKS_PER_PROGRAM to a program, unrolled, and the program
+ * tail-calls emit_more_chunks for the next ones, up to the kernel's limit of
+ * 32 tail calls in a row. */
+#define CHUNKS_PER_PROGRAM 16
+#define LEGACY_MAX_CHUNKS (CHUNKS_PER_PROGRAM * 33)
+
+struct pending_chunks {
+	struct chunk_loop loop;
+	__u32 chunks;
+	__u32 next;
+};
+
+/* Carries a call's records from program to program: one slot per CPU, which
+ * the chain of tail calls holds from start to end. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending_chunks);
+} pending_chunks SEC(".maps");
+
+/* Userspace puts emit_more_chunks here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} chunk_continuation SEC(".maps");
+
+static __always_inline void emit_batch(void *ctx, struct pending_chunks *pending)
+{
+	__u32 first = pending->next;
+
+#pragma unroll
+	for (__u32 i = 0; i < CHUNKS_PER_PROGRAM; i++) {
+		if (first + i >= pending->chunks || emit_chunk(ctx, first + i, &pending->loop))
+			return;
+	}
+	pending->next = first + CHUNKS_PER_PROGRAM;
+	if (pending->next >= pending->chunks)
+		return;
+	bpf_tail_call(ctx, &chunk_continuation, 0);
+	/* Only reached when the tail call failed. */
+	count_lost(pending->chunks - pending->next,
+		   pending->loop.total - (__u64)pending->next * DATA_CHUNK_MAX);
+}
+
+/* May end in a tail call: nothing may follow it in the calling program. */
+static __always_inline void emit_chunks(void *ctx, struct chunk_loop *loop)
+{
+	struct pending_chunks *pending = record_slot(&pending_chunks);
+
+	if (!pending) {
+		count_lost((loop->total + DATA_CHUNK_MAX - 1) / DATA_CHUNK_MAX, loop->total);
+		return;
+	}
+	pending->loop = *loop;
+	pending->chunks = sendable_chunks(loop->total, LEGACY_MAX_CHUNKS);
+	pending->next = 0;
+	emit_batch(ctx, pending);
+}
+
+SEC("uprobe")
+int emit_more_chunks(struct pt_regs *ctx)
+{
+	struct pending_chunks *pending = record_slot(&pending_chunks);
+
+	if (pending)
+		emit_batch(ctx, pending);
+	return 0;
+}
+
+#else /* current kernels */
+
+/* Non-zero while the reader sleeps in poll(); userspace writes it. */
+SHARED_WORD(reader_asleep);
+
+/* Wakes the reader once per sleep, when wakeup_bytes are waiting. Its poll
+ * reports data for as long as any is waiting, so a reader that is awake needs
+ * no wakeup; one per record past the threshold (whenever the reader lagged)
+ * cost an interrupt each, a VM exit under a hypervisor: 7% of a traced CPU.
+ * Returns the flag for the record's commit. Once a record carrying the
+ * wakeup is in the ring, reader_woken() clears the reader's flag; cleared
+ * earlier, a full ring (which takes no record) would leave the reader asleep
+ * through a flood until its timeout. */
+static __always_inline __u64 ringbuf_wakeup_flag(__u32 **asleep, __u64 record_bytes)
+{
+	__u32 zero = 0;
+
+	*asleep = bpf_map_lookup_elem(&reader_asleep, &zero);
+	if (!*asleep || !**asleep)
+		return BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + record_bytes < SETTING(capture_settings, wakeup_bytes))
+		return BPF_RB_NO_WAKEUP;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
+static __always_inline void reader_woken(__u32 *asleep, __u64 wakeup)
+{
+	if (asleep && wakeup == BPF_RB_FORCE_WAKEUP)
+		*asleep = 0;
+}
+
+/* Reserves a record for `n` payload bytes (n <= size, a constant), and reads
+ * them straight into it: one copy, into memory no other task shares. */
+static __always_inline long emit_in_class(struct chunk_loop *loop, __u64 offset, __u64 n, const __u64 size)
+{
+	const __u64 record_bytes = offsetof(struct data_event, data) + size;
+	struct data_event *rec;
+	__u32 *asleep;
+	__u64 wakeup;
+
+	/* Keep the bound in the verifier's view after clang's rewrites. */
+	asm volatile("" : "+r"(n));
+	if (n > size)
+		return 1;
+	rec = bpf_ringbuf_reserve(&events, record_bytes, 0);
+	if (!rec) {
+		count_lost(1, n);
+		return 0;
+	}
+	fill_header(rec, loop, offset, n);
+	/* Bytes that cannot be read are lost, not sent as zeros. */
+	if (bpf_probe_read_user(rec->data, n, (void *)(loop->buf + offset))) {
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		count_lost(1, n);
+		return 0;
+	}
+	wakeup = ringbuf_wakeup_flag(&asleep, record_bytes);
+	bpf_ringbuf_submit(rec, wakeup);
+	reader_woken(asleep, wakeup);
+	return 0;
+}
+
+/* Sends record `index` of a call; returns 1 when done. A separate function
+ * so that bpf_loop verifies it once, whatever the count. Payload classes
+ * double from 64 bytes, so a record takes at most twice its bytes. */
+static long emit_chunk_by_index(__u32 index, void *data)
+{
+	struct chunk_loop *loop = data;
+	__u64 offset, n = chunk_bytes(loop, index, &offset);
+
+	if (!n)
+		return 1;
+	if (n <= 64)
+		return emit_in_class(loop, offset, n, 64);
+	if (n <= 128)
+		return emit_in_class(loop, offset, n, 128);
+	if (n <= 256)
+		return emit_in_class(loop, offset, n, 256);
+	if (n <= 512)
+		return emit_in_class(loop, offset, n, 512);
+	if (n <= 1024)
+		return emit_in_class(loop, offset, n, 1024);
+	if (n <= 2048)
+		return emit_in_class(loop, offset, n, 2048);
+	if (n <= 4096)
+		return emit_in_class(loop, offset, n, 4096);
+	if (n <= 8192)
+		return emit_in_class(loop, offset, n, 8192);
+	return emit_in_class(loop, offset, n, DATA_CHUNK_MAX);
+}
+
+static __always_inline void emit_chunks(void *ctx, struct chunk_loop *loop)
+{
+	bool have_bpf_loop = SETTING(capture_settings, have_bpf_loop);
+	__u64 chunks = sendable_chunks(loop->total, have_bpf_loop ? MAX_CHUNKS_PER_CALL : UNROLLED_MAX_CHUNKS);
+
+	if (chunks == 1) {
+		emit_chunk_by_index(0, loop);
+		return;
+	}
+	if (have_bpf_loop) {
+		bpf_loop(chunks, emit_chunk_by_index, loop, 0);
+		return;
+	}
+	for (__u32 i = 0; i < UNROLLED_MAX_CHUNKS; i++) {
+		if (emit_chunk_by_index(i, loop))
+			return;
+	}
+}
+
+#endif
+
+/* Set once a session's socket cannot be read from its BIO; userspace then
+ * attaches the syscall tracepoints. */
+SHARED_WORD(syscall_sockets_wanted);
+
+/* Wakes the reader at once, for what cannot wait for a batch: a request for
+ * the syscall tracepoints (the session's first read or write may follow its
+ * handshake within milliseconds), or a socket only procfs can name, which
+ * it must do before the connection closes. */
+EVENT_CHANNEL(reader_wakeups, 4096);
+
+static __always_inline void wake_reader(void *ctx)
+{
+	__u32 zero = 0;
+
+	OUTPUT_RECORD(ctx, reader_wakeups, &zero, sizeof(zero), BPF_RB_FORCE_WAKEUP);
+}
+
+static __always_inline void want_syscall_sockets(void *ctx)
+{
+	__u32 zero = 0, *wanted = bpf_map_lookup_elem(&syscall_sockets_wanted, &zero);
+
+	if (!wanted || *wanted)
+		return;
+	*wanted = 1;
+	wake_reader(ctx);
+}
+
+/* The session's read BIO (its write BIO is the same socket, but for a
+ * buffering BIO pushed in front during handshakes), or 0. */
+static __always_inline __u64 read_bio_of(__u64 ssl)
+{
+	__u64 bio = 0;
+
+	if (bpf_probe_read_user(&bio, sizeof(bio), (void *)(ssl + SETTING(capture_settings, ssl_rbio_offset))))
+		return 0;
+	return bio;
+}
+
+/* From 3.2 an SSL object may be a QUIC one, whose fields differ. */
+static __always_inline bool is_tls_connection(__u64 ssl)
+{
+	__u32 tag = 0;
+
+	return !SETTING(capture_settings, ssl_type_tagged) || (!bpf_probe_read_user(&tag, sizeof(tag), (void *)ssl) && !tag);
+}
+
+/* The fd of `bio` if it is a descriptor BIO (socket, fd, connect,
+ * accept, datagram), else -1. */
+static __always_inline int descriptor_bio_fd(__u64 bio)
+{
+	__u64 method = 0;
+	int type = 0, fd = -1;
+
+	if (bpf_probe_read_user(&method, sizeof(method), (void *)(bio + SETTING(capture_settings, bio_method_offset))) ||
+	    !method)
+		return -1;
+	if (bpf_probe_read_user(&type, sizeof(type), (void *)method) || !(type & BIO_TYPE_DESCRIPTOR))
+		return -1;
+	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(bio + SETTING(capture_settings, bio_num_offset))))
+		return -1;
+	return fd;
+}
+
+/* Records that the session uses socket `fd`, read from `bio` (0: seen in a
+ * syscall), unless `known` says so already, and returns the entry. The
+ * socket is compared too: a freed session object and its fd number are
+ * both reused for the next connection. */
+static __always_inline struct session_socket *remember_socket(struct session_key *key, long fd, __u64 bio,
+							      struct session_socket *known)
+{
+	struct session_socket fresh = {};
+
+	fresh.fd = fd;
+	fresh.sk = socket_of_fd(fd);
+	fresh.bio = bio;
+	/* A program may write to a pipe or an eventfd (node's event loop does)
+	 * in the middle of a call: only a socket names the session. */
+	if (!bio && !fresh.sk && KERNEL_NAMES_SOCKETS)
+		return known;
+	if (known && known->fd == fresh.fd && known->sk == fresh.sk && known->bio == bio)
+		return known;
+	if (fresh.sk)
+		read_conn_tuple(fresh.sk, &fresh.conn);
+	bpf_map_update_elem(&session_sockets, key, &fresh, BPF_ANY);
+	if (fresh.sk && bio)
+		bpf_map_update_elem(&socket_sessions, &fresh.sk, key, BPF_ANY);
+	return bpf_map_lookup_elem(&session_sockets, key);
+}
+
+/* The session's socket. Read from its BIO when that is a descriptor: one
+ * load while the BIO is the one the socket was learned from, as
+ * forget_closed_socket drops the entry when the connection ends. Else as
+ * the syscall tracepoints last saw it, asking for them if need be. */
+static __always_inline struct session_socket *session_socket(void *ctx, struct session_key *key)
+{
+	struct session_socket *known = bpf_map_lookup_elem(&session_sockets, key);
+	__u64 bio;
+	int fd = -1;
+
+	if (!SETTING(capture_settings, ssl_rbio_offset))
+		return known;
+	bio = read_bio_of(key->conn_id);
+	if (bio && known && known->sk && known->bio == bio)
+		return known;
+	if (bio && is_tls_connection(key->conn_id))
+		fd = descriptor_bio_fd(bio);
+	if (fd >= 0)
+		return remember_socket(key, fd, bio, known);
+	if (!known)
+		want_syscall_sockets(ctx);
+	return known;
+}
+
+/*
+ * A memory BIO (node's TLS sockets, Python's asyncio) makes no socket call
+ * inside the library: the program reads the ciphertext from the socket, hands
+ * it to the library and calls it, all on one thread. So in processes whose
+ * sessions no call has named, each thread's last socket read is noted, and
+ * names the session of the read or handshake call that follows.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tgid */
+	__type(value, __u8);
+} memory_bio_processes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);   /* pid_tgid */
+	__type(value, __s32); /* the socket it read last */
+} thread_socket_reads SEC(".maps");
+
+static __always_inline void mark_memory_bio_process(__u32 tgid)
+{
+	__u8 yes = 1;
+
+	if (!bpf_map_lookup_elem(&memory_bio_processes, &tgid))
+		bpf_map_update_elem(&memory_bio_processes, &tgid, &yes, BPF_ANY);
+}
+
+/* From the syscall tracepoints, outside any hooked call. */
+static __always_inline void note_socket_read(__u64 pid_tgid, int fd)
+{
+	__u32 tgid = pid_tgid >> 32;
+	__s32 socket_fd = fd;
+
+	if (!bpf_map_lookup_elem(&memory_bio_processes, &tgid) || !may_be_socket(fd))
+		return;
+	bpf_map_update_elem(&thread_socket_reads, &pid_tgid, &socket_fd, BPF_ANY);
+}
+
+/* At a read or handshake call: the session's ciphertext came from the socket
+ * this thread read last. Taken once, so that a call the program makes
+ * without reading first cannot name its session after another socket. */
+static __always_inline void name_from_socket_read(__u64 pid_tgid, __u64 conn_id)
+{
+	__s32 *noted = bpf_map_lookup_elem(&thread_socket_reads, &pid_tgid);
+	struct session_socket *known;
+	struct session_key key = {};
+	__s32 fd;
+
+	if (!noted)
+		return;
+	fd = *noted;
+	bpf_map_delete_elem(&thread_socket_reads, &pid_tgid);
+	key.tgid = pid_tgid >> 32;
+	key.conn_id = conn_id;
+	known = bpf_map_lookup_elem(&session_sockets, &key);
+	/* A session named from its BIO keeps that name. */
+	if (!known || !known->bio)
+		remember_socket(&key, fd, 0, known);
+}
+
+/* Whether the session's BIO is not a descriptor. Such a session asks for
+ * the syscall tracepoints, before its data if it can: at its handshake. */
+static __always_inline bool check_memory_bio(void *ctx, __u64 pid_tgid, __u64 ssl)
+{
+	__u64 bio;
+
+	if (!SETTING(capture_settings, ssl_rbio_offset))
+		return false;
+	bio = read_bio_of(ssl);
+	if (!bio || !is_tls_connection(ssl) || descriptor_bio_fd(bio) >= 0)
+		return false;
+	mark_memory_bio_process(pid_tgid >> 32);
+	want_syscall_sockets(ctx);
+	return true;
+}
+
+/* On SSL_do_handshake, in text mode. */
+static __always_inline int check_socket_bio(void *ctx, __u64 ssl)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if (process_is_traced(pid_tgid) && check_memory_bio(ctx, pid_tgid, ssl))
+		name_from_socket_read(pid_tgid, ssl);
+	return 0;
 }
 
 static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_ptr,
@@ -149,6 +627,8 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 	}
 	if (direction == DIRECTION_EGRESS)
 		call.entered_ns = bpf_ktime_get_ns();
+	else
+		name_from_socket_read(pid_tgid, conn_id);
 	call.conn_id = conn_id;
 	call.buf = buf;
 	call.len_ptr = len_ptr;
@@ -163,283 +643,6 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 	return 0;
 }
 
-/* Atomic adds: on a preemptible kernel another task may run the same
- * program on this CPU in the middle of this one. */
-static __always_inline void count_lost(__u64 records, __u64 bytes)
-{
-	__u32 zero = 0;
-	struct lost_counts *lost = bpf_map_lookup_elem(&lost_records, &zero);
-
-	if (lost) {
-		__sync_fetch_and_add(&lost->records, records);
-		__sync_fetch_and_add(&lost->bytes, bytes);
-	}
-}
-
-/* One word shared with userspace, which maps it (BPF_F_MMAPABLE: Linux 5.5,
- * older than the ring buffer itself). */
-#define SHARED_WORD(name)                                 \
-	struct {                                          \
-		__uint(type, BPF_MAP_TYPE_ARRAY);         \
-		__uint(max_entries, 1);                   \
-		__uint(map_flags, BPF_F_MMAPABLE);        \
-		__type(key, __u32);                       \
-		__type(value, __u32);                     \
-	} name SEC(".maps")
-
-/* Non-zero while the reader sleeps in poll(); userspace writes it. */
-SHARED_WORD(reader_asleep);
-
-/* Wakes the reader once per sleep, when wakeup_bytes are waiting. Its poll
- * reports data for as long as any is waiting, so a reader that is awake needs
- * no wakeup; one per record past the threshold (whenever the reader lagged)
- * cost an interrupt each, a VM exit under a hypervisor: 7% of a traced CPU.
- * Returns the flag for the record's commit. Once a record carrying the
- * wakeup is in the ring, reader_woken() clears the reader's flag; cleared
- * earlier, a full ring (which takes no record) would leave the reader asleep
- * through a flood until its timeout. */
-static __always_inline __u64 ringbuf_wakeup_flag(__u32 **asleep, __u64 record_bytes)
-{
-	__u32 zero = 0;
-
-	*asleep = bpf_map_lookup_elem(&reader_asleep, &zero);
-	if (!*asleep || !**asleep)
-		return BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + record_bytes < wakeup_bytes)
-		return BPF_RB_NO_WAKEUP;
-	return BPF_RB_FORCE_WAKEUP;
-}
-
-static __always_inline void reader_woken(__u32 *asleep, __u64 wakeup)
-{
-	if (asleep && wakeup == BPF_RB_FORCE_WAKEUP)
-		*asleep = 0;
-}
-
-/* A call's records: their common header, and where the bytes are. On the
- * program's stack, never in a per-CPU buffer: uprobe programs run with
- * migration disabled but preemption enabled (Linux 6.x), so another task can
- * run the same program on this CPU between two of our instructions. */
-struct chunk_loop {
-	struct data_event_header header;
-	__u64 buf;
-	__u64 total;
-};
-
-/* Reserves a record for `n` payload bytes (n <= size, a constant), and reads
- * them straight into it: one copy, into memory no other task shares. */
-static __always_inline long emit_in_class(struct chunk_loop *loop, __u64 offset, __u64 n, const __u64 size)
-{
-	const __u64 record_bytes = offsetof(struct data_event, data) + size;
-	struct data_event *rec;
-	__u32 *asleep;
-	__u64 wakeup;
-
-	/* Keep the bound in the verifier's view after clang's rewrites. */
-	asm volatile("" : "+r"(n));
-	if (n > size)
-		return 1;
-	rec = bpf_ringbuf_reserve(&events, record_bytes, 0);
-	if (!rec) {
-		count_lost(1, n);
-		return 0;
-	}
-	rec->header = loop->header;
-	rec->header.chunk_offset = offset;
-	rec->header.data_len = n;
-	/* Bytes that cannot be read are lost, not sent as zeros. */
-	if (bpf_probe_read_user(rec->data, n, (void *)(loop->buf + offset))) {
-		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-		count_lost(1, n);
-		return 0;
-	}
-	wakeup = ringbuf_wakeup_flag(&asleep, record_bytes);
-	bpf_ringbuf_submit(rec, wakeup);
-	reader_woken(asleep, wakeup);
-	return 0;
-}
-
-/* Sends record `index` of a call; returns 1 when done. A separate function
- * so that bpf_loop verifies it once, whatever the count. Payload classes
- * double from 64 bytes, so a record takes at most twice its bytes. */
-static long emit_chunk(__u32 index, void *data)
-{
-	struct chunk_loop *loop = data;
-	__u64 offset = (__u64)index * DATA_CHUNK_MAX;
-	__u64 n;
-
-	if (offset >= loop->total)
-		return 1;
-	n = loop->total - offset;
-	if (n > DATA_CHUNK_MAX)
-		n = DATA_CHUNK_MAX;
-	if (n <= 64)
-		return emit_in_class(loop, offset, n, 64);
-	if (n <= 128)
-		return emit_in_class(loop, offset, n, 128);
-	if (n <= 256)
-		return emit_in_class(loop, offset, n, 256);
-	if (n <= 512)
-		return emit_in_class(loop, offset, n, 512);
-	if (n <= 1024)
-		return emit_in_class(loop, offset, n, 1024);
-	if (n <= 2048)
-		return emit_in_class(loop, offset, n, 2048);
-	if (n <= 4096)
-		return emit_in_class(loop, offset, n, 4096);
-	if (n <= 8192)
-		return emit_in_class(loop, offset, n, 8192);
-	return emit_in_class(loop, offset, n, DATA_CHUNK_MAX);
-}
-
-static __always_inline void emit_chunks(struct chunk_loop *loop)
-{
-	__u64 chunks = (loop->total + DATA_CHUNK_MAX - 1) / DATA_CHUNK_MAX;
-	__u64 sendable = have_bpf_loop ? MAX_CHUNKS_PER_CALL : LEGACY_MAX_CHUNKS;
-
-	if (chunks > sendable) {
-		/* Every record, and every byte, that will not be sent is counted. */
-		count_lost(chunks - sendable, loop->total - sendable * DATA_CHUNK_MAX);
-		chunks = sendable;
-	}
-	if (chunks == 1) {
-		emit_chunk(0, loop);
-		return;
-	}
-	if (have_bpf_loop) {
-		bpf_loop(chunks, emit_chunk, loop, 0);
-		return;
-	}
-	for (__u32 i = 0; i < LEGACY_MAX_CHUNKS; i++) {
-		if (emit_chunk(i, loop))
-			return;
-	}
-}
-
-/* Set once a session's socket cannot be read from its BIO; userspace then
- * attaches the syscall tracepoints. */
-SHARED_WORD(syscall_sockets_wanted);
-
-/* Wakes the reader at once, for what cannot wait for a batch: a request for
- * the syscall tracepoints (the session's first read or write may follow its
- * handshake within milliseconds), or a socket only procfs can name, which
- * it must do before the connection closes. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096);
-} reader_wakeups SEC(".maps");
-
-static __always_inline void wake_reader(void)
-{
-	__u32 zero = 0;
-
-	bpf_ringbuf_output(&reader_wakeups, &zero, sizeof(zero), BPF_RB_FORCE_WAKEUP);
-}
-
-static __always_inline void want_syscall_sockets(void)
-{
-	__u32 zero = 0, *wanted = bpf_map_lookup_elem(&syscall_sockets_wanted, &zero);
-
-	if (!wanted || *wanted)
-		return;
-	*wanted = 1;
-	wake_reader();
-}
-
-/* The session's read BIO (its write BIO is the same socket, but for a
- * buffering BIO pushed in front during handshakes), or 0. */
-static __always_inline __u64 read_bio_of(__u64 ssl)
-{
-	__u64 bio = 0;
-
-	if (bpf_probe_read_user(&bio, sizeof(bio), (void *)(ssl + ssl_rbio_offset)))
-		return 0;
-	return bio;
-}
-
-/* From 3.2 an SSL object may be a QUIC one, whose fields differ. */
-static __always_inline bool is_tls_connection(__u64 ssl)
-{
-	__u32 tag = 0;
-
-	return !ssl_type_tagged || (!bpf_probe_read_user(&tag, sizeof(tag), (void *)ssl) && !tag);
-}
-
-/* The fd of `bio` if it is a descriptor BIO (socket, fd, connect,
- * accept, datagram), else -1. */
-static __always_inline int descriptor_bio_fd(__u64 bio)
-{
-	__u64 method = 0;
-	int type = 0, fd = -1;
-
-	if (bpf_probe_read_user(&method, sizeof(method), (void *)(bio + bio_method_offset)) || !method)
-		return -1;
-	if (bpf_probe_read_user(&type, sizeof(type), (void *)method) || !(type & BIO_TYPE_DESCRIPTOR))
-		return -1;
-	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(bio + bio_num_offset)))
-		return -1;
-	return fd;
-}
-
-/* Records that the session uses socket `fd`, read from `bio` (0: seen in a
- * syscall), unless `known` says so already, and returns the entry. The
- * socket is compared too: a freed session object and its fd number are
- * both reused for the next connection. */
-static __always_inline struct session_socket *remember_socket(struct session_key *key, long fd, __u64 bio,
-							      struct session_socket *known)
-{
-	struct session_socket fresh = {};
-
-	fresh.fd = fd;
-	fresh.sk = socket_of_fd(fd);
-	fresh.bio = bio;
-	if (known && known->fd == fresh.fd && known->sk == fresh.sk && known->bio == bio)
-		return known;
-	if (fresh.sk)
-		read_conn_tuple(fresh.sk, &fresh.conn);
-	bpf_map_update_elem(&session_sockets, key, &fresh, BPF_ANY);
-	if (fresh.sk && bio)
-		bpf_map_update_elem(&socket_sessions, &fresh.sk, key, BPF_ANY);
-	return bpf_map_lookup_elem(&session_sockets, key);
-}
-
-/* The session's socket. Read from its BIO when that is a descriptor: one
- * load while the BIO is the one the socket was learned from, as
- * forget_closed_socket drops the entry when the connection ends. Else as
- * the syscall tracepoints last saw it, asking for them if need be. */
-static __always_inline struct session_socket *session_socket(struct session_key *key)
-{
-	struct session_socket *known = bpf_map_lookup_elem(&session_sockets, key);
-	__u64 bio;
-	int fd = -1;
-
-	if (!ssl_rbio_offset)
-		return known;
-	bio = read_bio_of(key->conn_id);
-	if (bio && known && known->sk && known->bio == bio)
-		return known;
-	if (bio && is_tls_connection(key->conn_id))
-		fd = descriptor_bio_fd(bio);
-	if (fd >= 0)
-		return remember_socket(key, fd, bio, known);
-	if (!known)
-		want_syscall_sockets();
-	return known;
-}
-
-/* At a handshake, before any data: a session whose BIO is not a descriptor
- * asks for the syscall tracepoints while there is time to attach them. */
-static __always_inline int check_socket_bio(__u64 ssl)
-{
-	__u64 bio;
-
-	if (!ssl_rbio_offset || !process_is_traced(bpf_get_current_pid_tgid()))
-		return 0;
-	bio = read_bio_of(ssl);
-	if (bio && is_tls_connection(ssl) && descriptor_bio_fd(bio) < 0)
-		want_syscall_sockets();
-	return 0;
-}
 
 #define ECAP_TCP_ESTABLISHED 1
 #define ECAP_TCP_CLOSE 7
@@ -472,7 +675,7 @@ int forget_closed_socket(struct inet_sock_state_ctx *ctx)
 	return 0;
 }
 
-static __always_inline int tls_call_exit(int ret)
+static __always_inline int tls_call_exit(void *ctx, int ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct session_key key = {};
@@ -481,6 +684,7 @@ static __always_inline int tls_call_exit(int ret)
 	struct chunk_loop loop = {};
 	struct data_event_header *ev = &loop.header;
 	__u64 total = 0;
+	bool wake;
 
 	active = bpf_map_lookup_elem(&active_calls, &pid_tgid);
 	if (!active || !active->depth)
@@ -491,6 +695,13 @@ static __always_inline int tls_call_exit(int ret)
 	}
 	call = *active;
 	active->depth = 0;
+	key.tgid = pid_tgid >> 32;
+	key.conn_id = call.conn_id;
+	/* A call that moved nothing may be a handshake's progress (node and
+	 * Python's asyncio run theirs through SSL_read): a memory BIO asks for
+	 * the tracepoints then, ahead of the session's first data. */
+	if (ret <= 0 && !bpf_map_lookup_elem(&session_sockets, &key))
+		check_memory_bio(ctx, pid_tgid, call.conn_id);
 
 	if (call.length_source == LENGTH_FROM_POINTER) {
 		/* The _ex functions return 1, the internal ones they call > 0. */
@@ -521,27 +732,37 @@ static __always_inline int tls_call_exit(int ret)
 	ev->source = SOURCE_OPENSSL;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
-	key.tgid = ev->pid;
-	key.conn_id = call.conn_id;
-	sock = session_socket(&key);
+	sock = session_socket(ctx, &key);
 	if (sock) {
 		ev->fd = sock->fd;
 		ev->conn = sock->conn;
 	} else {
 		ev->fd = -1;
+		mark_memory_bio_process(ev->pid);
 	}
 	loop.buf = call.buf;
 	loop.total = total;
-	emit_chunks(&loop);
-	if (sock && !sock->sk && !sock->woke_reader) {
+	/* A socket only procfs can name wakes the reader, which must name it
+	 * while it is open: after its record is out, or (legacy) before, as
+	 * sending the records may end in a tail call, and each one wakes the
+	 * reader there anyway. */
+	wake = sock && !sock->sk && !sock->woke_reader;
+	if (wake)
 		sock->woke_reader = 1;
-		wake_reader();
-	}
+#ifdef ECAPTURE_LEGACY_KERNEL
+	if (wake)
+		wake_reader(ctx);
+	emit_chunks(ctx, &loop);
+#else
+	emit_chunks(ctx, &loop);
+	if (wake)
+		wake_reader(ctx);
+#endif
 	return 0;
 }
 
 /* Called from the syscall tracepoints below with the fd of a read or write. */
-static __always_inline int note_socket_fd(long fd)
+static __always_inline int note_socket_fd(long fd, bool is_read)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct session_socket *known;
@@ -549,7 +770,12 @@ static __always_inline int note_socket_fd(long fd)
 	struct tls_call *call;
 
 	call = bpf_map_lookup_elem(&active_calls, &pid_tgid);
-	if (!call || !call->depth || call->fd == fd)
+	if (!call || !call->depth) {
+		if (is_read)
+			note_socket_read(pid_tgid, fd);
+		return 0;
+	}
+	if (call->fd == fd)
 		return 0;
 	call->fd = fd;
 
@@ -562,20 +788,20 @@ static __always_inline int note_socket_fd(long fd)
 	return 0;
 }
 
-#define NOTE_FD_OF_SYSCALL(name)                                             \
+#define NOTE_FD_OF_SYSCALL(name, is_read)                                    \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                          \
 	int sys_enter_##name(struct syscall_enter_ctx *ctx)                  \
 	{                                                                    \
-		return note_socket_fd((long)ctx->args[0]);                   \
+		return note_socket_fd((long)ctx->args[0], is_read);          \
 	}
 
-NOTE_FD_OF_SYSCALL(read)
-NOTE_FD_OF_SYSCALL(write)
-NOTE_FD_OF_SYSCALL(readv)
-NOTE_FD_OF_SYSCALL(writev)
-NOTE_FD_OF_SYSCALL(recvfrom)
-NOTE_FD_OF_SYSCALL(sendto)
-NOTE_FD_OF_SYSCALL(recvmsg)
-NOTE_FD_OF_SYSCALL(sendmsg)
+NOTE_FD_OF_SYSCALL(read, true)
+NOTE_FD_OF_SYSCALL(write, false)
+NOTE_FD_OF_SYSCALL(readv, true)
+NOTE_FD_OF_SYSCALL(writev, false)
+NOTE_FD_OF_SYSCALL(recvfrom, true)
+NOTE_FD_OF_SYSCALL(sendto, false)
+NOTE_FD_OF_SYSCALL(recvmsg, true)
+NOTE_FD_OF_SYSCALL(sendmsg, false)
 
 #endif

@@ -16,7 +16,10 @@ use crate::modules::openssl::layout::OpensslLayout;
 use crate::modules::openssl::socket_bio::SocketBioLayout;
 
 pub mod kernel_filter;
+#[cfg(test)]
+mod legacy_objects;
 pub mod packets;
+pub mod readiness;
 mod uprobe_multi;
 
 #[cfg(bpf_core)]
@@ -26,6 +29,14 @@ mod openssl_core {
 #[cfg(bpf_nocore)]
 mod openssl_nocore {
     include!(concat!(env!("OUT_DIR"), "/openssl_nocore.skel.rs"));
+}
+#[cfg(bpf_core)]
+mod openssl_core_legacy {
+    include!(concat!(env!("OUT_DIR"), "/openssl_core_legacy.skel.rs"));
+}
+#[cfg(bpf_nocore)]
+mod openssl_nocore_legacy {
+    include!(concat!(env!("OUT_DIR"), "/openssl_nocore_legacy.skel.rs"));
 }
 
 /// The record header, generated from `bpf/include/tls_event.h`; the
@@ -47,10 +58,18 @@ pub use openssl_core::types::foreign_tls_event as RawForeignTls;
 #[cfg(all(bpf_nocore, not(bpf_core)))]
 pub use openssl_nocore::types::foreign_tls_event as RawForeignTls;
 
+/// The capture settings and the secrets layout, as the programs read them.
+#[cfg(bpf_core)]
+use openssl_core::types::{capture_settings as RawCaptureSettings, openssl_layout as RawOpensslLayout};
+#[cfg(all(bpf_nocore, not(bpf_core)))]
+use openssl_nocore::types::{capture_settings as RawCaptureSettings, openssl_layout as RawOpensslLayout};
+
 // SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawDataHeader {}
 unsafe impl plain::Plain for RawMasterSecret {}
 unsafe impl plain::Plain for RawForeignTls {}
+unsafe impl plain::Plain for RawCaptureSettings {}
+unsafe impl plain::Plain for RawOpensslLayout {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -93,9 +112,48 @@ impl Flavor {
     }
 }
 
-/// Settings written into a BPF object before it loads.
+/// Which build of the programs suits the kernel (see
+/// `bpf/include/kernel_compat.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// Ring buffers (Linux 5.8), bpf_loop callbacks (5.13), read-only settings.
+    Current,
+    /// Perf event arrays, unrolled loops, settings in maps: Linux 4.18 and later.
+    Legacy,
+}
+
+/// Set (to anything but 0) to load the legacy programs on any kernel, so that
+/// the tests run them here too.
+pub const FORCE_LEGACY_ENV: &str = "ECAPTURE_LEGACY_BPF";
+
+impl Generation {
+    pub fn choose() -> Generation {
+        if std::env::var_os(FORCE_LEGACY_ENV).is_some_and(|value| !value.is_empty() && value != "0") {
+            return Generation::Legacy;
+        }
+        // SAFETY: libbpf loads tiny probe objects; null opts are allowed.
+        let (ring_buffers, callbacks) = unsafe {
+            (
+                libbpf_sys::libbpf_probe_bpf_map_type(libbpf_sys::BPF_MAP_TYPE_RINGBUF, std::ptr::null()) == 1,
+                libbpf_sys::libbpf_probe_bpf_helper(
+                    libbpf_sys::BPF_PROG_TYPE_KPROBE,
+                    libbpf_sys::BPF_FUNC_for_each_map_elem,
+                    std::ptr::null(),
+                ) == 1,
+            )
+        };
+        if ring_buffers && callbacks {
+            Generation::Current
+        } else {
+            Generation::Legacy
+        }
+    }
+}
+
+/// Settings written into a BPF object before its programs run.
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
+    pub generation: Generation,
     /// Where the library keeps session secrets; None when keys are not read.
     pub key_layout: Option<OpensslLayout>,
     /// Where a socket BIO keeps its fd; None leaves naming sockets to the
@@ -118,6 +176,7 @@ pub struct LoadedProbes {
     multi: bool,
     /// Uprobes to attach together, one uprobe_multi link per group.
     pending: Vec<PendingUprobes>,
+    generation: Generation,
 }
 
 /// The offsets one program goes on in one binary, as entry or return probes.
@@ -137,6 +196,8 @@ macro_rules! load_skeleton {
         // libbpf-rs skeletons borrow their storage; the storage must outlive
         // the loaded object, which lives for the whole capture.
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        // Legacy objects are configured after load, through their maps.
+        #[allow(unused_mut)]
         let mut $open = $module::$builder::default().open(storage).map_err(explain_bpf_error)?;
         $configure
         let loaded = $open.load().map_err(explain_bpf_error)?;
@@ -145,7 +206,8 @@ macro_rules! load_skeleton {
 }
 pub(crate) use load_skeleton;
 
-/// Writes the TLS capture settings into an open openssl skeleton.
+/// Writes the TLS capture settings into an open current-kernel openssl
+/// skeleton, whose read-only data holds them.
 macro_rules! configure_openssl {
     ($open:ident, $settings:expr) => {{
         let settings: &ProbeSettings = $settings;
@@ -154,20 +216,8 @@ macro_rules! configure_openssl {
             .rodata_data
             .as_deref_mut()
             .ok_or_else(|| anyhow!("BPF object has no .rodata"))?;
-        rodata.target_pid = settings.target_pid.unwrap_or(0);
-        rodata.target_uid = settings.target_uid.unwrap_or(0);
-        rodata.filter_by_uid = settings.target_uid.is_some();
-        rodata.wakeup_bytes = settings.wakeup_bytes;
-        rodata.have_bpf_loop = kernel_has_bpf_loop();
-        if let Some(layout) = &settings.key_layout {
-            write_layout_fields!(&mut rodata.layout, layout);
-        }
-        if let Some(socket_bio) = &settings.socket_bio {
-            rodata.ssl_rbio_offset = socket_bio.ssl_rbio;
-            rodata.ssl_type_tagged = socket_bio.ssl_type_tagged;
-            rodata.bio_method_offset = socket_bio.bio_method;
-            rodata.bio_num_offset = socket_bio.bio_num;
-        }
+        copy_c_struct(&settings.raw_capture_settings(), &mut rodata.capture_settings);
+        copy_c_struct(&settings.raw_layout(), &mut rodata.layout);
         $open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
         if uprobe_multi::supported() {
             uprobe_multi::prepare($open.open_object_mut());
@@ -175,11 +225,55 @@ macro_rules! configure_openssl {
     }};
 }
 
-/// The layout as the BPF side reads it. Every skeleton generates its own copy
-/// of `struct openssl_layout`, so this takes the fields one by one.
-macro_rules! write_layout_fields {
-    ($target:expr, $layout:expr) => {{
-        let (target, layout) = ($target, $layout);
+/// Copies `source` into `target`, the same C struct as generated into
+/// another skeleton (each skeleton has its own copy of every type).
+pub(crate) fn copy_c_struct<S: plain::Plain, T: Copy>(source: &S, target: &mut T) {
+    assert_eq!(size_of::<S>(), size_of::<T>(), "the C structs differ");
+    // SAFETY: both are the same C struct of integers and byte arrays, of the
+    // size checked above; any bit pattern is valid for either.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (source as *const S).cast::<u8>(),
+            (target as *mut T).cast::<u8>(),
+            size_of::<S>(),
+        );
+    }
+}
+
+/// Fills a legacy object's settings map with `settings`.
+pub(crate) fn write_settings_map<S: plain::Plain>(object: &Object, name: &str, settings: &S) -> Result<()> {
+    // SAFETY: a plain C struct, viewed as its bytes.
+    let bytes = unsafe { plain::as_bytes(settings) };
+    map_named(object, name)?
+        .update(&0u32.to_ne_bytes(), bytes, MapFlags::ANY)
+        .with_context(|| format!("writing the settings map {name}"))
+}
+
+impl ProbeSettings {
+    fn raw_capture_settings(&self) -> RawCaptureSettings {
+        let mut raw = RawCaptureSettings {
+            target_pid: self.target_pid.unwrap_or(0),
+            target_uid: self.target_uid.unwrap_or(0),
+            filter_by_uid: u8::from(self.target_uid.is_some()),
+            wakeup_bytes: self.wakeup_bytes,
+            have_bpf_loop: u8::from(self.generation == Generation::Current && kernel_has_bpf_loop()),
+            ..Default::default()
+        };
+        if let Some(socket_bio) = &self.socket_bio {
+            raw.ssl_rbio_offset = socket_bio.ssl_rbio;
+            raw.ssl_type_tagged = u8::from(socket_bio.ssl_type_tagged);
+            raw.bio_method_offset = socket_bio.bio_method;
+            raw.bio_num_offset = socket_bio.bio_num;
+        }
+        raw
+    }
+
+    /// Where the library keeps session secrets; zeros when keys are not read.
+    fn raw_layout(&self) -> RawOpensslLayout {
+        let mut target = RawOpensslLayout::default();
+        let Some(layout) = &self.key_layout else {
+            return target;
+        };
         const ABSENT: u32 = u32::MAX;
         let tls13 = layout.tls13.unwrap_or(crate::modules::openssl::layout::Tls13Offsets {
             handshake_secret: 0,
@@ -224,7 +318,8 @@ macro_rules! write_layout_fields {
         target.client_app_traffic_secret = tls13.client_app_traffic_secret;
         target.server_app_traffic_secret = tls13.server_app_traffic_secret;
         target.exporter_master_secret = tls13.exporter_master_secret;
-    }};
+        target
+    }
 }
 
 /// Whether uprobe programs may call bpf_loop (Linux 5.17 and later).
@@ -247,10 +342,7 @@ pub(crate) fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
              and check kernel.unprivileged_bpf_disabled and lockdown"
         ),
         libbpf_rs::ErrorKind::Unsupported => {
-            anyhow!("this kernel cannot run ecapture's BPF programs ({err}); Linux 5.8 or later is needed")
-        }
-        libbpf_rs::ErrorKind::InvalidInput if crate::preflight::kernel_version() < (5, 8) => {
-            anyhow!("this kernel lacks the BPF ring buffer ecapture uses ({err}); Linux 5.8 or later is needed")
+            anyhow!("this kernel cannot run ecapture's BPF programs ({err}); Linux 4.18 or later is needed")
         }
         _ => anyhow!("loading BPF programs failed: {err}"),
     }
@@ -259,29 +351,57 @@ pub(crate) fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
 impl LoadedProbes {
     /// Loads the OpenSSL/BoringSSL capture object.
     pub fn load_openssl(flavor: Flavor, settings: &ProbeSettings) -> Result<LoadedProbes> {
-        let skel = match flavor {
+        let generation = settings.generation;
+        let skel = match (flavor, generation) {
             #[cfg(bpf_core)]
-            Flavor::Core => {
+            (Flavor::Core, Generation::Current) => {
                 load_skeleton!(openssl_core::OpensslCoreSkelBuilder, |open| {
                     configure_openssl!(open, settings)
                 })
             }
             #[cfg(bpf_nocore)]
-            Flavor::NoCore => {
+            (Flavor::NoCore, Generation::Current) => {
                 load_skeleton!(openssl_nocore::OpensslNocoreSkelBuilder, |open| {
                     configure_openssl!(open, settings)
                 })
             }
+            #[cfg(bpf_core)]
+            (Flavor::Core, Generation::Legacy) => {
+                load_skeleton!(openssl_core_legacy::OpensslCoreLegacySkelBuilder, |open| {})
+            }
+            #[cfg(bpf_nocore)]
+            (Flavor::NoCore, Generation::Legacy) => {
+                load_skeleton!(openssl_nocore_legacy::OpensslNocoreLegacySkelBuilder, |open| {})
+            }
             #[allow(unreachable_patterns)]
             _ => bail!("{flavor:?} BPF objects are not built in"),
         };
+        if generation == Generation::Legacy {
+            let object = skel.object();
+            write_settings_map(object, "capture_settings", &settings.raw_capture_settings())?;
+            write_settings_map(object, "layout", &settings.raw_layout())?;
+            // A call's records past the first program's go out in tail calls.
+            let continuation = program_named(object, "emit_more_chunks")?;
+            map_named(object, "chunk_continuation")?
+                .update(
+                    &0u32.to_ne_bytes(),
+                    &continuation.as_fd().as_raw_fd().to_ne_bytes(),
+                    MapFlags::ANY,
+                )
+                .context("setting up the tail calls that send large calls' records")?;
+        }
         Ok(LoadedProbes {
             skel,
             links: Vec::new(),
             probes: 0,
-            multi: uprobe_multi::supported(),
+            multi: generation == Generation::Current && uprobe_multi::supported(),
             pending: Vec::new(),
+            generation,
         })
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     pub fn object(&self) -> &Object {
@@ -426,15 +546,23 @@ impl LoadedProbes {
             }))
     }
 
-    /// The word that tells the programs whether the reader sleeps.
-    pub fn reader_sleep_flag(&self) -> Result<SharedWord> {
-        SharedWord::map(&self.map("reader_asleep")?)
+    /// The word that tells the programs whether the reader sleeps; legacy
+    /// objects, whose every record wakes the reader, have none.
+    pub fn reader_sleep_flag(&self) -> Result<Option<SharedWord>> {
+        match self.generation {
+            Generation::Current => Ok(Some(SharedWord::map(&self.map("reader_asleep")?)?)),
+            Generation::Legacy => Ok(None),
+        }
     }
 
     /// The word the programs set when a session's socket cannot be read
     /// from its BIO, asking for the syscall tracepoints.
     pub fn syscall_sockets_wanted(&self) -> Result<SharedWord> {
-        SharedWord::map(&self.map("syscall_sockets_wanted")?)
+        let map = self.map("syscall_sockets_wanted")?;
+        match self.generation {
+            Generation::Current => SharedWord::map(&map),
+            Generation::Legacy => Ok(SharedWord::Syscalls(libbpf_rs::MapHandle::try_from(&map)?)),
+        }
     }
 
     /// Detaches every probe now, before the maps go away with the object.
@@ -461,12 +589,14 @@ impl std::ops::Add for Lost {
     }
 }
 
-/// A word shared with the BPF programs through an mmapped array map, such as
-/// the flag the reader sets before it sleeps in poll() and clears after, so
-/// that the programs wake it once per sleep instead of once per record.
-pub struct SharedWord {
-    word: NonNull<AtomicU32>,
-    len: usize,
+/// A word shared with the BPF programs, such as the flag the reader sets
+/// before it sleeps in poll() and clears after, so that the programs wake it
+/// once per sleep instead of once per record.
+pub enum SharedWord {
+    /// An mmapped array map (Linux 5.5).
+    Mapped { word: NonNull<AtomicU32>, len: usize },
+    /// An array map read and written by system calls.
+    Syscalls(libbpf_rs::MapHandle),
 }
 
 impl SharedWord {
@@ -493,28 +623,43 @@ impl SharedWord {
             );
         }
         let word = NonNull::new(address.cast::<AtomicU32>()).ok_or_else(|| anyhow!("mmap returned null"))?;
-        Ok(SharedWord { word, len })
-    }
-
-    fn atomic(&self) -> &AtomicU32 {
-        // SAFETY: the page stays mapped while self lives, and the kernel
-        // side only ever loads and stores the aligned word.
-        unsafe { self.word.as_ref() }
+        Ok(SharedWord::Mapped { word, len })
     }
 
     pub fn set(&self, on: bool) {
-        self.atomic().store(u32::from(on), Ordering::SeqCst);
+        match self {
+            SharedWord::Mapped { word, .. } => atomic(word).store(u32::from(on), Ordering::SeqCst),
+            SharedWord::Syscalls(map) => {
+                // A failed write leaves the flag as it was: one wakeup more or less.
+                let _ = map.update(&0u32.to_ne_bytes(), &u32::from(on).to_ne_bytes(), MapFlags::ANY);
+            }
+        }
     }
 
     pub fn is_set(&self) -> bool {
-        self.atomic().load(Ordering::SeqCst) != 0
+        match self {
+            SharedWord::Mapped { word, .. } => atomic(word).load(Ordering::SeqCst) != 0,
+            SharedWord::Syscalls(map) => map
+                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .is_some_and(|value| value.iter().any(|byte| *byte != 0)),
+        }
     }
+}
+
+fn atomic(word: &NonNull<AtomicU32>) -> &AtomicU32 {
+    // SAFETY: the page stays mapped while the SharedWord lives, and the
+    // kernel side only ever loads and stores the aligned word.
+    unsafe { word.as_ref() }
 }
 
 impl Drop for SharedWord {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`.
-        unsafe { libc::munmap(self.word.as_ptr().cast(), self.len) };
+        if let SharedWord::Mapped { word, len } = self {
+            // SAFETY: unmaps exactly the mapping made in `map`.
+            unsafe { libc::munmap(word.as_ptr().cast(), *len) };
+        }
     }
 }
 

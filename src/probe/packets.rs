@@ -16,7 +16,9 @@ use libbpf_rs::{
 };
 
 use super::kernel_filter::{self, ClassicInstruction};
-use super::{Flavor, explain_bpf_error, load_skeleton, map_named, program_named};
+use super::{
+    Flavor, Generation, copy_c_struct, explain_bpf_error, load_skeleton, map_named, program_named, write_settings_map,
+};
 use crate::event::{Comm, SocketPair};
 use crate::procnet;
 
@@ -28,6 +30,14 @@ mod packets_core {
 mod packets_nocore {
     include!(concat!(env!("OUT_DIR"), "/packets_nocore.skel.rs"));
 }
+#[cfg(bpf_core)]
+mod packets_core_legacy {
+    include!(concat!(env!("OUT_DIR"), "/packets_core_legacy.skel.rs"));
+}
+#[cfg(bpf_nocore)]
+mod packets_nocore_legacy {
+    include!(concat!(env!("OUT_DIR"), "/packets_nocore_legacy.skel.rs"));
+}
 
 /// The header of each packet sample, generated from `bpf/include/packet_event.h`.
 #[cfg(bpf_core)]
@@ -36,14 +46,15 @@ pub use packets_core::types::packet_meta as RawPacketMeta;
 pub use packets_nocore::types::packet_meta as RawPacketMeta;
 
 #[cfg(bpf_core)]
-use packets_core::types::{flow_key as FlowKey, flow_owner as FlowOwner};
+use packets_core::types::{flow_key as FlowKey, flow_owner as FlowOwner, packet_settings as RawPacketSettings};
 #[cfg(all(bpf_nocore, not(bpf_core)))]
-use packets_nocore::types::{flow_key as FlowKey, flow_owner as FlowOwner};
+use packets_nocore::types::{flow_key as FlowKey, flow_owner as FlowOwner, packet_settings as RawPacketSettings};
 
 // SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawPacketMeta {}
 unsafe impl plain::Plain for FlowKey {}
 unsafe impl plain::Plain for FlowOwner {}
+unsafe impl plain::Plain for RawPacketSettings {}
 
 /// Largest packet prefix one perf sample carries.
 pub const MAX_CAPTURE: u32 = 65535 - 512;
@@ -86,10 +97,15 @@ pub struct PacketProbes {
     filter_programs: Vec<OwnedFd>,
     /// Set when we made the clsact qdisc, which must then go when we do.
     created_qdisc_on: Option<i32>,
+    generation: Generation,
 }
 
 impl PacketProbes {
-    pub fn load(flavor: Flavor, snap_len: u32, link: LinkLayer) -> Result<PacketProbes> {
+    pub fn load(flavor: Flavor, generation: Generation, snap_len: u32, link: LinkLayer) -> Result<PacketProbes> {
+        let settings = RawPacketSettings {
+            snap_len,
+            network_offset: link.network_offset(),
+        };
         macro_rules! configure {
             ($open:ident) => {{
                 let rodata = $open
@@ -97,19 +113,34 @@ impl PacketProbes {
                     .rodata_data
                     .as_deref_mut()
                     .ok_or_else(|| anyhow!("no .rodata"))?;
-                rodata.snap_len = snap_len;
-                rodata.network_offset = link.network_offset();
+                copy_c_struct(&settings, &mut rodata.packet_settings);
             }};
         }
-        let skel = match flavor {
+        let skel = match (flavor, generation) {
             #[cfg(bpf_core)]
-            Flavor::Core => load_skeleton!(packets_core::PacketsCoreSkelBuilder, |open| { configure!(open) }),
+            (Flavor::Core, Generation::Current) => {
+                load_skeleton!(packets_core::PacketsCoreSkelBuilder, |open| { configure!(open) })
+            }
             #[cfg(bpf_nocore)]
-            Flavor::NoCore => load_skeleton!(packets_nocore::PacketsNocoreSkelBuilder, |open| { configure!(open) }),
+            (Flavor::NoCore, Generation::Current) => {
+                load_skeleton!(packets_nocore::PacketsNocoreSkelBuilder, |open| { configure!(open) })
+            }
+            #[cfg(bpf_core)]
+            (Flavor::Core, Generation::Legacy) => {
+                load_skeleton!(packets_core_legacy::PacketsCoreLegacySkelBuilder, |open| {})
+            }
+            #[cfg(bpf_nocore)]
+            (Flavor::NoCore, Generation::Legacy) => {
+                load_skeleton!(packets_nocore_legacy::PacketsNocoreLegacySkelBuilder, |open| {})
+            }
             #[allow(unreachable_patterns)]
             _ => bail!("{flavor:?} BPF objects are not built in"),
         };
+        if generation == Generation::Legacy {
+            write_settings_map(skel.object(), "packet_settings", &settings)?;
+        }
         Ok(PacketProbes {
+            generation,
             skel,
             links: Vec::new(),
             tcx_links: Vec::new(),
@@ -160,13 +191,16 @@ impl PacketProbes {
                 None => capture.as_fd(),
             };
             // A TCX link (Linux 6.6) goes away with the process, even a killed
-            // one; a clsact filter outlives it, so it is only the fallback.
-            match attach_tcx(classifier, ifindex, direction.tcx) {
-                Ok(link) => {
-                    self.tcx_links.push(link);
-                    continue;
+            // one; a clsact filter outlives it, so it is only the fallback,
+            // and all that the kernels of the legacy programs have.
+            if self.generation == Generation::Current {
+                match attach_tcx(classifier, ifindex, direction.tcx) {
+                    Ok(link) => {
+                        self.tcx_links.push(link);
+                        continue;
+                    }
+                    Err(err) => tracing::debug!("TCX unavailable ({err}); using a clsact filter"),
                 }
-                Err(err) => tracing::debug!("TCX unavailable ({err}); using a clsact filter"),
             }
             if self.created_qdisc_on.is_none() && create_clsact(ifindex)? {
                 self.created_qdisc_on = Some(ifindex);

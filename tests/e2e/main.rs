@@ -7,6 +7,7 @@ mod bad_input;
 mod bounded;
 mod hostile;
 mod keylog;
+mod memory_bio;
 mod pcapng;
 mod support;
 mod tls_text;

@@ -217,7 +217,7 @@ fn without_btf_new_connections_are_named_from_proc() {
         Command::new("curl").args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}{path}")]),
     );
     let out = capture.stop();
-    assert!(out.stderr.contains("(NoCore BPF)"), "{}", out.stderr);
+    assert!(out.stderr.contains("(NoCore BPF"), "{}", out.stderr);
     let requests = decrypted_requests(&file);
     let (_, comment) = requests
         .iter()

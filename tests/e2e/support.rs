@@ -341,13 +341,19 @@ pub fn start_https_server() -> (Guard, u16) {
 /// A Python server of tests/peers taking PORT CERT KEY, on a fresh port,
 /// listening once this returns.
 pub fn start_python_server(script: &str) -> (Guard, u16) {
+    start_script_server("/usr/bin/python3", script)
+}
+
+/// A server script of tests/peers run by `interpreter`, taking PORT CERT
+/// KEY, on a fresh port; it prints "listening" once it accepts.
+pub fn start_script_server(interpreter: &str, script: &str) -> (Guard, u16) {
     let (cert, key) = certificate();
     let port = free_port();
     let dir = scratch_dir();
     let log = dir.path().join("server.out");
     let mut server = Guard::spawn(
         script,
-        Command::new("/usr/bin/python3")
+        Command::new(interpreter)
             .arg(peer_script(script))
             .arg(port.to_string())
             .args([cert, key])
