@@ -382,6 +382,7 @@ READ_BORINGSSL_SECRETS_AT(sendmsg)
 enum foreign_library {
 	FOREIGN_GNUTLS = 1,
 	FOREIGN_NSS = 2,
+	FOREIGN_GO = 3,
 };
 
 struct foreign_tls_event {
@@ -430,6 +431,14 @@ SEC("uprobe")
 int nss_import_fd_seen(struct pt_regs *ctx)
 {
 	return report_foreign(ctx, FOREIGN_NSS);
+}
+
+/* crypto/tls.(*Conn).handshakeContext (Go 1.17+) or (*Conn).Handshake: an
+ * entry probe, safe on Go code where a return probe is not. */
+SEC("uprobe")
+int go_tls_handshake_seen(struct pt_regs *ctx)
+{
+	return report_foreign(ctx, FOREIGN_GO);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

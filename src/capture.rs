@@ -32,8 +32,7 @@ use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
 use crate::sink::{self, Record, Sink};
-use crate::target::elf::ElfImage;
-use crate::target::libpath;
+use crate::target::foreign::{self, ForeignTls};
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -471,17 +470,9 @@ fn report_foreign_tls(record: &[u8]) {
     if plain::copy_from_bytes(&mut event, record).is_err() {
         return;
     }
-    let library = match event.library {
-        1 => "GnuTLS",
-        2 => "NSS",
-        _ => return,
-    };
-    info!(
-        "pid {} ({}) does TLS through {library}, which the tls module does not capture; a {} module is planned but not built yet",
-        event.pid,
-        Comm::from_kernel(&event.comm),
-        library.to_lowercase()
-    );
+    if let Some(library) = ForeignTls::from_raw(event.library) {
+        library.report(event.pid, &Comm::from_kernel(&event.comm).to_string());
+    }
 }
 
 /// The legacy programs' records, which come through one perf buffer per CPU,
@@ -669,25 +660,18 @@ fn load_tls_objects(
     Ok(loaded)
 }
 
-/// Hooks the handshake of each TLS library on the system that this module
-/// does not capture (GnuTLS, NSS), so that a process using one is named.
-/// Each program sits at its function's first instruction, once per
-/// handshake, whatever that costs.
+/// Hooks the handshakes of the TLS this module does not capture (GnuTLS,
+/// NSS, Go's crypto/tls), so that a process using one is named, and names
+/// the Java processes talking now. Each program sits at its function's first
+/// instruction, once per handshake, whatever that costs.
 fn watch_foreign_tls(probes: &mut LoadedProbes, pid: Option<u32>) -> Result<()> {
-    let libraries: [(&str, &str, &str); 2] = [
-        ("libgnutls.so.", "gnutls_handshake", "gnutls_handshake_seen"),
-        ("libssl3.so", "SSL_ImportFD", "nss_import_fd_seen"),
-    ];
-    for (prefix, function, program) in libraries {
-        for library in libpath::find_system_libraries(|name| name.starts_with(prefix)) {
-            let Some(symbol) = ElfImage::open(&library).ok().and_then(|image| image.function(function)) else {
-                continue;
-            };
-            probes.attach_uprobe(program, &library, symbol.file_offset, false, pid)?;
-            debug!(library = %library.display(), function, "watching for TLS this module does not capture");
-        }
+    for sentinel in foreign::sentinels(pid) {
+        probes.attach_uprobe(sentinel.program, &sentinel.binary, sentinel.file_offset, false, pid)?;
+        debug!(binary = %sentinel.binary.display(), function = sentinel.function, "watching for TLS this module does not capture");
     }
-    probes.attach_pending_uprobes()
+    probes.attach_pending_uprobes()?;
+    foreign::report_java(pid);
+    Ok(())
 }
 
 /// Opens the pcapng output and starts capturing on the chosen interface.

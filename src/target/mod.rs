@@ -3,4 +3,5 @@
 pub mod aarch64;
 pub mod disasm;
 pub mod elf;
+pub mod foreign;
 pub mod libpath;

@@ -419,6 +419,25 @@ pub fn build_c_peer(name: &str, source: &Path, link_args: &[&str]) -> PathBuf {
     out
 }
 
+/// Builds a Go program of tests/peers with Debian's golang and `flags`
+/// (`-ldflags=-s -w` strips it).
+pub fn build_go_peer(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let out = dir.join(name);
+    run_peer(
+        "go build",
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .args(flags)
+            .arg(peer_script(source))
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", dir.join("go-cache"))
+            .env("HOME", &dir),
+    );
+    out
+}
+
 /// The records (header line and payload) ecapture printed, split apart at
 /// each header line.
 pub fn records(stdout: &str) -> Vec<&str> {

@@ -585,3 +585,90 @@ fn a_program_on_another_tls_library_is_named() {
         out.stderr
     );
 }
+
+/// Go programs carry their own TLS: one that shakes hands while ecapture
+/// runs is named with the module that would capture it, and one whose
+/// symbols are stripped (so no handshake can be watched) at start.
+#[test]
+fn go_programs_are_named_with_the_module_that_would_capture_them() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let url = format!("https://127.0.0.1:{port}/{}", marker("go"));
+    let with_symbols = build_go_peer("go_https_client", "go_https_client.go", &[]);
+    let stripped = build_go_peer("go_tls_stripped", "go_https_client.go", &["-ldflags=-s -w"]);
+    let mut client = Guard::spawn(
+        "go client",
+        Command::new(&with_symbols)
+            .arg(&url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut idle = Guard::spawn(
+        "stripped go client",
+        Command::new(&stripped)
+            .arg(&url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let capture = Capture::start(&["tls"]);
+    let mut go = client.child.stdin.take().unwrap();
+    go.write_all(b"go\n").unwrap();
+    drop(go);
+    assert!(client.wait(PEER_TIMEOUT).success());
+    let out = capture.stop();
+    // It never got its line: it ends without a request.
+    drop(idle.child.stdin.take());
+    idle.wait(PEER_TIMEOUT);
+    assert!(
+        out.stderr.contains(&format!(
+            "pid {} (go_https_client) does TLS through Go's crypto/tls, which the tls module does not capture; a gotls module",
+            client.pid()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "pid {} (go_tls_stripped) is a Go program built with Go's crypto/tls",
+            idle.pid()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Java's TLS (JSSE) runs inside the JVM: a Java process talking TLS when
+/// ecapture starts is named, with no module to capture it.
+#[test]
+fn java_programs_talking_tls_are_named() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let log = dir.path().join("java.out");
+    let mut java = Guard::spawn(
+        "java",
+        Command::new("java")
+            .arg(peer_script("JavaTlsClient.java"))
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null()),
+    );
+    java.wait_for_output(&log, "HTTP/1.1 200 OK");
+    let capture = Capture::start(&["tls"]);
+    let out = capture.stop();
+    drop(java.child.stdin.take());
+    assert!(java.wait(PEER_TIMEOUT).success());
+    assert!(
+        out.stderr.contains(&format!(
+            "pid {} (java) runs Java, whose TLS (JSSE) works inside the JVM: no ecapture module captures it yet",
+            java.pid()
+        )),
+        "{}",
+        out.stderr
+    );
+}
