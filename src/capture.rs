@@ -378,7 +378,13 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         for perf in &perf_buffers {
             perf.consume()?;
         }
-        time_order.borrow_mut().drain(on_data);
+        if !time_order.borrow().records.is_empty() {
+            time_order.borrow_mut().seal();
+            for perf in &perf_buffers {
+                perf.consume()?;
+            }
+            time_order.borrow_mut().release(false, on_data);
+        }
         Ok(())
     };
 
@@ -450,6 +456,7 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         probes.detach();
     }
     consume_all()?;
+    time_order.borrow_mut().release(true, on_data);
     let lost = total_lost(&tls.objects)?;
     drop((readiness, ring, perf_buffers));
     if let Some(probes) = packet_probes.as_mut() {
@@ -476,15 +483,18 @@ fn report_foreign_tls(record: &[u8]) {
 }
 
 /// The legacy programs' records, which come through one perf buffer per CPU,
-/// each drained whole in turn: a thread that moved between CPUs has its
-/// records split across them. Once every buffer is drained they go on in
-/// time order; a thread's record is never visible before its earlier ones,
-/// so each drain holds all that precede it.
+/// drained one after the other: a thread that moved from CPU 0 to CPU 1 can
+/// have its later record read from CPU 1 in a drain that read CPU 0 before
+/// its earlier record got there. That earlier record is committed before the
+/// drain ends, so the next drain has it. So the buffers are drained twice in
+/// a row, and the records of the first drain go on in time order, with those
+/// of the second that sort before them; the rest wait for the next pair.
 #[derive(Default)]
 struct TimeOrder {
     bytes: Vec<u8>,
-    /// (time, start, length) of each record in `bytes`.
-    records: Vec<(u64, usize, usize)>,
+    /// (time, drain, start, length) of each record in `bytes`.
+    records: Vec<(u64, u64, usize, usize)>,
+    drain: u64,
 }
 
 impl TimeOrder {
@@ -492,17 +502,38 @@ impl TimeOrder {
         let mut header = probe::RawDataHeader::default();
         // A malformed record goes on first, for the decoder to report.
         let time = plain::copy_from_bytes(&mut header, record).map_or(0, |()| header.timestamp_ns);
-        self.records.push((time, self.bytes.len(), record.len()));
+        self.records.push((time, self.drain, self.bytes.len(), record.len()));
         self.bytes.extend_from_slice(record);
     }
 
-    fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+    /// Ends a drain: what was pushed so far may go at the next `release`.
+    fn seal(&mut self) {
+        self.drain += 1;
+    }
+
+    /// Hands on, in time order, the records of sealed drains and the newer
+    /// ones that precede them; `everything` hands on all.
+    fn release(&mut self, everything: bool, mut each: impl FnMut(&[u8])) {
         // Stable: the records of one call share its time, in order.
-        self.records.sort_by_key(|(time, _, _)| *time);
-        for (_, start, len) in self.records.drain(..) {
+        self.records.sort_by_key(|(time, _, _, _)| *time);
+        let release = match everything {
+            true => self.records.len(),
+            false => self
+                .records
+                .iter()
+                .rposition(|(_, drain, _, _)| *drain < self.drain)
+                .map_or(0, |last| last + 1),
+        };
+        for (_, _, start, len) in self.records.drain(..release) {
             each(&self.bytes[start..start + len]);
         }
-        self.bytes.clear();
+        // Keep the bytes of the records held back only.
+        let old = std::mem::take(&mut self.bytes);
+        for (_, _, start, len) in &mut self.records {
+            let from = *start;
+            *start = self.bytes.len();
+            self.bytes.extend_from_slice(&old[from..from + *len]);
+        }
     }
 }
 
@@ -723,6 +754,39 @@ fn start_packet_capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record_at(time: u64, tag: u8) -> Vec<u8> {
+        let header = probe::RawDataHeader {
+            timestamp_ns: time,
+            ..Default::default()
+        };
+        // SAFETY: a plain C struct, viewed as its bytes.
+        let mut bytes = unsafe { plain::as_bytes(&header) }.to_vec();
+        bytes.push(tag);
+        bytes
+    }
+
+    #[test]
+    fn records_from_two_cpus_go_on_in_time_order_once_drained_twice() {
+        let mut order = TimeOrder::default();
+        let mut out = Vec::new();
+        let take = |order: &mut TimeOrder, everything| {
+            let mut tags = Vec::new();
+            order.release(everything, |record| tags.push(*record.last().unwrap()));
+            tags
+        };
+        // The later record of a thread is read before its earlier one.
+        order.push(&record_at(20, b'b'));
+        out.extend(take(&mut order, false));
+        assert!(out.is_empty(), "nothing goes on before its drain is sealed");
+        order.seal();
+        order.push(&record_at(10, b'a'));
+        order.push(&record_at(30, b'c'));
+        out.extend(take(&mut order, false));
+        assert_eq!(out, b"ab");
+        out.extend(take(&mut order, true));
+        assert_eq!(out, b"abc");
+    }
 
     #[test]
     fn a_panic_in_handling_a_record_is_counted_and_survived() {
