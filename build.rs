@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROBES: &[&str] = &["openssl", "packets"];
+const PROBES: &[&str] = &["openssl", "gnutls", "packets"];
+/// Never loaded: it gives userspace the C types all modules share.
+const SHARED_TYPES: &str = "shared_types";
 const FLAVORS: &[&str] = &["core", "nocore"];
 
 fn main() {
@@ -25,6 +27,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(bpf_core)");
     println!("cargo::rustc-check-cfg=cfg(bpf_nocore)");
 
+    build_object(SHARED_TYPES, SHARED_TYPES, &[], &target_arch, &out_dir);
     let selected: Vec<&str> = flavors.split(',').map(str::trim).collect();
     for flavor in &selected {
         assert!(
@@ -40,8 +43,20 @@ fn main() {
 }
 
 fn build_probe(probe: &str, flavor: &str, legacy: bool, target_arch: &str, out_dir: &Path) {
-    let source = Path::new("bpf").join(format!("{probe}.bpf.c"));
     let name = format!("{probe}_{flavor}{}", if legacy { "_legacy" } else { "" });
+    let mut defines = Vec::new();
+    if flavor == "nocore" {
+        defines.push("-DECAPTURE_NO_CORE");
+    }
+    if legacy {
+        defines.push("-DECAPTURE_LEGACY_KERNEL");
+    }
+    build_object(probe, &name, &defines, target_arch, out_dir);
+}
+
+/// Compiles `bpf/{source}.bpf.c` into `{name}.bpf.o` and its skeleton.
+fn build_object(source: &str, name: &str, defines: &[&str], target_arch: &str, out_dir: &Path) {
+    let source = Path::new("bpf").join(format!("{source}.bpf.c"));
     let mut args = vec![
         "-O2".to_string(),
         "-g".to_string(),
@@ -49,12 +64,7 @@ fn build_probe(probe: &str, flavor: &str, legacy: bool, target_arch: &str, out_d
         "-Ibpf/include".to_string(),
     ];
     args.extend(arch_include_dirs(target_arch).into_iter().map(|dir| format!("-I{dir}")));
-    if flavor == "nocore" {
-        args.push("-DECAPTURE_NO_CORE".to_string());
-    }
-    if legacy {
-        args.push("-DECAPTURE_LEGACY_KERNEL".to_string());
-    }
+    args.extend(defines.iter().map(|define| define.to_string()));
     SkeletonBuilder::new()
         .source(&source)
         .obj(out_dir.join(format!("{name}.bpf.o")))

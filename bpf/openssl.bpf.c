@@ -6,8 +6,67 @@
 #include <stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#define TLS_CAPTURE_SOURCE SOURCE_OPENSSL
 #include "tls_capture.h"
 #include "tls_keys.h"
+#include "foreign_tls.h"
+
+/* Where a socket BIO keeps its fd, from the library's own accessors
+ * (SSL_get_rbio, BIO_method_type, BIO_get_retry_reason); ssl_rbio 0 when
+ * unknown. With them the return probe names the socket itself. Without
+ * them, or for a session whose BIO is not a descriptor (curl's, node's),
+ * the syscall tracepoints do; those put every system call of every process
+ * on the kernel's slow path, which cost the 64-byte ping-pong 8% of its
+ * speed. */
+struct socket_bio_layout {
+	__u32 ssl_rbio;
+	__u32 bio_method;
+	__u32 bio_num;
+	/* 3.2+: only an SSL object whose type tag (at 0) is 0 is a TLS
+	 * connection. */
+	__u32 ssl_type_tagged;
+};
+
+DECLARE_SETTINGS(struct socket_bio_layout, socket_bio);
+
+/* The socket, fd, connect, accept and datagram BIOs carry this type bit. */
+#define BIO_TYPE_DESCRIPTOR 0x0100
+
+/* From 3.2 an SSL object may be a QUIC one, whose fields differ. */
+static __always_inline bool is_tls_connection(__u64 ssl)
+{
+	__u32 tag = 0;
+
+	return !SETTING(socket_bio, ssl_type_tagged) || (!bpf_probe_read_user(&tag, sizeof(tag), (void *)ssl) && !tag);
+}
+
+/* The session's read BIO (its write BIO is the same socket, but for a
+ * buffering BIO pushed in front during handshakes), or 0. */
+static __always_inline __u64 library_transport(__u64 ssl)
+{
+	__u32 rbio = SETTING(socket_bio, ssl_rbio);
+	__u64 bio = 0;
+
+	if (!rbio || bpf_probe_read_user(&bio, sizeof(bio), (void *)(ssl + rbio)) || !is_tls_connection(ssl))
+		return 0;
+	return bio;
+}
+
+/* The fd of `bio` if it is a descriptor BIO (socket, fd, connect, accept,
+ * datagram), else -1. */
+static __always_inline int library_transport_fd(__u64 bio)
+{
+	__u64 method = 0;
+	int type = 0, fd = -1;
+
+	if (bpf_probe_read_user(&method, sizeof(method), (void *)(bio + SETTING(socket_bio, bio_method))) || !method)
+		return -1;
+	if (bpf_probe_read_user(&type, sizeof(type), (void *)method) || !(type & BIO_TYPE_DESCRIPTOR))
+		return -1;
+	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(bio + SETTING(socket_bio, bio_num))))
+		return -1;
+	return fd;
+}
 
 /* int SSL_write(SSL *ssl, const void *buf, int num) */
 SEC("uprobe")
@@ -98,7 +157,6 @@ struct openssl_layout {
 };
 
 DECLARE_SETTINGS(struct openssl_layout, layout);
-BTF_ANCHOR(struct openssl_layout, _openssl_layout_btf_anchor);
 
 #define TLS1_3_VERSION 0x0304
 #define ABSENT 0xffffffff
@@ -125,7 +183,6 @@ struct {
 
 EVENT_CHANNEL(key_events, 256 * 1024);
 RECORD_SLOT(key_events, struct master_secret_event);
-BTF_ANCHOR(struct master_secret_event, _master_secret_event_btf_anchor);
 
 /* On SSL_do_handshake (which SSL_connect, SSL_accept and BoringSSL's
  * implicit handshakes call): remember the session until the call returns. */
@@ -377,22 +434,7 @@ READ_BORINGSSL_SECRETS_AT(writev)
 READ_BORINGSSL_SECRETS_AT(sendto)
 READ_BORINGSSL_SECRETS_AT(sendmsg)
 
-/* Handshakes of TLS libraries this module does not capture, reported once
- * per process, so that ecapture can say so instead of staying silent. */
-enum foreign_library {
-	FOREIGN_GNUTLS = 1,
-	FOREIGN_NSS = 2,
-	FOREIGN_GO = 3,
-};
-
-struct foreign_tls_event {
-	__u32 pid;
-	__u32 library; /* enum foreign_library */
-	char comm[TASK_COMM_LEN];
-};
-
-BTF_ANCHOR(struct foreign_tls_event, _foreign_tls_event_btf_anchor);
-
+/* Handshakes of TLS libraries this module does not capture (foreign_tls.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);

@@ -78,7 +78,6 @@ struct {
 	__type(value, __u32);
 } egress_capture SEC(".maps");
 
-BTF_ANCHOR(struct packet_settings, _packet_settings_btf_anchor);
 BTF_ANCHOR(struct packet_meta, _packet_meta_btf_anchor);
 /* Userspace fills flow_owners with connections that predate the capture. */
 BTF_ANCHOR(struct flow_key, _flow_key_btf_anchor);

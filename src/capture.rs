@@ -19,9 +19,7 @@ use crate::cli::{Config, Mode};
 use crate::conn::ConnTracker;
 use crate::event::{BufferPool, Comm, Reassembler, RecordDecoder};
 use crate::keys::SessionSecrets;
-use crate::modules::openssl::layout::OpensslLayout;
-use crate::modules::openssl::socket_bio::SocketBioLayout;
-use crate::modules::{HookTarget, Module};
+use crate::modules::{HookTarget, Module, Tracepoints};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, LinkLayer, OwnerLookup, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::readiness::Readiness;
@@ -32,7 +30,7 @@ use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
 use crate::sink::{self, Record, Sink};
-use crate::target::foreign::{self, ForeignTls};
+use crate::target::foreign::ForeignTls;
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -270,7 +268,7 @@ impl<'s> Pipeline<'s> {
     }
 }
 
-pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary> {
+pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary> {
     let started = Instant::now();
     let targets = module.discover(config)?;
     probe::ensure_tracefs()?;
@@ -303,16 +301,24 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         _ => None,
     };
     let pipeline = RefCell::new(Pipeline::new(sinks, keylog, packets, proc_owners, owner_lookup));
-    let maps: Vec<[libbpf_rs::Map<'_>; 4]> = tls
+    // Every object has its data and wakeups; secrets and foreign handshakes
+    // only where its module reports them.
+    type Channels<'o> = (
+        libbpf_rs::Map<'o>,
+        libbpf_rs::Map<'o>,
+        Option<libbpf_rs::Map<'o>>,
+        Option<libbpf_rs::Map<'o>>,
+    );
+    let maps: Vec<Channels<'_>> = tls
         .objects
         .iter()
         .map(|probes| {
-            Ok([
+            Ok((
                 probes.map("events")?,
-                probes.map("key_events")?,
                 probes.map("reader_wakeups")?,
-                probes.map("foreign_tls")?,
-            ])
+                probes.map("key_events").ok(),
+                probes.map("foreign_tls").ok(),
+            ))
         })
         .collect::<Result<_>>()?;
     let lost_packets = Cell::new(0u64);
@@ -325,33 +331,41 @@ pub fn run(module: &dyn Module, config: &Config, sinks: Vec<&mut dyn Sink>) -> R
         let mut builder = RingBufferBuilder::new();
         let mut rings = 0;
         let mut perf_buffers = Vec::new();
-        for (probes, [events, key_events, reader_wakeups, foreign_tls]) in tls.objects.iter().zip(&maps) {
+        for (probes, (events, reader_wakeups, key_events, foreign_tls)) in tls.objects.iter().zip(&maps) {
             match probes.generation() {
                 Generation::Current => {
-                    builder.add(foreign_tls, |record| {
-                        report_foreign_tls(record);
-                        0
-                    })?;
                     builder.add(events, |record| {
                         on_data(record);
-                        0
-                    })?;
-                    builder.add(key_events, |record| {
-                        on_secrets(record);
                         0
                     })?;
                     // Only wakes the reader, which then consumes the other rings
                     // and attaches what was asked for.
                     builder.add(reader_wakeups, |_| 0)?;
-                    rings += 4;
+                    if let Some(key_events) = key_events {
+                        builder.add(key_events, |record| {
+                            on_secrets(record);
+                            0
+                        })?;
+                    }
+                    if let Some(foreign_tls) = foreign_tls {
+                        builder.add(foreign_tls, |record| {
+                            report_foreign_tls(record);
+                            0
+                        })?;
+                    }
+                    rings += 1;
                 }
                 Generation::Legacy => {
                     // The programs count what the perf buffers had no room for.
                     let data_pages = perf_pages(config.ring_buffer_bytes);
-                    perf_buffers.push(perf_channel(foreign_tls, 1, report_foreign_tls)?);
                     perf_buffers.push(perf_channel(events, data_pages, queue_data)?);
-                    perf_buffers.push(perf_channel(key_events, 16, on_secrets)?);
                     perf_buffers.push(perf_channel(reader_wakeups, 1, |_| ())?);
+                    if let Some(key_events) = key_events {
+                        perf_buffers.push(perf_channel(key_events, 16, on_secrets)?);
+                    }
+                    if let Some(foreign_tls) = foreign_tls {
+                        perf_buffers.push(perf_channel(foreign_tls, 1, report_foreign_tls)?);
+                    }
                 }
             }
         }
@@ -624,22 +638,22 @@ impl TlsObjects {
     }
 }
 
-/// Loads the module's BPF object (one per secrets layout and socket BIO
-/// layout: both are fixed when an object loads) and attaches every hook.
-fn load_tls_objects(
-    module: &dyn Module,
+/// Loads the module's BPF objects (one per layout the targets need: an
+/// object's settings are fixed when it loads) and attaches every hook.
+fn load_tls_objects<M: Module>(
+    module: &M,
     config: &Config,
     flavor: Flavor,
     generation: Generation,
-    targets: &[HookTarget],
+    targets: &[HookTarget<M::Layouts>],
 ) -> Result<TlsObjects> {
-    type Layouts = (Option<OpensslLayout>, Option<SocketBioLayout>);
-    let mut groups: Vec<(Layouts, Vec<&HookTarget>)> = Vec::new();
+    // The targets of each object, by the layouts they share.
+    type Group<'t, L> = (&'t L, Vec<&'t HookTarget<L>>);
+    let mut groups: Vec<Group<'_, M::Layouts>> = Vec::new();
     for target in targets {
-        let layouts = (target.key_layout, target.socket_bio);
-        match groups.iter_mut().find(|(group, _)| *group == layouts) {
+        match groups.iter_mut().find(|(layouts, _)| **layouts == target.layouts) {
             Some((_, members)) => members.push(target),
-            None => groups.push((layouts, vec![target])),
+            None => groups.push((&target.layouts, vec![target])),
         }
     }
     let mut loaded = TlsObjects {
@@ -647,17 +661,15 @@ fn load_tls_objects(
         tracepoints: 0,
         on_demand: Vec::new(),
     };
-    for ((key_layout, socket_bio), members) in &groups {
-        let settings = ProbeSettings {
-            generation,
-            key_layout: *key_layout,
-            socket_bio: *socket_bio,
-            target_pid: config.pid,
-            target_uid: config.uid,
-            ring_buffer_bytes: config.ring_buffer_bytes,
-            wakeup_bytes: wakeup_bytes(config),
-        };
-        let mut probes = module.load(flavor, &settings)?;
+    let settings = ProbeSettings {
+        generation,
+        target_pid: config.pid,
+        target_uid: config.uid,
+        ring_buffer_bytes: config.ring_buffer_bytes,
+        wakeup_bytes: wakeup_bytes(config),
+    };
+    for (layouts, members) in &groups {
+        let mut probes = module.load(flavor, &settings, layouts)?;
         for target in members {
             for hook in &target.hooks {
                 let offset = hook.symbol.file_offset;
@@ -670,39 +682,23 @@ fn load_tls_objects(
             info!("hooking {target}");
         }
         probes.attach_pending_uprobes()?;
-        // The data path reads sockets from their BIOs where it can, and
-        // otherwise learns them from syscalls; BoringSSL's TLS 1.3 secrets
-        // are read as the handshake writes to its socket.
-        if config.mode == Mode::Text && socket_bio.is_some() {
-            probes.attach_program("forget_closed_socket")?;
-            loaded
-                .on_demand
-                .push((loaded.objects.len(), probes.syscall_sockets_wanted()?));
-        } else if config.mode == Mode::Text {
-            loaded.tracepoints += probes.attach_syscall_tracepoints("")?;
-        } else if key_layout.is_some_and(|layout| layout.handshake_object.is_some()) {
-            loaded.tracepoints += probes.attach_syscall_tracepoints("boringssl_")?;
+        match module.tracepoints(config.mode, layouts) {
+            Tracepoints::OnDemand => {
+                probes.attach_program("forget_closed_socket")?;
+                loaded
+                    .on_demand
+                    .push((loaded.objects.len(), probes.syscall_sockets_wanted()?));
+            }
+            Tracepoints::FromStart => loaded.tracepoints += probes.attach_syscall_tracepoints("")?,
+            Tracepoints::Prefixed(prefix) => loaded.tracepoints += probes.attach_syscall_tracepoints(prefix)?,
+            Tracepoints::None => {}
         }
         loaded.objects.push(probes);
     }
     if let Some(first) = loaded.objects.first_mut() {
-        watch_foreign_tls(first, config.pid)?;
+        module.watch(first, config)?;
     }
     Ok(loaded)
-}
-
-/// Hooks the handshakes of the TLS this module does not capture (GnuTLS,
-/// NSS, Go's crypto/tls), so that a process using one is named, and names
-/// the Java processes talking now. Each program sits at its function's first
-/// instruction, once per handshake, whatever that costs.
-fn watch_foreign_tls(probes: &mut LoadedProbes, pid: Option<u32>) -> Result<()> {
-    for sentinel in foreign::sentinels(pid) {
-        probes.attach_uprobe(sentinel.program, &sentinel.binary, sentinel.file_offset, false, pid)?;
-        debug!(binary = %sentinel.binary.display(), function = sentinel.function, "watching for TLS this module does not capture");
-    }
-    probes.attach_pending_uprobes()?;
-    foreign::report_java(pid);
-    Ok(())
 }
 
 /// Opens the pcapng output and starts capturing on the chosen interface.

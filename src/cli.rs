@@ -13,7 +13,7 @@ use crate::probe::BtfMode;
     name = "ecapture",
     version,
     about = "Capture SSL/TLS plaintext with eBPF: no CA certificate, no change to the program",
-    after_help = "Run `ecapture tls --help` for the TLS module's flags. Needs root (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)."
+    after_help = "Run `ecapture MODULE --help` for a module's flags. Needs root (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -55,17 +55,36 @@ pub enum ModuleCommand {
     /// OpenSSL and BoringSSL: libssl.so.*, or programs linking them statically.
     #[command(visible_alias = "openssl")]
     Tls(TlsArgs),
+    /// GnuTLS: libgnutls.so.30 (wget, git's libcurl-gnutls, apt, Emacs); text mode.
+    #[command(visible_alias = "gnu")]
+    Gnutls(GnutlsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TlsArgs {
-    /// Capture mode: text, keylog (or key), pcap (or pcapng).
-    #[arg(short = 'm', long, default_value = "text")]
-    pub model: String,
     /// The libssl to hook, or a program with OpenSSL or BoringSSL linked in.
     #[arg(long, value_name = "PATH")]
     pub libssl: Option<PathBuf>,
-    /// Key log file: keylog mode writes it (default ecapture_openssl_key.log); pcap mode also writes it when given.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GnutlsArgs {
+    /// The libgnutls to hook (default: every libgnutls.so on the system, or the one --pid maps).
+    #[arg(long, value_name = "PATH")]
+    pub gnutls: Option<PathBuf>,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+/// The flags every TLS module takes.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Capture mode: text, keylog (or key), pcap (or pcapng).
+    #[arg(short = 'm', long, default_value = "text")]
+    pub model: String,
+    /// Key log file: keylog mode writes it (default ecapture_MODULE_key.log, such as ecapture_openssl_key.log); pcap mode also writes it when given.
     #[arg(short = 'k', long, value_name = "FILE")]
     pub keylogfile: Option<PathBuf>,
     /// pcapng file for pcap mode; "-" streams it to stdout.
@@ -74,7 +93,7 @@ pub struct TlsArgs {
     /// Network interface for pcap mode (default: the one on the default route).
     #[arg(short = 'i', long, value_name = "IFACE")]
     pub ifname: Option<String>,
-    /// Override the detected OpenSSL version, such as "openssl 3.0.13" or "boringssl".
+    /// Override the detected library version, such as "openssl 3.0.13" or "boringssl".
     #[arg(long = "ssl_version", alias = "ssl-version", value_name = "VERSION")]
     pub ssl_version: Option<String>,
     /// cgroup v2 path for cgroup-scoped capture.
@@ -109,9 +128,17 @@ impl Mode {
     }
 }
 
+/// Which module captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    Tls,
+    GnuTls,
+}
+
 /// Validated settings for one capture.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub module: ModuleKind,
     pub pid: Option<u32>,
     pub uid: Option<u32>,
     pub btf: BtfMode,
@@ -120,7 +147,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
     pub debug: bool,
-    pub libssl: Option<PathBuf>,
+    /// The library (or program) to hook, when named.
+    pub library: Option<PathBuf>,
     pub mode: Mode,
     /// Where key log lines go, if anywhere.
     pub keylog_file: Option<PathBuf>,
@@ -135,7 +163,10 @@ pub struct Config {
 impl Cli {
     pub fn into_config(self) -> Result<Config> {
         let global = self.global;
-        let ModuleCommand::Tls(tls) = self.module;
+        let (module, tls, library, keylog_name) = match self.module {
+            ModuleCommand::Tls(args) => (ModuleKind::Tls, args.capture, args.libssl, "ecapture_openssl_key.log"),
+            ModuleCommand::Gnutls(args) => (ModuleKind::GnuTls, args.capture, args.gnutls, "ecapture_gnutls_key.log"),
+        };
         let mode = Mode::parse(&tls.model)?;
         if mode != Mode::Pcap && !tls.filter.is_empty() {
             bail!(
@@ -144,6 +175,7 @@ impl Cli {
             );
         }
         Ok(Config {
+            module,
             pid: (global.pid != 0).then_some(global.pid),
             uid: global.uid,
             btf: match global.btf {
@@ -156,13 +188,10 @@ impl Cli {
             log_file: global.logaddr,
             ring_buffer_bytes: ring_buffer_bytes(global.mapsize)?,
             debug: global.debug,
-            libssl: tls.libssl,
+            library,
             mode,
             keylog_file: match mode {
-                Mode::Keylog => Some(
-                    tls.keylogfile
-                        .unwrap_or_else(|| PathBuf::from("ecapture_openssl_key.log")),
-                ),
+                Mode::Keylog => Some(tls.keylogfile.unwrap_or_else(|| PathBuf::from(keylog_name))),
                 _ => tls.keylogfile,
             },
             pcap_file: tls.pcapfile,
@@ -215,7 +244,7 @@ mod tests {
         assert_eq!(c.uid, Some(0));
         assert_eq!(c.btf, BtfMode::NoCore);
         assert!(c.hex);
-        assert_eq!(c.libssl.as_deref(), Some(std::path::Path::new("/x/libssl.so.3")));
+        assert_eq!(c.library.as_deref(), Some(std::path::Path::new("/x/libssl.so.3")));
         let alias = config(&[
             "ecapture",
             "--pid",

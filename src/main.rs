@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use ecapture::cli::{Cli, Mode};
 use ecapture::sink::Sink;
 use ecapture::sink::text::TextSink;
-use ecapture::{capture, logging, modules, preflight, sink};
+use ecapture::{logging, modules, preflight, sink};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,7 +26,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let module = modules::module_for(&cli.module);
     let config = cli.into_config()?;
     let log_file = match &config.log_file {
         Some(path) => {
@@ -50,7 +49,7 @@ fn run(cli: Cli) -> Result<()> {
     .into_iter()
     .flatten()
     .collect();
-    let summary = capture::run(module.as_ref(), &config, sinks)?;
+    let summary = modules::run_capture(&config, sinks)?;
     // Finishes writing the output before the summary says what was written.
     drop(stdout_sink);
     info!(

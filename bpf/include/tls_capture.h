@@ -1,51 +1,35 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * What every TLS library module shares: remember a read or write call at its
- * entry, learn the socket from the syscalls the library makes inside the call,
- * and at the call's return copy exactly the bytes transferred into the ring
- * buffer. A module only adds uprobes that call tls_call_enter/tls_call_exit.
+ * entry, learn the socket from the library's own state or from the syscalls
+ * it makes inside the call, and at the call's return copy exactly the bytes
+ * transferred into the ring buffer. A library's file defines
+ * TLS_CAPTURE_SOURCE (its enum data_source) before including this, then the
+ * two library_transport functions declared below, and uprobes that call
+ * tls_call_enter/tls_call_exit.
  */
 #ifndef ECAPTURE_TLS_CAPTURE_H
 #define ECAPTURE_TLS_CAPTURE_H
 
 #include <bpf/bpf_helpers.h>
 #include "kernel_compat.h"
+#include "capture_settings.h"
 #include "tls_event.h"
 #include "socket_of_fd.h"
 #include "syscall_tracepoint.h"
 
-/* Set by userspace before the programs run (see kernel_compat.h). */
-struct capture_settings {
-	__u32 target_pid; /* tgid to keep, 0 = all */
-	__u32 target_uid;
-	/* Wake the reader only once this many bytes are waiting; it also polls
-	 * on a short timeout, so small bursts are never stranded. */
-	__u64 wakeup_bytes;
-	/* Where a socket BIO keeps its fd, from the library's own accessors
-	 * (SSL_get_rbio, BIO_method_type, BIO_get_retry_reason); 0 when
-	 * unknown. With them the return probe names the socket itself.
-	 * Without them, or for a session whose BIO is not a descriptor
-	 * (curl's, node's), the syscall tracepoints below do; those put every
-	 * system call of every process on the kernel's slow path, which cost
-	 * the 64-byte ping-pong 8% of its speed. */
-	__u32 ssl_rbio_offset;
-	__u32 bio_method_offset;
-	__u32 bio_num_offset;
-	__u8 filter_by_uid;
-	/* 3.2+: only an SSL object whose type tag (at 0) is 0 is a TLS
-	 * connection. */
-	__u8 ssl_type_tagged;
-	/* bpf_loop (Linux 5.17) lets one call send any number of records;
-	 * older kernels get an unrolled loop of UNROLLED_MAX_CHUNKS. */
-	__u8 have_bpf_loop;
-	__u8 _pad;
-};
+#ifndef TLS_CAPTURE_SOURCE
+#error "define TLS_CAPTURE_SOURCE, the library's enum data_source, before including tls_capture.h"
+#endif
+
+/* The object a session reaches its socket through (an OpenSSL BIO), or 0
+ * when the library's state cannot tell. */
+static __always_inline __u64 library_transport(__u64 conn_id);
+/* The descriptor that object holds, or -1 when it holds none (a memory BIO). */
+static __always_inline int library_transport_fd(__u64 transport);
 
 DECLARE_SETTINGS(struct capture_settings, capture_settings);
-BTF_ANCHOR(struct capture_settings, _capture_settings_btf_anchor);
 
-/* The socket, fd, connect, accept and datagram BIOs carry this type bit. */
-#define BIO_TYPE_DESCRIPTOR 0x0100
 #define UNROLLED_MAX_CHUNKS 8
 
 /* How the call reports the transferred length. */
@@ -79,7 +63,7 @@ struct session_socket {
 	 * woken the reader, so that procfs names it while it is open. */
 	__u32 woke_reader;
 	__u64 sk;
-	__u64 bio;  /* the socket BIO it was read from; 0: learned from syscalls */
+	__u64 transport;  /* what it was read from (library_transport); 0: learned from syscalls */
 	struct conn_tuple conn;
 };
 
@@ -126,8 +110,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lost_counts);
 } lost_records SEC(".maps");
-
-BTF_ANCHOR(struct data_event, _data_event_btf_anchor);
 
 static __always_inline bool process_is_traced(__u64 pid_tgid)
 {
@@ -435,87 +417,50 @@ static __always_inline void want_syscall_sockets(void *ctx)
 	wake_reader(ctx);
 }
 
-/* The session's read BIO (its write BIO is the same socket, but for a
- * buffering BIO pushed in front during handshakes), or 0. */
-static __always_inline __u64 read_bio_of(__u64 ssl)
-{
-	__u64 bio = 0;
-
-	if (bpf_probe_read_user(&bio, sizeof(bio), (void *)(ssl + SETTING(capture_settings, ssl_rbio_offset))))
-		return 0;
-	return bio;
-}
-
-/* From 3.2 an SSL object may be a QUIC one, whose fields differ. */
-static __always_inline bool is_tls_connection(__u64 ssl)
-{
-	__u32 tag = 0;
-
-	return !SETTING(capture_settings, ssl_type_tagged) || (!bpf_probe_read_user(&tag, sizeof(tag), (void *)ssl) && !tag);
-}
-
-/* The fd of `bio` if it is a descriptor BIO (socket, fd, connect,
- * accept, datagram), else -1. */
-static __always_inline int descriptor_bio_fd(__u64 bio)
-{
-	__u64 method = 0;
-	int type = 0, fd = -1;
-
-	if (bpf_probe_read_user(&method, sizeof(method), (void *)(bio + SETTING(capture_settings, bio_method_offset))) ||
-	    !method)
-		return -1;
-	if (bpf_probe_read_user(&type, sizeof(type), (void *)method) || !(type & BIO_TYPE_DESCRIPTOR))
-		return -1;
-	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(bio + SETTING(capture_settings, bio_num_offset))))
-		return -1;
-	return fd;
-}
-
-/* Records that the session uses socket `fd`, read from `bio` (0: seen in a
- * syscall), unless `known` says so already, and returns the entry. The
+/* Records that the session uses socket `fd`, read from `transport` (0: seen
+ * in a syscall), unless `known` says so already, and returns the entry. The
  * socket is compared too: a freed session object and its fd number are
  * both reused for the next connection. */
-static __always_inline struct session_socket *remember_socket(struct session_key *key, long fd, __u64 bio,
+static __always_inline struct session_socket *remember_socket(struct session_key *key, long fd, __u64 transport,
 							      struct session_socket *known)
 {
 	struct session_socket fresh = {};
 
 	fresh.fd = fd;
 	fresh.sk = socket_of_fd(fd);
-	fresh.bio = bio;
+	fresh.transport = transport;
 	/* A program may write to a pipe or an eventfd (node's event loop does)
 	 * in the middle of a call: only a socket names the session. */
-	if (!bio && !fresh.sk && KERNEL_NAMES_SOCKETS)
+	if (!transport && !fresh.sk && KERNEL_NAMES_SOCKETS)
 		return known;
-	if (known && known->fd == fresh.fd && known->sk == fresh.sk && known->bio == bio)
+	if (known && known->fd == fresh.fd && known->sk == fresh.sk && known->transport == transport)
 		return known;
 	if (fresh.sk)
 		read_conn_tuple(fresh.sk, &fresh.conn);
 	bpf_map_update_elem(&session_sockets, key, &fresh, BPF_ANY);
-	if (fresh.sk && bio)
+	if (fresh.sk && transport)
 		bpf_map_update_elem(&socket_sessions, &fresh.sk, key, BPF_ANY);
 	return bpf_map_lookup_elem(&session_sockets, key);
 }
 
-/* The session's socket. Read from its BIO when that is a descriptor: one
- * load while the BIO is the one the socket was learned from, as
- * forget_closed_socket drops the entry when the connection ends. Else as
- * the syscall tracepoints last saw it, asking for them if need be. */
+/* The session's socket. Read through the library's transport when that
+ * holds a descriptor: one load while the transport is the one the socket was
+ * learned from, as forget_closed_socket drops the entry when the connection
+ * ends. Else as the syscall tracepoints last saw it, asking for them if
+ * need be. */
 static __always_inline struct session_socket *session_socket(void *ctx, struct session_key *key)
 {
 	struct session_socket *known = bpf_map_lookup_elem(&session_sockets, key);
-	__u64 bio;
-	int fd = -1;
+	__u64 transport = library_transport(key->conn_id);
+	int fd;
 
-	if (!SETTING(capture_settings, ssl_rbio_offset))
+	if (!transport)
 		return known;
-	bio = read_bio_of(key->conn_id);
-	if (bio && known && known->sk && known->bio == bio)
+	if (known && known->sk && known->transport == transport)
 		return known;
-	if (bio && is_tls_connection(key->conn_id))
-		fd = descriptor_bio_fd(bio);
+	fd = library_transport_fd(transport);
 	if (fd >= 0)
-		return remember_socket(key, fd, bio, known);
+		return remember_socket(key, fd, transport, known);
 	if (!known)
 		want_syscall_sockets(ctx);
 	return known;
@@ -578,34 +523,31 @@ static __always_inline void name_from_socket_read(__u64 pid_tgid, __u64 conn_id)
 	key.tgid = pid_tgid >> 32;
 	key.conn_id = conn_id;
 	known = bpf_map_lookup_elem(&session_sockets, &key);
-	/* A session named from its BIO keeps that name. */
-	if (!known || !known->bio)
+	/* A session named from its transport keeps that name. */
+	if (!known || !known->transport)
 		remember_socket(&key, fd, 0, known);
 }
 
-/* Whether the session's BIO is not a descriptor. Such a session asks for
- * the syscall tracepoints, before its data if it can: at its handshake. */
-static __always_inline bool check_memory_bio(void *ctx, __u64 pid_tgid, __u64 ssl)
+/* Whether the session's transport holds no descriptor. Such a session asks
+ * for the syscall tracepoints, before its data if it can: at its handshake. */
+static __always_inline bool check_memory_bio(void *ctx, __u64 pid_tgid, __u64 conn_id)
 {
-	__u64 bio;
+	__u64 transport = library_transport(conn_id);
 
-	if (!SETTING(capture_settings, ssl_rbio_offset))
-		return false;
-	bio = read_bio_of(ssl);
-	if (!bio || !is_tls_connection(ssl) || descriptor_bio_fd(bio) >= 0)
+	if (!transport || library_transport_fd(transport) >= 0)
 		return false;
 	mark_memory_bio_process(pid_tgid >> 32);
 	want_syscall_sockets(ctx);
 	return true;
 }
 
-/* On SSL_do_handshake, in text mode. */
-static __always_inline int check_socket_bio(void *ctx, __u64 ssl)
+/* On a handshake call, in text mode. */
+static __always_inline int check_socket_bio(void *ctx, __u64 conn_id)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
-	if (process_is_traced(pid_tgid) && check_memory_bio(ctx, pid_tgid, ssl))
-		name_from_socket_read(pid_tgid, ssl);
+	if (process_is_traced(pid_tgid) && check_memory_bio(ctx, pid_tgid, conn_id))
+		name_from_socket_read(pid_tgid, conn_id);
 	return 0;
 }
 
@@ -729,7 +671,7 @@ static __always_inline int tls_call_exit(void *ctx, int ret)
 	ev->tid = (__u32)pid_tgid;
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	ev->direction = call.direction;
-	ev->source = SOURCE_OPENSSL;
+	ev->source = TLS_CAPTURE_SOURCE;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
 	sock = session_socket(ctx, &key);
@@ -782,8 +724,8 @@ static __always_inline int note_socket_fd(long fd, bool is_read)
 	key.tgid = pid_tgid >> 32;
 	key.conn_id = call->conn_id;
 	known = bpf_map_lookup_elem(&session_sockets, &key);
-	/* A session named from its BIO is kept by the return probe. */
-	if (!known || !known->bio)
+	/* A session named from its transport is kept by the return probe. */
+	if (!known || !known->transport)
 		remember_socket(&key, fd, 0, known);
 	return 0;
 }

@@ -28,6 +28,7 @@ enum data_direction {
 /* Which library hook produced the record; userspace picks the decoder. */
 enum data_source {
 	SOURCE_OPENSSL = 1,
+	SOURCE_GNUTLS = 2,
 };
 
 /* The socket behind the fd, when the kernel could read it. family is 0 when

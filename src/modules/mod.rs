@@ -1,7 +1,9 @@
 //! Capture modules. A module is a BPF object (under `bpf/`), the discovery of
 //! what to hook, and the events its probes send. The rest of the pipeline
-//! (connections, protocol parsers, sinks) is shared.
+//! (connections, protocol parsers, sinks) is shared, and knows no module.
+//! Adding one: its `.bpf.c`, its folder here, and a line in `run_capture`.
 
+pub mod gnutls;
 pub mod openssl;
 
 use std::fmt;
@@ -9,12 +11,20 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::{Config, ModuleCommand};
-use crate::modules::openssl::layout::OpensslLayout;
-use crate::modules::openssl::socket_bio::SocketBioLayout;
+use crate::capture::{self, Summary};
+use crate::cli::{Config, Mode, ModuleKind};
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
+use crate::sink::Sink;
 use crate::target::disasm::{self, ProbeSite};
 use crate::target::elf::{ElfImage, FunctionSymbol};
+
+/// Runs the capture of the module the command line names.
+pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary> {
+    match config.module {
+        ModuleKind::Tls => capture::run(&openssl::OpenSsl, config, sinks),
+        ModuleKind::GnuTls => capture::run(&gnutls::GnuTls, config, sinks),
+    }
+}
 
 /// A function to probe: an entry program on its first instruction, and
 /// possibly a return program that fires when it returns.
@@ -53,21 +63,20 @@ impl Hook {
     }
 }
 
-/// One file to place hooks in.
+/// One file to place hooks in, and what the module's BPF object must be
+/// told about it before it loads (`layouts`: where the library keeps
+/// secrets or sockets). Targets whose layouts agree share one object.
 #[derive(Debug, Clone)]
-pub struct HookTarget {
+pub struct HookTarget<L> {
     /// Path we open and attach to (through /proc/PID/root for another mount namespace).
     pub binary: PathBuf,
     /// What the file is, for the user: library and version.
     pub description: String,
     pub hooks: Vec<Hook>,
-    /// Where session secrets live, for modes that read them.
-    pub key_layout: Option<OpensslLayout>,
-    /// Where a socket BIO keeps its fd, for the modes that name sockets.
-    pub socket_bio: Option<SocketBioLayout>,
+    pub layouts: L,
 }
 
-impl fmt::Display for HookTarget {
+impl<L: fmt::Display> fmt::Display for HookTarget<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<String> = self
             .hooks
@@ -79,28 +88,41 @@ impl fmt::Display for HookTarget {
             .collect();
         write!(
             f,
-            "{} ({}): {}",
+            "{} ({}): {}{}",
             self.binary.display(),
             self.description,
-            names.join(", ")
-        )?;
-        match &self.socket_bio {
-            Some(socket_bio) => write!(f, "; {socket_bio}"),
-            None => Ok(()),
-        }
+            names.join(", "),
+            self.layouts
+        )
     }
 }
 
-pub trait Module {
-    fn name(&self) -> &'static str;
-    /// Finds the files to hook; errors name the missing or wrong input.
-    fn discover(&self, config: &Config) -> Result<Vec<HookTarget>>;
-    /// Loads this module's BPF object with the filters applied.
-    fn load(&self, flavor: Flavor, settings: &ProbeSettings) -> Result<LoadedProbes>;
+/// The syscall tracepoints an object's programs need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracepoints {
+    None,
+    /// The data path's, attached once a session's transport turns out to
+    /// hold no socket; the library's own state names the others.
+    OnDemand,
+    /// The data path's, from the start: sockets are named from syscalls.
+    FromStart,
+    /// The programs whose names start with this.
+    Prefixed(&'static str),
 }
 
-pub fn module_for(command: &ModuleCommand) -> Box<dyn Module> {
-    match command {
-        ModuleCommand::Tls(_) => Box::new(openssl::OpenSsl),
+pub trait Module {
+    /// What an object is told about its targets before it loads.
+    type Layouts: Clone + PartialEq + fmt::Display;
+
+    fn name(&self) -> &'static str;
+    /// Finds the files to hook; errors name the missing or wrong input.
+    fn discover(&self, config: &Config) -> Result<Vec<HookTarget<Self::Layouts>>>;
+    /// Loads this module's BPF object for targets with `layouts`.
+    fn load(&self, flavor: Flavor, settings: &ProbeSettings, layouts: &Self::Layouts) -> Result<LoadedProbes>;
+    /// The syscall tracepoints such an object needs in `mode`.
+    fn tracepoints(&self, mode: Mode, layouts: &Self::Layouts) -> Tracepoints;
+    /// Whatever else the module attaches once its targets are hooked.
+    fn watch(&self, _probes: &mut LoadedProbes, _config: &Config) -> Result<()> {
+        Ok(())
     }
 }

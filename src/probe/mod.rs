@@ -2,18 +2,14 @@
 //! they report. Everything past `load` works on the generic libbpf-rs
 //! `Object`, so every module shares the attach and ring-buffer code.
 
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::Skel;
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, UprobeMultiOpts, UprobeOpts};
-
-use crate::modules::openssl::layout::OpensslLayout;
-use crate::modules::openssl::socket_bio::SocketBioLayout;
 
 pub mod kernel_filter;
 #[cfg(test)]
@@ -22,54 +18,28 @@ pub mod packets;
 pub mod readiness;
 mod uprobe_multi;
 
-#[cfg(bpf_core)]
-mod openssl_core {
-    include!(concat!(env!("OUT_DIR"), "/openssl_core.skel.rs"));
-}
-#[cfg(bpf_nocore)]
-mod openssl_nocore {
-    include!(concat!(env!("OUT_DIR"), "/openssl_nocore.skel.rs"));
-}
-#[cfg(bpf_core)]
-mod openssl_core_legacy {
-    include!(concat!(env!("OUT_DIR"), "/openssl_core_legacy.skel.rs"));
-}
-#[cfg(bpf_nocore)]
-mod openssl_nocore_legacy {
-    include!(concat!(env!("OUT_DIR"), "/openssl_nocore_legacy.skel.rs"));
+/// The C types every module shares (`bpf/shared_types.bpf.c`). Generated
+/// for an object without programs, whose empty loops clippy flags.
+#[allow(clippy::never_loop, clippy::match_single_binding)]
+mod shared_types {
+    include!(concat!(env!("OUT_DIR"), "/shared_types.skel.rs"));
 }
 
+/// What every capture object is told before its programs run.
+use shared_types::types::capture_settings as RawCaptureSettings;
 /// The record header, generated from `bpf/include/tls_event.h`; the
 /// payload follows it.
-#[cfg(bpf_core)]
-pub use openssl_core::types::data_event_header as RawDataHeader;
-#[cfg(all(bpf_nocore, not(bpf_core)))]
-pub use openssl_nocore::types::data_event_header as RawDataHeader;
-
+pub use shared_types::types::data_event_header as RawDataHeader;
+/// A handshake of a TLS library the module does not capture.
+pub use shared_types::types::foreign_tls_event as RawForeignTls;
 /// The session secrets record, generated from `bpf/include/tls_keys.h`.
-#[cfg(bpf_core)]
-pub use openssl_core::types::master_secret_event as RawMasterSecret;
-#[cfg(all(bpf_nocore, not(bpf_core)))]
-pub use openssl_nocore::types::master_secret_event as RawMasterSecret;
-
-/// A handshake of a TLS library the tls module does not capture.
-#[cfg(bpf_core)]
-pub use openssl_core::types::foreign_tls_event as RawForeignTls;
-#[cfg(all(bpf_nocore, not(bpf_core)))]
-pub use openssl_nocore::types::foreign_tls_event as RawForeignTls;
-
-/// The capture settings and the secrets layout, as the programs read them.
-#[cfg(bpf_core)]
-use openssl_core::types::{capture_settings as RawCaptureSettings, openssl_layout as RawOpensslLayout};
-#[cfg(all(bpf_nocore, not(bpf_core)))]
-use openssl_nocore::types::{capture_settings as RawCaptureSettings, openssl_layout as RawOpensslLayout};
+pub use shared_types::types::master_secret_event as RawMasterSecret;
 
 // SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawDataHeader {}
 unsafe impl plain::Plain for RawMasterSecret {}
 unsafe impl plain::Plain for RawForeignTls {}
 unsafe impl plain::Plain for RawCaptureSettings {}
-unsafe impl plain::Plain for RawOpensslLayout {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -154,11 +124,6 @@ impl Generation {
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
     pub generation: Generation,
-    /// Where the library keeps session secrets; None when keys are not read.
-    pub key_layout: Option<OpensslLayout>,
-    /// Where a socket BIO keeps its fd; None leaves naming sockets to the
-    /// syscall tracepoints.
-    pub socket_bio: Option<SocketBioLayout>,
     pub target_pid: Option<u32>,
     pub target_uid: Option<u32>,
     pub ring_buffer_bytes: u32,
@@ -195,34 +160,99 @@ macro_rules! load_skeleton {
     ($module:ident :: $builder:ident, |$open:ident| $configure:block) => {{
         // libbpf-rs skeletons borrow their storage; the storage must outlive
         // the loaded object, which lives for the whole capture.
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let storage: &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject> =
+            Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
         // Legacy objects are configured after load, through their maps.
         #[allow(unused_mut)]
-        let mut $open = $module::$builder::default().open(storage).map_err(explain_bpf_error)?;
+        let mut $open = $module::$builder::default()
+            .open(storage)
+            .map_err($crate::probe::explain_bpf_error)?;
         $configure
-        let loaded = $open.load().map_err(explain_bpf_error)?;
-        Box::new(loaded) as Box<dyn Skel<'static>>
+        let loaded = $open.load().map_err($crate::probe::explain_bpf_error)?;
+        Box::new(loaded) as Box<dyn libbpf_rs::skel::Skel<'static>>
     }};
 }
 pub(crate) use load_skeleton;
 
-/// Writes the TLS capture settings into an open current-kernel openssl
-/// skeleton, whose read-only data holds them.
-macro_rules! configure_openssl {
+/// Includes the four builds of the BPF object `bpf/$name.bpf.c` (CO-RE or
+/// not, for current kernels or legacy ones) as the modules `skel_core`,
+/// `skel_nocore`, `skel_core_legacy` and `skel_nocore_legacy`.
+macro_rules! include_skeletons {
+    ($name:literal) => {
+        #[cfg(bpf_core)]
+        mod skel_core {
+            include!(concat!(env!("OUT_DIR"), "/", $name, "_core.skel.rs"));
+        }
+        #[cfg(bpf_nocore)]
+        mod skel_nocore {
+            include!(concat!(env!("OUT_DIR"), "/", $name, "_nocore.skel.rs"));
+        }
+        #[cfg(bpf_core)]
+        mod skel_core_legacy {
+            include!(concat!(env!("OUT_DIR"), "/", $name, "_core_legacy.skel.rs"));
+        }
+        #[cfg(bpf_nocore)]
+        mod skel_nocore_legacy {
+            include!(concat!(env!("OUT_DIR"), "/", $name, "_nocore_legacy.skel.rs"));
+        }
+    };
+}
+pub(crate) use include_skeletons;
+
+/// Loads the build of an object (modules from `include_skeletons!`, with
+/// their builders) that suits `$flavor` and `$generation`. `$configure`
+/// fills a current build's read-only data; legacy builds are configured
+/// after load, through their maps.
+macro_rules! load_build {
+    ($flavor:expr, $generation:expr, [$core:ident, $nocore:ident, $core_legacy:ident, $nocore_legacy:ident],
+     |$open:ident| $configure:block) => {
+        match ($flavor, $generation) {
+            #[cfg(bpf_core)]
+            ($crate::probe::Flavor::Core, $crate::probe::Generation::Current) => {
+                $crate::probe::load_skeleton!(skel_core::$core, |$open| $configure)
+            }
+            #[cfg(bpf_nocore)]
+            ($crate::probe::Flavor::NoCore, $crate::probe::Generation::Current) => {
+                $crate::probe::load_skeleton!(skel_nocore::$nocore, |$open| $configure)
+            }
+            #[cfg(bpf_core)]
+            ($crate::probe::Flavor::Core, $crate::probe::Generation::Legacy) => {
+                $crate::probe::load_skeleton!(skel_core_legacy::$core_legacy, |$open| {})
+            }
+            #[cfg(bpf_nocore)]
+            ($crate::probe::Flavor::NoCore, $crate::probe::Generation::Legacy) => {
+                $crate::probe::load_skeleton!(skel_nocore_legacy::$nocore_legacy, |$open| {})
+            }
+            #[allow(unreachable_patterns)]
+            (flavor, _) => anyhow::bail!("{flavor:?} BPF objects are not built in"),
+        }
+    };
+}
+pub(crate) use load_build;
+
+/// Writes the capture settings into an open current-kernel TLS skeleton,
+/// whose read-only data holds them (legacy objects get them in
+/// `LoadedProbes::new`).
+macro_rules! configure_capture {
     ($open:ident, $settings:expr) => {{
-        let settings: &ProbeSettings = $settings;
+        let settings: &$crate::probe::ProbeSettings = $settings;
         let rodata = $open
             .maps
             .rodata_data
             .as_deref_mut()
             .ok_or_else(|| anyhow!("BPF object has no .rodata"))?;
-        copy_c_struct(&settings.raw_capture_settings(), &mut rodata.capture_settings);
-        copy_c_struct(&settings.raw_layout(), &mut rodata.layout);
+        $crate::probe::copy_c_struct(&settings.raw_capture_settings(), &mut rodata.capture_settings);
         $open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
-        if uprobe_multi::supported() {
-            uprobe_multi::prepare($open.open_object_mut());
-        }
+        $crate::probe::prepare_uprobes($open.open_object_mut());
     }};
+}
+pub(crate) use configure_capture;
+
+/// Loads the uprobe programs for uprobe_multi links where the kernel has them.
+pub(crate) fn prepare_uprobes(object: &mut OpenObject) {
+    if uprobe_multi::supported() {
+        uprobe_multi::prepare(object);
+    }
 }
 
 /// Copies `source` into `target`, the same C struct as generated into
@@ -250,75 +280,15 @@ pub(crate) fn write_settings_map<S: plain::Plain>(object: &Object, name: &str, s
 }
 
 impl ProbeSettings {
-    fn raw_capture_settings(&self) -> RawCaptureSettings {
-        let mut raw = RawCaptureSettings {
+    pub(crate) fn raw_capture_settings(&self) -> RawCaptureSettings {
+        RawCaptureSettings {
             target_pid: self.target_pid.unwrap_or(0),
             target_uid: self.target_uid.unwrap_or(0),
             filter_by_uid: u8::from(self.target_uid.is_some()),
             wakeup_bytes: self.wakeup_bytes,
             have_bpf_loop: u8::from(self.generation == Generation::Current && kernel_has_bpf_loop()),
             ..Default::default()
-        };
-        if let Some(socket_bio) = &self.socket_bio {
-            raw.ssl_rbio_offset = socket_bio.ssl_rbio;
-            raw.ssl_type_tagged = u8::from(socket_bio.ssl_type_tagged);
-            raw.bio_method_offset = socket_bio.bio_method;
-            raw.bio_num_offset = socket_bio.bio_num;
         }
-        raw
-    }
-
-    /// Where the library keeps session secrets; zeros when keys are not read.
-    fn raw_layout(&self) -> RawOpensslLayout {
-        let mut target = RawOpensslLayout::default();
-        let Some(layout) = &self.key_layout else {
-            return target;
-        };
-        const ABSENT: u32 = u32::MAX;
-        let tls13 = layout.tls13.unwrap_or(crate::modules::openssl::layout::Tls13Offsets {
-            handshake_secret: 0,
-            handshake_traffic_hash: 0,
-            client_app_traffic_secret: 0,
-            server_app_traffic_secret: 0,
-            exporter_master_secret: 0,
-        });
-        let hs = layout
-            .handshake_object
-            .unwrap_or(crate::modules::openssl::layout::HandshakeObjectOffsets {
-                s3_handshake: ABSENT,
-                s3_write_traffic_secret: 0,
-                s3_exporter_secret: 0,
-                hash_len: 0,
-                client_handshake_secret: 0,
-                server_handshake_secret: 0,
-                client_traffic_secret_0: 0,
-                server_traffic_secret_0: 0,
-            });
-        target.ssl_type = layout.ssl_type.unwrap_or(ABSENT);
-        target.version = layout.version;
-        target.session = layout.session;
-        target.session_in_s3 = u32::from(layout.session_in_s3);
-        target.session_version = layout.session_version.unwrap_or(ABSENT);
-        target.s3_pointer = layout.s3_pointer.unwrap_or(ABSENT);
-        target.client_random = layout.client_random;
-        target.session_master_key = layout.session_master_key;
-        target.session_cipher = layout.session_cipher;
-        target.session_cipher_id = layout.session_cipher_id.unwrap_or(ABSENT);
-        target.cipher_id = layout.cipher_id;
-        target.s3_handshake = hs.s3_handshake;
-        target.s3_write_traffic_secret = hs.s3_write_traffic_secret;
-        target.s3_exporter_secret = hs.s3_exporter_secret;
-        target.hs_hash_len = hs.hash_len;
-        target.hs_client_handshake_secret = hs.client_handshake_secret;
-        target.hs_server_handshake_secret = hs.server_handshake_secret;
-        target.hs_client_traffic_secret_0 = hs.client_traffic_secret_0;
-        target.hs_server_traffic_secret_0 = hs.server_traffic_secret_0;
-        target.handshake_secret = tls13.handshake_secret;
-        target.handshake_traffic_hash = tls13.handshake_traffic_hash;
-        target.client_app_traffic_secret = tls13.client_app_traffic_secret;
-        target.server_app_traffic_secret = tls13.server_app_traffic_secret;
-        target.exporter_master_secret = tls13.exporter_master_secret;
-        target
     }
 }
 
@@ -349,37 +319,13 @@ pub(crate) fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
 }
 
 impl LoadedProbes {
-    /// Loads the OpenSSL/BoringSSL capture object.
-    pub fn load_openssl(flavor: Flavor, settings: &ProbeSettings) -> Result<LoadedProbes> {
+    /// Takes a loaded TLS capture object (one that includes
+    /// `bpf/include/tls_capture.h`); a legacy one gets its settings now.
+    pub fn new(skel: Box<dyn Skel<'static>>, settings: &ProbeSettings) -> Result<LoadedProbes> {
         let generation = settings.generation;
-        let skel = match (flavor, generation) {
-            #[cfg(bpf_core)]
-            (Flavor::Core, Generation::Current) => {
-                load_skeleton!(openssl_core::OpensslCoreSkelBuilder, |open| {
-                    configure_openssl!(open, settings)
-                })
-            }
-            #[cfg(bpf_nocore)]
-            (Flavor::NoCore, Generation::Current) => {
-                load_skeleton!(openssl_nocore::OpensslNocoreSkelBuilder, |open| {
-                    configure_openssl!(open, settings)
-                })
-            }
-            #[cfg(bpf_core)]
-            (Flavor::Core, Generation::Legacy) => {
-                load_skeleton!(openssl_core_legacy::OpensslCoreLegacySkelBuilder, |open| {})
-            }
-            #[cfg(bpf_nocore)]
-            (Flavor::NoCore, Generation::Legacy) => {
-                load_skeleton!(openssl_nocore_legacy::OpensslNocoreLegacySkelBuilder, |open| {})
-            }
-            #[allow(unreachable_patterns)]
-            _ => bail!("{flavor:?} BPF objects are not built in"),
-        };
         if generation == Generation::Legacy {
             let object = skel.object();
             write_settings_map(object, "capture_settings", &settings.raw_capture_settings())?;
-            write_settings_map(object, "layout", &settings.raw_layout())?;
             // A call's records past the first program's go out in tail calls.
             let continuation = program_named(object, "emit_more_chunks")?;
             map_named(object, "chunk_continuation")?

@@ -3,7 +3,6 @@
 //! connection. Detaching restores the interface as it was found.
 
 use std::collections::HashMap;
-use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -11,44 +10,28 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{
-    Link, MapCore, MapFlags, MapHandle, OpenObject, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook,
-    TcHookBuilder,
+    Link, MapCore, MapFlags, MapHandle, PerfBufferBuilder, TC_EGRESS, TC_INGRESS, TcAttachPoint, TcHook, TcHookBuilder,
 };
 
 use super::kernel_filter::{self, ClassicInstruction};
 use super::{
-    Flavor, Generation, copy_c_struct, explain_bpf_error, load_skeleton, map_named, program_named, write_settings_map,
+    Flavor, Generation, copy_c_struct, include_skeletons, load_build, map_named, program_named, write_settings_map,
 };
 use crate::event::{Comm, SocketPair};
 use crate::procnet;
 
-#[cfg(bpf_core)]
-mod packets_core {
-    include!(concat!(env!("OUT_DIR"), "/packets_core.skel.rs"));
-}
-#[cfg(bpf_nocore)]
-mod packets_nocore {
-    include!(concat!(env!("OUT_DIR"), "/packets_nocore.skel.rs"));
-}
-#[cfg(bpf_core)]
-mod packets_core_legacy {
-    include!(concat!(env!("OUT_DIR"), "/packets_core_legacy.skel.rs"));
-}
-#[cfg(bpf_nocore)]
-mod packets_nocore_legacy {
-    include!(concat!(env!("OUT_DIR"), "/packets_nocore_legacy.skel.rs"));
-}
+include_skeletons!("packets");
 
 /// The header of each packet sample, generated from `bpf/include/packet_event.h`.
 #[cfg(bpf_core)]
-pub use packets_core::types::packet_meta as RawPacketMeta;
+pub use skel_core::types::packet_meta as RawPacketMeta;
 #[cfg(all(bpf_nocore, not(bpf_core)))]
-pub use packets_nocore::types::packet_meta as RawPacketMeta;
+pub use skel_nocore::types::packet_meta as RawPacketMeta;
 
 #[cfg(bpf_core)]
-use packets_core::types::{flow_key as FlowKey, flow_owner as FlowOwner, packet_settings as RawPacketSettings};
+use skel_core::types::{flow_key as FlowKey, flow_owner as FlowOwner, packet_settings as RawPacketSettings};
 #[cfg(all(bpf_nocore, not(bpf_core)))]
-use packets_nocore::types::{flow_key as FlowKey, flow_owner as FlowOwner, packet_settings as RawPacketSettings};
+use skel_nocore::types::{flow_key as FlowKey, flow_owner as FlowOwner, packet_settings as RawPacketSettings};
 
 // SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawPacketMeta {}
@@ -116,26 +99,17 @@ impl PacketProbes {
                 copy_c_struct(&settings, &mut rodata.packet_settings);
             }};
         }
-        let skel = match (flavor, generation) {
-            #[cfg(bpf_core)]
-            (Flavor::Core, Generation::Current) => {
-                load_skeleton!(packets_core::PacketsCoreSkelBuilder, |open| { configure!(open) })
-            }
-            #[cfg(bpf_nocore)]
-            (Flavor::NoCore, Generation::Current) => {
-                load_skeleton!(packets_nocore::PacketsNocoreSkelBuilder, |open| { configure!(open) })
-            }
-            #[cfg(bpf_core)]
-            (Flavor::Core, Generation::Legacy) => {
-                load_skeleton!(packets_core_legacy::PacketsCoreLegacySkelBuilder, |open| {})
-            }
-            #[cfg(bpf_nocore)]
-            (Flavor::NoCore, Generation::Legacy) => {
-                load_skeleton!(packets_nocore_legacy::PacketsNocoreLegacySkelBuilder, |open| {})
-            }
-            #[allow(unreachable_patterns)]
-            _ => bail!("{flavor:?} BPF objects are not built in"),
-        };
+        let skel = load_build!(
+            flavor,
+            generation,
+            [
+                PacketsCoreSkelBuilder,
+                PacketsNocoreSkelBuilder,
+                PacketsCoreLegacySkelBuilder,
+                PacketsNocoreLegacySkelBuilder
+            ],
+            |open| { configure!(open) }
+        );
         if generation == Generation::Legacy {
             write_settings_map(skel.object(), "packet_settings", &settings)?;
         }

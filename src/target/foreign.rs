@@ -31,12 +31,13 @@ impl ForeignTls {
             .find(|known| *known as u32 == library)
     }
 
-    /// The TLS it does, and the module that will capture it.
-    fn describe(self) -> (&'static str, &'static str) {
+    /// The TLS it does, the module that captures it, and whether that
+    /// module is built yet.
+    fn describe(self) -> (&'static str, &'static str, bool) {
         match self {
-            ForeignTls::GnuTls => ("GnuTLS", "gnutls"),
-            ForeignTls::Nss => ("NSS", "nss"),
-            ForeignTls::Go => ("Go's crypto/tls", "gotls"),
+            ForeignTls::GnuTls => ("GnuTLS", "gnutls", true),
+            ForeignTls::Nss => ("NSS", "nss", false),
+            ForeignTls::Go => ("Go's crypto/tls", "gotls", false),
         }
     }
 
@@ -46,10 +47,12 @@ impl ForeignTls {
     }
 
     fn report_as(self, pid: u32, comm: &str, relation: &str) {
-        let (library, module) = self.describe();
-        info!(
-            "pid {pid} ({comm}) {relation} {library}, which the tls module does not capture; a {module} module is planned but not built yet"
-        );
+        let (library, module, built) = self.describe();
+        let instead = match built {
+            true => format!("run `ecapture {module}` for it"),
+            false => format!("a {module} module is planned but not built yet"),
+        };
+        info!("pid {pid} ({comm}) {relation} {library}, which the tls module does not capture; {instead}");
     }
 }
 

@@ -178,6 +178,40 @@ fn parse_maps(maps: &str) -> impl Iterator<Item = PathBuf> + '_ {
     })
 }
 
+/// How often a process that has not mapped its TLS library yet is looked at
+/// again.
+const MAPPING_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The file process `pid` maps that `find` picks, waiting for the process to
+/// map one (a program that loads its TLS library late, or a `--pid` given
+/// right after the process started), as eCapture's pid filter does. Says
+/// once that it waits; fails if the process exits first.
+pub fn wait_for_mapping(
+    pid: u32,
+    what: &str,
+    mut find: impl FnMut(&[MappedFile]) -> Option<PathBuf>,
+) -> Result<PathBuf> {
+    let mut said = false;
+    loop {
+        match mapped_files(pid) {
+            Ok(files) => {
+                if let Some(found) = find(&files) {
+                    return Ok(found);
+                }
+            }
+            Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                bail!("process {pid} exited before it mapped {what}")
+            }
+            Err(err) => return Err(err),
+        }
+        if !said {
+            tracing::info!("process {pid} maps no {what} yet: waiting for it to load one (Ctrl-C to stop)");
+            said = true;
+        }
+        std::thread::sleep(MAPPING_POLL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,3 +130,31 @@ fn bpf_unavailable_in_a_user_namespace() {
         refused(&mut command, "refused to load BPF programs");
     }
 }
+
+#[test]
+fn gnutls_path_that_is_missing_not_elf_or_not_gnutls() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["gnutls", "--gnutls", "/nonexistent/libgnutls.so.30"]),
+            "cannot read /nonexistent/libgnutls.so.30",
+        );
+        refused(
+            &mut ecapture(&["gnutls", "--gnutls", "/etc/passwd"]),
+            "/etc/passwd is not an ELF file",
+        );
+        refused(
+            &mut ecapture(&["gnutls", "--gnutls", "/usr/lib/x86_64-linux-gnu/libssl.so.3"]),
+            "has no gnutls_record_send/gnutls_record_recv: it is not GnuTLS",
+        );
+    }
+}
+
+#[test]
+fn gnutls_modes_not_built_yet_are_refused() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["gnutls", "-m", "keylog"]),
+            "ecapture gnutls captures text (-m text) so far",
+        );
+    }
+}

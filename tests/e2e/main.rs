@@ -5,6 +5,7 @@
 mod accounting;
 mod bad_input;
 mod bounded;
+mod gnutls;
 mod hostile;
 mod keylog;
 mod memory_bio;

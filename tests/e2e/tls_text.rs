@@ -579,7 +579,7 @@ fn a_program_on_another_tls_library_is_named() {
     let out = capture.stop();
     assert!(
         out.stderr.contains(&format!(
-            "pid {wget_pid} (wget) does TLS through GnuTLS, which the tls module does not capture"
+            "pid {wget_pid} (wget) does TLS through GnuTLS, which the tls module does not capture; run `ecapture gnutls` for it"
         )),
         "{}",
         out.stderr
@@ -670,5 +670,53 @@ fn java_programs_talking_tls_are_named() {
         )),
         "{}",
         out.stderr
+    );
+}
+
+/// `--pid` of a process that has not loaded its TLS library yet waits for
+/// it, then hooks it, instead of failing.
+#[test]
+fn pid_of_a_process_that_loads_openssl_later_is_waited_for() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let path = format!("/{}", marker("late"));
+    // Imports ssl (mapping libssl) after its first line, requests after its second.
+    let program = format!(
+        "import sys\nsys.stdin.readline()\nimport ssl, urllib.request\nsys.stdin.readline()\n\
+         urllib.request.urlopen('https://127.0.0.1:{port}{path}', context=ssl._create_unverified_context()).read()\n"
+    );
+    let mut client = Guard::spawn(
+        "python3",
+        Command::new("/usr/bin/python3")
+            .args(["-c", &program])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let pid = client.pid().to_string();
+    let mut stdin = client.child.stdin.take().unwrap();
+    // ecapture starts waiting at once; the import comes well after.
+    let importer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        stdin.write_all(b"import\n").unwrap();
+        stdin
+    });
+    let capture = Capture::start(&["tls", "--pid", &pid]);
+    let mut stdin = importer.join().unwrap();
+    stdin.write_all(b"request\n").unwrap();
+    drop(stdin);
+    assert!(client.wait(PEER_TIMEOUT).success());
+    let out = capture.stop();
+    assert!(
+        out.stderr.contains(&format!(
+            "process {pid} maps no OpenSSL or BoringSSL yet: waiting for it to load one"
+        )),
+        "{}",
+        out.stderr
+    );
+    find_record(
+        &out.stdout,
+        &["Comm:python3", "Sent", &format!("GET {path} HTTP/1.1\r\n")],
     );
 }

@@ -1,22 +1,27 @@
 //! OpenSSL and BoringSSL, as shared libraries or linked into a program.
 
 pub mod layout;
+mod object;
 pub mod socket_bio;
 pub mod version;
 
+use std::collections::HashSet;
+use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use tracing::{debug, info, warn};
 
+use self::layout::OpensslLayout;
 use self::socket_bio::SocketBioLayout;
 use self::version::SslLibrary;
-use super::{Hook, HookTarget, Module};
+use super::{Hook, HookTarget, Module, Tracepoints};
 use crate::cli::{Config, Mode};
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
 use crate::target::disasm;
 use crate::target::elf::{ElfImage, FunctionSymbol};
+use crate::target::foreign;
 use crate::target::libpath::{self, MappedFile};
 
 /// Exported functions that move application data, with their entry programs
@@ -31,16 +36,36 @@ const DATA_RETURN: &str = "ssl_call_return";
 
 pub struct OpenSsl;
 
+/// What an OpenSSL object is told: where the library keeps session secrets
+/// (keylog and pcapng modes) and where a socket BIO keeps its fd (text mode;
+/// None leaves naming sockets to the syscall tracepoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpensslObject {
+    pub key_layout: Option<OpensslLayout>,
+    pub socket_bio: Option<SocketBioLayout>,
+}
+
+impl fmt::Display for OpensslObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.socket_bio {
+            Some(socket_bio) => write!(f, "; {socket_bio}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Module for OpenSsl {
+    type Layouts = OpensslObject;
+
     fn name(&self) -> &'static str {
         "tls"
     }
 
-    fn discover(&self, config: &Config) -> Result<Vec<HookTarget>> {
+    fn discover(&self, config: &Config) -> Result<Vec<HookTarget<OpensslObject>>> {
         if let Some(pid) = config.pid {
             libpath::ensure_process_exists(pid)?;
         }
-        match (&config.libssl, config.pid) {
+        match (&config.library, config.pid) {
             (Some(path), _) => Ok(vec![
                 hook_target(path, config).map_err(|err| anyhow!("--libssl: {err:#}"))?,
             ]),
@@ -53,8 +78,46 @@ impl Module for OpenSsl {
         }
     }
 
-    fn load(&self, flavor: Flavor, settings: &ProbeSettings) -> Result<LoadedProbes> {
-        LoadedProbes::load_openssl(flavor, settings)
+    fn load(&self, flavor: Flavor, settings: &ProbeSettings, layouts: &OpensslObject) -> Result<LoadedProbes> {
+        object::load(flavor, settings, layouts)
+    }
+
+    /// In text mode, sockets are read from their BIOs where the accessors
+    /// tell how, and the tracepoints wait for a session whose BIO is not a
+    /// socket; BoringSSL's TLS 1.3 secrets are read as its handshake writes
+    /// to its socket.
+    fn tracepoints(&self, mode: Mode, layouts: &OpensslObject) -> Tracepoints {
+        match mode {
+            Mode::Text if layouts.socket_bio.is_some() => Tracepoints::OnDemand,
+            Mode::Text => Tracepoints::FromStart,
+            _ if layouts
+                .key_layout
+                .is_some_and(|layout| layout.handshake_object.is_some()) =>
+            {
+                Tracepoints::Prefixed("boringssl_")
+            }
+            _ => Tracepoints::None,
+        }
+    }
+
+    /// Hooks the handshakes of the TLS this module does not capture (GnuTLS,
+    /// NSS, Go's crypto/tls), so that a process using one is named, and
+    /// names the Java processes talking now. Each program sits at its
+    /// function's first instruction, once per handshake, whatever that costs.
+    fn watch(&self, probes: &mut LoadedProbes, config: &Config) -> Result<()> {
+        for sentinel in foreign::sentinels(config.pid) {
+            probes.attach_uprobe(
+                sentinel.program,
+                &sentinel.binary,
+                sentinel.file_offset,
+                false,
+                config.pid,
+            )?;
+            debug!(binary = %sentinel.binary.display(), function = sentinel.function, "watching for TLS this module does not capture");
+        }
+        probes.attach_pending_uprobes()?;
+        foreign::report_java(config.pid);
+        Ok(())
     }
 }
 
@@ -63,14 +126,14 @@ fn is_tls_library(image: &ElfImage) -> bool {
 }
 
 /// Reads `path` and lists the hooks the configured mode needs there.
-pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget> {
+pub fn hook_target(path: &Path, config: &Config) -> Result<HookTarget<OpensslObject>> {
     inspect(&ElfImage::open(path)?, config.mode, config.ssl_version.as_deref())
 }
 
 /// What to hook in `image`, and with which layouts, for `mode`. The file
 /// may be anything (a hostile or truncated --libssl): what cannot be read
 /// is an error.
-pub fn inspect(image: &ElfImage, mode: Mode, ssl_version: Option<&str>) -> Result<HookTarget> {
+pub fn inspect(image: &ElfImage, mode: Mode, ssl_version: Option<&str>) -> Result<HookTarget<OpensslObject>> {
     let path = image.path();
     if !is_tls_library(image) {
         bail!(
@@ -118,8 +181,7 @@ pub fn inspect(image: &ElfImage, mode: Mode, ssl_version: Option<&str>) -> Resul
         binary: path.to_path_buf(),
         description: library.to_string(),
         hooks,
-        key_layout,
-        socket_bio,
+        layouts: OpensslObject { key_layout, socket_bio },
     })
 }
 
@@ -200,20 +262,29 @@ fn select_key_layout(library: &SslLibrary, image: &ElfImage, forced: Option<&str
 }
 
 /// The libssl the process maps or, failing that, the mapped file (usually
-/// the executable) that has OpenSSL linked in.
+/// the executable) that has OpenSSL linked in; waits for one to be mapped.
 fn library_mapped_by(pid: u32) -> Result<PathBuf> {
-    let files = libpath::mapped_files(pid)?;
-    let is_libssl = |file: &&MappedFile| file_name(&file.path_in_process).starts_with("libssl.so");
-    let libssl = files.iter().filter(is_libssl);
-    let linked_in = files.iter().filter(|file| !is_libssl(file));
-    libssl
-        .chain(linked_in)
-        .map(|file| &file.host_path)
-        .find(|path| ElfImage::open(path).is_ok_and(|image| is_tls_library(&image)))
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!("process {pid} maps no OpenSSL or BoringSSL; name the library or program with --libssl PATH")
-        })
+    // Files read once and found to hold no OpenSSL, so that waiting reads
+    // each file once.
+    let mut rejected: HashSet<PathBuf> = HashSet::new();
+    libpath::wait_for_mapping(pid, "OpenSSL or BoringSSL", |files| {
+        let is_libssl = |file: &&MappedFile| file_name(&file.path_in_process).starts_with("libssl.so");
+        let libssl = files.iter().filter(is_libssl);
+        let linked_in = files.iter().filter(|file| !is_libssl(file));
+        let mut candidates = libssl.chain(linked_in).map(|file| &file.host_path);
+        candidates
+            .find(|path| {
+                if rejected.contains(*path) {
+                    return false;
+                }
+                let found = ElfImage::open(path).is_ok_and(|image| is_tls_library(&image));
+                if !found {
+                    rejected.insert((*path).clone());
+                }
+                found
+            })
+            .cloned()
+    })
 }
 
 /// `--pid` follows that one process. A server's master often makes no TLS
@@ -244,8 +315,8 @@ fn note_children_mapping(pid: u32, library: &Path) {
 
 /// Every libssl.so.N the dynamic linker knows, so that any process using any
 /// of them is captured. A library the mode cannot use is skipped, saying why.
-fn system_targets(config: &Config) -> Result<Vec<HookTarget>> {
-    let found: Vec<HookTarget> = libpath::find_system_libraries(|name| name.starts_with("libssl.so."))
+fn system_targets(config: &Config) -> Result<Vec<HookTarget<OpensslObject>>> {
+    let found: Vec<HookTarget<OpensslObject>> = libpath::find_system_libraries(|name| name.starts_with("libssl.so."))
         .iter()
         .filter_map(|path| {
             hook_target(path, config)
@@ -292,10 +363,10 @@ mod tests {
             ]
         );
         assert!(libssl3.description.starts_with("OpenSSL 3."), "{}", libssl3.description);
-        assert!(libssl3.key_layout.is_none());
+        assert!(libssl3.layouts.key_layout.is_none());
         // Sockets come from the BIOs; the handshake is watched only for
         // sessions whose BIO is not a socket, on entry.
-        assert!(libssl3.socket_bio.is_some());
+        assert!(libssl3.layouts.socket_bio.is_some());
         let handshake = libssl3.hooks.last().unwrap();
         assert_eq!(
             (handshake.entry_program, handshake.return_program),
@@ -310,7 +381,7 @@ mod tests {
             &config(&["-m", "keylog"]),
         )
         .unwrap();
-        let layout = target.key_layout.expect("a layout");
+        let layout = target.layouts.key_layout.expect("a layout");
         assert!(layout.name.starts_with("openssl 3.0"), "{}", layout.name);
         let handshake = target
             .hooks

@@ -1,0 +1,151 @@
+//! GnuTLS (libgnutls.so.30): wget, git's libcurl-gnutls, apt, Emacs.
+
+mod object;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use tracing::debug;
+
+use super::{Hook, HookTarget, Module, Tracepoints};
+use crate::cli::{Config, Mode};
+use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
+use crate::target::elf::ElfImage;
+use crate::target::libpath;
+
+/// The calls that carry application data, with their entry programs in
+/// `bpf/gnutls.bpf.c`; the `2` and `_seq` variants take the same first
+/// arguments.
+const DATA_FUNCTIONS: &[(&str, &str)] = &[
+    ("gnutls_record_send", "gnutls_send_enter"),
+    ("gnutls_record_send2", "gnutls_send_enter"),
+    ("gnutls_record_recv", "gnutls_recv_enter"),
+    ("gnutls_record_recv_seq", "gnutls_recv_enter"),
+];
+const DATA_RETURN: &str = "gnutls_call_return";
+
+pub struct GnuTls;
+
+/// GnuTLS objects need no layout: sessions are named from the syscalls
+/// GnuTLS makes inside each call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GnuTlsObject;
+
+impl fmt::Display for GnuTlsObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("; sockets named from system calls")
+    }
+}
+
+impl Module for GnuTls {
+    type Layouts = GnuTlsObject;
+
+    fn name(&self) -> &'static str {
+        "gnutls"
+    }
+
+    fn discover(&self, config: &Config) -> Result<Vec<HookTarget<GnuTlsObject>>> {
+        if config.mode != Mode::Text {
+            bail!("ecapture gnutls captures text (-m text) so far; its keylog and pcapng modes are not built yet");
+        }
+        if let Some(pid) = config.pid {
+            libpath::ensure_process_exists(pid)?;
+        }
+        match (&config.library, config.pid) {
+            (Some(path), _) => Ok(vec![hook_target(path).map_err(|err| anyhow!("--gnutls: {err:#}"))?]),
+            (None, Some(pid)) => Ok(vec![hook_target(&library_mapped_by(pid)?)?]),
+            (None, None) => system_targets(),
+        }
+    }
+
+    fn load(&self, flavor: Flavor, settings: &ProbeSettings, _: &GnuTlsObject) -> Result<LoadedProbes> {
+        object::load(flavor, settings)
+    }
+
+    fn tracepoints(&self, _: Mode, _: &GnuTlsObject) -> Tracepoints {
+        Tracepoints::FromStart
+    }
+}
+
+fn hook_target(path: &Path) -> Result<HookTarget<GnuTlsObject>> {
+    inspect(&ElfImage::open(path)?)
+}
+
+/// What to hook in `image`, which may be anything (a hostile or truncated
+/// --gnutls): what cannot be read is an error.
+pub fn inspect(image: &ElfImage) -> Result<HookTarget<GnuTlsObject>> {
+    let hooks: Vec<Hook> = DATA_FUNCTIONS
+        .iter()
+        .filter_map(|&(name, entry)| Some(Hook::new(image, image.function(name)?, entry, Some(DATA_RETURN))))
+        .collect();
+    let has = |name: &str| hooks.iter().any(|hook| hook.symbol.name == name);
+    if !has("gnutls_record_send") || !has("gnutls_record_recv") {
+        bail!(
+            "{} has no gnutls_record_send/gnutls_record_recv: it is not GnuTLS",
+            image.path().display()
+        );
+    }
+    Ok(HookTarget {
+        binary: image.path().to_path_buf(),
+        description: "GnuTLS".to_string(),
+        hooks,
+        layouts: GnuTlsObject,
+    })
+}
+
+fn is_gnutls(file: &Path) -> bool {
+    file.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with("libgnutls.so."))
+}
+
+/// The libgnutls the process maps; waits for it to be mapped.
+fn library_mapped_by(pid: u32) -> Result<PathBuf> {
+    libpath::wait_for_mapping(pid, "GnuTLS", |files| {
+        files
+            .iter()
+            .find(|file| is_gnutls(&file.path_in_process))
+            .map(|file| file.host_path.clone())
+    })
+}
+
+/// Every libgnutls.so.N on the system.
+fn system_targets() -> Result<Vec<HookTarget<GnuTlsObject>>> {
+    let found: Vec<_> = libpath::find_system_libraries(|name| name.starts_with("libgnutls.so."))
+        .iter()
+        .filter_map(|path| match hook_target(path) {
+            Ok(target) => Some(target),
+            Err(err) => {
+                debug!("skipping {}: {err:#}", path.display());
+                None
+            }
+        })
+        .collect();
+    if found.is_empty() {
+        bail!("no libgnutls.so found in ld.so.cache or the usual directories; name it with --gnutls PATH");
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_gnutls_has_both_directions_hooked() {
+        let target = hook_target(Path::new("/usr/lib/x86_64-linux-gnu/libgnutls.so.30")).unwrap();
+        let names: Vec<_> = target.hooks.iter().map(|hook| hook.symbol.name.as_str()).collect();
+        assert!(
+            names.contains(&"gnutls_record_send") && names.contains(&"gnutls_record_recv"),
+            "{names:?}"
+        );
+        assert!(target.hooks.iter().all(|hook| hook.return_program == Some(DATA_RETURN)));
+    }
+
+    #[test]
+    fn a_library_without_gnutls_is_refused() {
+        let err = hook_target(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap_err();
+        assert!(err.to_string().contains("it is not GnuTLS"), "{err}");
+    }
+}
