@@ -9,6 +9,7 @@
 #include "kernel_compat.h"
 #include "capture_settings.h"
 #include "foreign_tls.h"
+#include "keylog_line.h"
 #include "tls_event.h"
 #include "tls_keys.h"
 
@@ -16,5 +17,6 @@ struct capture_settings capture_settings_type = {};
 struct data_event data_event_type = {};
 struct master_secret_event master_secret_event_type = {};
 struct foreign_tls_event foreign_tls_event_type = {};
+struct keylog_line_event keylog_line_event_type = {};
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

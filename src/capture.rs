@@ -24,7 +24,8 @@ use crate::probe::kernel_filter;
 use crate::probe::packets::{self, LinkLayer, OwnerLookup, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::readiness::Readiness;
 use crate::probe::{
-    self, Flavor, Generation, LoadedProbes, Lost, ProbeSettings, RawForeignTls, RawMasterSecret, SharedWord,
+    self, Flavor, Generation, LoadedProbes, Lost, ProbeSettings, RawForeignTls, RawKeylogLine, RawMasterSecret,
+    SharedWord,
 };
 use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
@@ -64,7 +65,9 @@ struct Pipeline<'s> {
     sinks: Vec<&'s mut dyn Sink>,
     keylog: Option<KeylogWriter>,
     packets: Option<PacketFile<Box<dyn Write>>>,
-    keyed_sessions: HashSet<[u8; 32]>,
+    keyed_sessions: RecentSet<[u8; 32]>,
+    /// Key log lines written, for libraries that report secrets one by one.
+    keylog_lines_written: RecentSet<String>,
     /// Packet owners from /proc, where the kernel cannot name them.
     proc_owners: Option<ProcOwners>,
     /// The kernel's connection owners, for packets that left before theirs
@@ -103,6 +106,45 @@ impl OutputFailures {
     }
 }
 
+/// The latest few thousand of something seen (both ends of a connection
+/// report its secrets within moments of each other), in bounded memory
+/// however many sessions a capture sees.
+struct RecentSet<T> {
+    members: HashSet<T>,
+    order: std::collections::VecDeque<T>,
+}
+
+impl<T> Default for RecentSet<T> {
+    fn default() -> Self {
+        RecentSet {
+            members: HashSet::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> RecentSet<T> {
+    const CAPACITY: usize = 4096;
+
+    fn contains(&self, item: &T) -> bool {
+        self.members.contains(item)
+    }
+
+    /// Whether `item` is new; the oldest goes once the set is full.
+    fn insert(&mut self, item: &T) -> bool {
+        if !self.members.insert(item.clone()) {
+            return false;
+        }
+        self.order.push_back(item.clone());
+        if self.order.len() > Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.members.remove(&oldest);
+        }
+        true
+    }
+}
+
 /// Runs one ring buffer callback's work on the pipeline. A panic must not
 /// reach libbpf's C caller, where it cannot unwind and aborts ecapture: it
 /// is caught here, counted and reported, and the capture goes on with the
@@ -135,7 +177,8 @@ impl<'s> Pipeline<'s> {
             sinks,
             keylog,
             packets,
-            keyed_sessions: HashSet::new(),
+            keyed_sessions: RecentSet::default(),
+            keylog_lines_written: RecentSet::default(),
             proc_owners,
             owner_lookup,
             records: Vec::new(),
@@ -189,23 +232,66 @@ impl<'s> Pipeline<'s> {
                 return;
             }
         };
-        self.keyed_sessions.insert(secrets.client_random);
-        if let Some(keylog) = self.keylog.as_mut()
-            && let Err(err) = keylog.write(&lines)
-        {
-            warn!("writing the key log failed: {err}");
-        }
-        if let Some(packets) = self.packets.as_mut()
-            && let Err(err) = packets.write_secrets(&lines)
-        {
-            self.output_failures.record(&err);
-        }
+        self.keyed_sessions.insert(&secrets.client_random);
+        self.write_keylog_lines(&lines);
         self.summary.sessions += 1;
         let random = hex::encode(&secrets.client_random[..8]);
         info!(
             "keys of session {random}... (pid {} {}) written",
             secrets.pid, secrets.comm
         );
+    }
+
+    /// One secret as the library handed it to its key log hook: a line of
+    /// the key log, once however many ends of the connection report it.
+    fn on_keylog_line(&mut self, record: &[u8]) {
+        let mut raw = RawKeylogLine::default();
+        if plain::copy_from_bytes(&mut raw, record).is_err() {
+            warn!(len = record.len(), "dropping a malformed key log record");
+            return;
+        }
+        let label_len = raw.label.iter().position(|&c| c == 0).unwrap_or(raw.label.len());
+        let label: String = raw.label[..label_len].iter().map(|&c| c as u8 as char).collect();
+        let secret_len = (raw.secret_len as usize).min(raw.secret.len());
+        if label.is_empty()
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            warn!("dropping a key log record with the label {label:?}");
+            return;
+        }
+        let line = format!(
+            "{label} {} {}\n",
+            hex::encode(raw.client_random),
+            hex::encode(&raw.secret[..secret_len])
+        );
+        if !self.keylog_lines_written.insert(&line) {
+            return;
+        }
+        self.write_keylog_lines(&line);
+        if self.keyed_sessions.insert(&raw.client_random) {
+            self.summary.sessions += 1;
+            let random = hex::encode(&raw.client_random[..8]);
+            info!(
+                "keys of session {random}... (pid {} {}) written",
+                raw.pid,
+                Comm::from_kernel(&raw.comm)
+            );
+        }
+    }
+
+    fn write_keylog_lines(&mut self, lines: &str) {
+        if let Some(keylog) = self.keylog.as_mut()
+            && let Err(err) = keylog.write(lines)
+        {
+            warn!("writing the key log failed: {err}");
+        }
+        if let Some(packets) = self.packets.as_mut()
+            && let Err(err) = packets.write_secrets(lines)
+        {
+            self.output_failures.record(&err);
+        }
     }
 
     /// A packet sample: its header, then its bytes.
@@ -308,6 +394,7 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
         libbpf_rs::Map<'o>,
         Option<libbpf_rs::Map<'o>>,
         Option<libbpf_rs::Map<'o>>,
+        Option<libbpf_rs::Map<'o>>,
     );
     let maps: Vec<Channels<'_>> = tls
         .objects
@@ -318,6 +405,7 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
                 probes.map("reader_wakeups")?,
                 probes.map("key_events").ok(),
                 probes.map("foreign_tls").ok(),
+                probes.map("keylog_lines").ok(),
             ))
         })
         .collect::<Result<_>>()?;
@@ -326,12 +414,13 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
     let time_order = RefCell::new(TimeOrder::default());
     let queue_data = |record: &[u8]| time_order.borrow_mut().push(record);
     let on_secrets = |record: &[u8]| guarded(&pipeline, |pipeline| pipeline.on_secrets(record));
+    let on_keylog_line = |record: &[u8]| guarded(&pipeline, |pipeline| pipeline.on_keylog_line(record));
     // A block, so that the builder's borrows of the callbacks end with it.
     let (ring, mut perf_buffers) = {
         let mut builder = RingBufferBuilder::new();
         let mut rings = 0;
         let mut perf_buffers = Vec::new();
-        for (probes, (events, reader_wakeups, key_events, foreign_tls)) in tls.objects.iter().zip(&maps) {
+        for (probes, (events, reader_wakeups, key_events, foreign_tls, keylog_lines)) in tls.objects.iter().zip(&maps) {
             match probes.generation() {
                 Generation::Current => {
                     builder.add(events, |record| {
@@ -353,6 +442,12 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
                             0
                         })?;
                     }
+                    if let Some(keylog_lines) = keylog_lines {
+                        builder.add(keylog_lines, |record| {
+                            on_keylog_line(record);
+                            0
+                        })?;
+                    }
                     rings += 1;
                 }
                 Generation::Legacy => {
@@ -365,6 +460,9 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
                     }
                     if let Some(foreign_tls) = foreign_tls {
                         perf_buffers.push(perf_channel(foreign_tls, 1, report_foreign_tls)?);
+                    }
+                    if let Some(keylog_lines) = keylog_lines {
+                        perf_buffers.push(perf_channel(keylog_lines, 16, on_keylog_line)?);
                     }
                 }
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::cli::Mode;
 use crate::conn::ConnTracker;
 use crate::event::{BufferPool, Direction, EventData, EventMeta, Reassembler, RecordDecoder};
-use crate::modules::openssl;
+use crate::modules::{gnutls, openssl};
 use crate::probe::kernel_filter::{self, ClassicInstruction};
 use crate::proto::http1::{Http1Session, Parsed};
 use crate::sink::text::TextSink;
@@ -133,14 +133,15 @@ pub fn pcap_filter(data: &[u8]) {
     let _ = kernel_filter::translate(&filter, -1);
 }
 
-/// A file given with --libssl: whatever it holds, inspecting it for every
-/// mode ends in hooks or an error.
+/// A file given with --libssl or --gnutls: whatever it holds, inspecting it
+/// for every mode ends in hooks or an error.
 pub fn elf(data: &[u8]) {
     let Ok(image) = ElfImage::from_bytes(Path::new("fuzz-input.so"), data.to_vec()) else {
         return;
     };
     for mode in [Mode::Text, Mode::Keylog] {
         let _ = openssl::inspect(&image, mode, None);
+        let _ = gnutls::inspect(&image, mode);
     }
 }
 

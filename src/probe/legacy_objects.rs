@@ -7,12 +7,13 @@ use libbpf_rs::{MapType, ObjectBuilder};
 
 /// BPF_FUNC_get_current_cgroup_id, the newest helper of Linux 4.18.
 const NEWEST_HELPER_OF_4_18: i32 = 80;
-/// Newer helpers the objects call all the same: libbpf rewrites the first two
-/// into bpf_probe_read where the kernel lacks them, and the third sits behind
-/// a CO-RE check that the kernel has it (`socket_of_fd.h`).
-const NEWER_HELPERS_ALLOWED: [u32; 3] = [
+/// Newer helpers the objects call all the same: libbpf rewrites the first
+/// three into bpf_probe_read(_str) where the kernel lacks them, and the last
+/// sits behind a CO-RE check that the kernel has it (`socket_of_fd.h`).
+const NEWER_HELPERS_ALLOWED: [u32; 4] = [
     libbpf_sys::BPF_FUNC_probe_read_user,
     libbpf_sys::BPF_FUNC_probe_read_kernel,
+    libbpf_sys::BPF_FUNC_probe_read_user_str,
     libbpf_sys::BPF_FUNC_get_current_task_btf,
 ];
 /// BPF_MAXINSNS: the most instructions a program may have before Linux 5.2.

@@ -32,6 +32,8 @@ use shared_types::types::capture_settings as RawCaptureSettings;
 pub use shared_types::types::data_event_header as RawDataHeader;
 /// A handshake of a TLS library the module does not capture.
 pub use shared_types::types::foreign_tls_event as RawForeignTls;
+/// A secret as a library hands it to its key log hook.
+pub use shared_types::types::keylog_line_event as RawKeylogLine;
 /// The session secrets record, generated from `bpf/include/tls_keys.h`.
 pub use shared_types::types::master_secret_event as RawMasterSecret;
 
@@ -40,6 +42,7 @@ unsafe impl plain::Plain for RawDataHeader {}
 unsafe impl plain::Plain for RawMasterSecret {}
 unsafe impl plain::Plain for RawForeignTls {}
 unsafe impl plain::Plain for RawCaptureSettings {}
+unsafe impl plain::Plain for RawKeylogLine {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 

@@ -142,6 +142,19 @@ impl ElfImage {
         })
     }
 
+    /// The address and bytes of the section called `name`, when the file
+    /// holds them.
+    pub fn section(&self, name: &str) -> Option<(u64, &[u8])> {
+        use object::ObjectSection;
+
+        let elf = self.parse().ok()?;
+        let section = elf.section_by_name(name)?;
+        let (offset, size) = section.file_range()?;
+        let start = usize::try_from(offset).ok()?;
+        let bytes = self.data.get(start..start.checked_add(usize::try_from(size).ok()?)?)?;
+        Some((section.address(), bytes))
+    }
+
     /// The name of the section holding `address`.
     pub fn section_name_at(&self, address: u64) -> Option<String> {
         use object::ObjectSection;

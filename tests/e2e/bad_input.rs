@@ -148,13 +148,3 @@ fn gnutls_path_that_is_missing_not_elf_or_not_gnutls() {
         );
     }
 }
-
-#[test]
-fn gnutls_modes_not_built_yet_are_refused() {
-    if e2e_enabled() {
-        refused(
-            &mut ecapture(&["gnutls", "-m", "keylog"]),
-            "ecapture gnutls captures text (-m text) so far",
-        );
-    }
-}

@@ -96,10 +96,15 @@ fn client_hello_randoms(pcap: &Path) -> String {
 /// then returns (key log text, URIs tshark decrypts, the captured ClientHello
 /// randoms).
 fn keylog_run(port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec<String>, String) {
+    keylog_run_with("tls", port, extra, traffic)
+}
+
+/// `keylog_run` with the module `module`.
+fn keylog_run_with(module: &str, port: u16, extra: &[&str], traffic: impl FnOnce()) -> (String, Vec<String>, String) {
     let dir = scratch_dir();
     let keylog = dir.path().join("keys.log");
     let packets = PacketCapture::start(dir.path(), port);
-    let mut args = vec!["tls", "-m", "keylog", "-k", keylog.to_str().unwrap()];
+    let mut args = vec![module, "-m", "keylog", "-k", keylog.to_str().unwrap()];
     args.extend_from_slice(extra);
     let capture = Capture::start(&args);
     traffic();
@@ -256,4 +261,20 @@ fn openssl_3_5_client_keys_tls13_and_tls12() {
         let binary = openssl35_client();
         tls_client_keys_tls13_and_tls12(&binary, binary.to_str().unwrap());
     }
+}
+
+/// gnutls-cli's secrets, TLS 1.3 and 1.2, from `ecapture gnutls`: every one
+/// goes through GnuTLS's key log call, found in the stripped library.
+#[test]
+fn gnutls_client_keys_tls13_and_tls12() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let (v13, v12) = (format!("/{}", marker("gnutls13")), format!("/{}", marker("gnutls12")));
+    let (keys, uris, hellos) = keylog_run_with("gnutls", port, &[], || {
+        gnutls_cli_get(port, &v13, "TLS1.3");
+        gnutls_cli_get(port, &v12, "TLS1.2");
+    });
+    assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
 }

@@ -10,8 +10,13 @@ use crate::support::*;
 
 /// `ecapture tls -m pcapng` on loopback into `output`, for one TCP port.
 fn capture_port(output: &str, port: u16, extra: &[&str]) -> Capture {
+    capture_port_with("tls", output, port, extra)
+}
+
+/// `capture_port` with the module `module`.
+fn capture_port_with(module: &str, output: &str, port: u16, extra: &[&str]) -> Capture {
     let port = port.to_string();
-    let mut args = vec!["tls", "-m", "pcapng", "-i", "lo", "-w", output];
+    let mut args = vec![module, "-m", "pcapng", "-i", "lo", "-w", output];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["tcp", "port", &port]);
     Capture::start(&args)
@@ -423,4 +428,27 @@ fn packets_of_a_forked_server_name_the_child_that_serves() {
     assert_eq!(comments.len(), 2, "{handshake}");
     assert!(comments[0].ends_with("comm=curl"), "{handshake}");
     assert!(comments[1].starts_with("pid="), "{handshake}");
+}
+
+/// `ecapture gnutls -m pcapng`: tshark decrypts gnutls-cli's request from the
+/// file alone, its packets named after gnutls-cli.
+#[test]
+fn gnutls_sessions_are_decrypted_from_the_file_alone() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let file = dir.path().join("gnutls.pcapng");
+    let capture = capture_port_with("gnutls", file.to_str().unwrap(), port, &[]);
+    let path = format!("/{}", marker("gnutls-pcapng"));
+    gnutls_cli_get(port, &path, "TLS1.3");
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let requests = decrypted_requests(&file);
+    let (_, comment) = requests
+        .iter()
+        .find(|(uri, _)| uri == &path)
+        .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}\n{}", out.stderr));
+    assert!(comment.contains("comm=gnutls-cli"), "{comment}");
 }

@@ -438,6 +438,27 @@ pub fn build_go_peer(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// GETs `path` from 127.0.0.1:`port` with gnutls-cli, TLS `version` only
+/// ("TLS1.3", "TLS1.2"), checks that a 200 came back, and returns what it
+/// printed.
+pub fn gnutls_cli_get(port: u16, path: &str, version: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n");
+    // Stdin stays open a moment: gnutls-cli ends with it. It exits 1 when
+    // the server closes without a TLS close_notify, as Python's does: the
+    // answer is what counts.
+    let printed = run_peer(
+        "gnutls-cli",
+        Command::new("sh").arg("-c").arg(format!(
+            "(printf '{request}'; sleep 1) | gnutls-cli --insecure --priority NORMAL:-VERS-ALL:+VERS-{version} -p {port} 127.0.0.1 2>/dev/null; true"
+        )),
+    );
+    assert!(
+        printed.contains("HTTP/1.1 200 OK"),
+        "gnutls-cli got no answer:\n{printed}"
+    );
+    printed
+}
+
 /// The records (header line and payload) ecapture printed, split apart at
 /// each header line.
 pub fn records(stdout: &str) -> Vec<&str> {

@@ -1,12 +1,13 @@
 //! GnuTLS (libgnutls.so.30): wget, git's libcurl-gnutls, apt, Emacs.
 
+mod keylog;
 mod object;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{Hook, HookTarget, Module, Tracepoints};
 use crate::cli::{Config, Mode};
@@ -27,14 +28,20 @@ const DATA_RETURN: &str = "gnutls_call_return";
 
 pub struct GnuTls;
 
-/// GnuTLS objects need no layout: sessions are named from the syscalls
+/// What a GnuTLS object is told: where a session keeps its client random,
+/// for the modes that read secrets. Its sockets are named from the syscalls
 /// GnuTLS makes inside each call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GnuTlsObject;
+pub struct GnuTlsObject {
+    pub client_random: Option<u32>,
+}
 
 impl fmt::Display for GnuTlsObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("; sockets named from system calls")
+        match self.client_random {
+            Some(offset) => write!(f, "; client random at session+{offset:#x}"),
+            None => f.write_str("; sockets named from system calls"),
+        }
     }
 }
 
@@ -46,35 +53,37 @@ impl Module for GnuTls {
     }
 
     fn discover(&self, config: &Config) -> Result<Vec<HookTarget<GnuTlsObject>>> {
-        if config.mode != Mode::Text {
-            bail!("ecapture gnutls captures text (-m text) so far; its keylog and pcapng modes are not built yet");
-        }
         if let Some(pid) = config.pid {
             libpath::ensure_process_exists(pid)?;
         }
         match (&config.library, config.pid) {
-            (Some(path), _) => Ok(vec![hook_target(path).map_err(|err| anyhow!("--gnutls: {err:#}"))?]),
-            (None, Some(pid)) => Ok(vec![hook_target(&library_mapped_by(pid)?)?]),
-            (None, None) => system_targets(),
+            (Some(path), _) => Ok(vec![
+                hook_target(path, config.mode).map_err(|err| anyhow!("--gnutls: {err:#}"))?,
+            ]),
+            (None, Some(pid)) => Ok(vec![hook_target(&library_mapped_by(pid)?, config.mode)?]),
+            (None, None) => system_targets(config.mode),
         }
     }
 
-    fn load(&self, flavor: Flavor, settings: &ProbeSettings, _: &GnuTlsObject) -> Result<LoadedProbes> {
-        object::load(flavor, settings)
+    fn load(&self, flavor: Flavor, settings: &ProbeSettings, layouts: &GnuTlsObject) -> Result<LoadedProbes> {
+        object::load(flavor, settings, layouts)
     }
 
-    fn tracepoints(&self, _: Mode, _: &GnuTlsObject) -> Tracepoints {
-        Tracepoints::FromStart
+    fn tracepoints(&self, mode: Mode, _: &GnuTlsObject) -> Tracepoints {
+        match mode {
+            Mode::Text => Tracepoints::FromStart,
+            Mode::Keylog | Mode::Pcap => Tracepoints::None,
+        }
     }
 }
 
-fn hook_target(path: &Path) -> Result<HookTarget<GnuTlsObject>> {
-    inspect(&ElfImage::open(path)?)
+fn hook_target(path: &Path, mode: Mode) -> Result<HookTarget<GnuTlsObject>> {
+    inspect(&ElfImage::open(path)?, mode)
 }
 
-/// What to hook in `image`, which may be anything (a hostile or truncated
-/// --gnutls): what cannot be read is an error.
-pub fn inspect(image: &ElfImage) -> Result<HookTarget<GnuTlsObject>> {
+/// What to hook in `image` for `mode`; `image` may be anything (a hostile or
+/// truncated --gnutls): what cannot be read is an error.
+pub fn inspect(image: &ElfImage, mode: Mode) -> Result<HookTarget<GnuTlsObject>> {
     let hooks: Vec<Hook> = DATA_FUNCTIONS
         .iter()
         .filter_map(|&(name, entry)| Some(Hook::new(image, image.function(name)?, entry, Some(DATA_RETURN))))
@@ -86,11 +95,20 @@ pub fn inspect(image: &ElfImage) -> Result<HookTarget<GnuTlsObject>> {
             image.path().display()
         );
     }
+    let (hooks, client_random) = match mode {
+        Mode::Text => (hooks, None),
+        Mode::Keylog | Mode::Pcap => {
+            let site = keylog::locate(image)?;
+            info!("{}: {site}", image.path().display());
+            let hook = Hook::new(image, site.function, "gnutls_keylog_enter", None);
+            (vec![hook], Some(site.client_random))
+        }
+    };
     Ok(HookTarget {
         binary: image.path().to_path_buf(),
         description: "GnuTLS".to_string(),
         hooks,
-        layouts: GnuTlsObject,
+        layouts: GnuTlsObject { client_random },
     })
 }
 
@@ -111,10 +129,10 @@ fn library_mapped_by(pid: u32) -> Result<PathBuf> {
 }
 
 /// Every libgnutls.so.N on the system.
-fn system_targets() -> Result<Vec<HookTarget<GnuTlsObject>>> {
+fn system_targets(mode: Mode) -> Result<Vec<HookTarget<GnuTlsObject>>> {
     let found: Vec<_> = libpath::find_system_libraries(|name| name.starts_with("libgnutls.so."))
         .iter()
-        .filter_map(|path| match hook_target(path) {
+        .filter_map(|path| match hook_target(path, mode) {
             Ok(target) => Some(target),
             Err(err) => {
                 debug!("skipping {}: {err:#}", path.display());
@@ -134,7 +152,7 @@ mod tests {
 
     #[test]
     fn system_gnutls_has_both_directions_hooked() {
-        let target = hook_target(Path::new("/usr/lib/x86_64-linux-gnu/libgnutls.so.30")).unwrap();
+        let target = hook_target(Path::new("/usr/lib/x86_64-linux-gnu/libgnutls.so.30"), Mode::Text).unwrap();
         let names: Vec<_> = target.hooks.iter().map(|hook| hook.symbol.name.as_str()).collect();
         assert!(
             names.contains(&"gnutls_record_send") && names.contains(&"gnutls_record_recv"),
@@ -145,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_library_without_gnutls_is_refused() {
-        let err = hook_target(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap_err();
+        let err = hook_target(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3"), Mode::Text).unwrap_err();
         assert!(err.to_string().contains("it is not GnuTLS"), "{err}");
     }
 }

@@ -1,0 +1,196 @@
+//! Where GnuTLS hands each secret it derives to its key log hook, found in
+//! the library itself and checked, never taken from a table of versions.
+//!
+//! Every secret, TLS 1.3's and TLS 1.2's master secret alike, goes through the
+//! internal `_gnutls_call_keylog_func(session, label, secret, size)` whatever
+//! hook the program set, and whether or not SSLKEYLOGFILE is set. It is not
+//! exported; it is the one function besides the exported getter
+//! `gnutls_session_get_keylog_function` that loads the session's hook field,
+//! straight from its first argument. Its start comes from the unwind table
+//! (`.eh_frame_hdr`), which lists every function's start.
+
+use std::fmt;
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::target::disasm;
+use crate::target::elf::{ElfImage, FunctionSymbol};
+
+/// The function every secret goes through, and where a session keeps its
+/// client random (which names the secrets in a key log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeylogSite {
+    pub function: FunctionSymbol,
+    pub client_random: u32,
+}
+
+impl fmt::Display for KeylogSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "secrets from the key log call at {:#x}, client random at session+{:#x}",
+            self.function.address, self.client_random
+        )
+    }
+}
+
+const HOOK_GETTER: &str = "gnutls_session_get_keylog_function";
+const RANDOM_GETTER: &str = "gnutls_session_get_random";
+const TLS_RANDOM_LEN: u64 = 32;
+
+pub fn locate(image: &ElfImage) -> Result<KeylogSite> {
+    let path = image.path().display();
+    if image.architecture() != Some(object::Architecture::X86_64) {
+        bail!("{path}: finding GnuTLS's key log call is done for x86_64 only so far");
+    }
+    let hook_field = single_field(image, HOOK_GETTER)
+        .ok_or_else(|| anyhow!("{path}: {HOOK_GETTER} does not read one session field; this GnuTLS is not known"))?;
+    let client_random = client_random_field(image)
+        .ok_or_else(|| anyhow!("{path}: {RANDOM_GETTER} does not show where the randoms are"))?;
+    let getter = image
+        .function(HOOK_GETTER)
+        .ok_or_else(|| anyhow!("{path} has no {HOOK_GETTER}"))?;
+    let (header_address, header) = image
+        .section(".eh_frame_hdr")
+        .ok_or_else(|| anyhow!("{path} has no .eh_frame_hdr to find functions in"))?;
+    let starts = function_starts(header_address, header)
+        .ok_or_else(|| anyhow!("{path}: its .eh_frame_hdr is in a form not read"))?;
+    let loaders: Vec<u64> = starts
+        .windows(2)
+        .filter(|pair| pair[0] != getter.address)
+        .filter(|pair| loads_first_argument_field(image, pair[0], pair[1], hook_field))
+        .map(|pair| pair[0])
+        .collect();
+    let [address] = loaders[..] else {
+        bail!(
+            "{path}: {} functions load the key log hook, not one; this GnuTLS is not known",
+            loaders.len()
+        );
+    };
+    let file_offset = image
+        .file_offset_of(address)
+        .ok_or_else(|| anyhow!("{path}: the key log call at {address:#x} is outside the code"))?;
+    Ok(KeylogSite {
+        function: FunctionSymbol {
+            name: "_gnutls_call_keylog_func".to_string(),
+            address,
+            size: 0,
+            file_offset,
+        },
+        client_random: u32::try_from(client_random)?,
+    })
+}
+
+/// The one field an accessor reads from its first argument.
+fn single_field(image: &ElfImage, function: &str) -> Option<u64> {
+    let paths = disasm::field_paths(image, function)?;
+    match paths.into_iter().collect::<Vec<_>>().as_slice() {
+        [path] if path.len() == 1 => Some(path[0]),
+        _ => None,
+    }
+}
+
+/// `gnutls_session_get_random` hands out the client's and the server's
+/// randoms, 32 bytes each, the client's first in the session's security
+/// parameters.
+fn client_random_field(image: &ElfImage) -> Option<u64> {
+    let paths = disasm::field_paths(image, RANDOM_GETTER)?;
+    let fields: Vec<u64> = paths
+        .iter()
+        .filter(|path| path.len() == 1)
+        .map(|path| path[0])
+        .collect();
+    match fields.as_slice() {
+        [client, server] if client + TLS_RANDOM_LEN == *server => Some(*client),
+        _ => None,
+    }
+}
+
+/// Function starts from the binary search table of `.eh_frame_hdr`, in the
+/// encoding every GNU toolchain writes: `eh_frame_ptr` as pc-relative sdata4,
+/// the count as udata4, the table as sdata4 relative to the section.
+fn function_starts(section_address: u64, header: &[u8]) -> Option<Vec<u64>> {
+    const PCREL_SDATA4: u8 = 0x1b;
+    const UDATA4: u8 = 0x03;
+    const DATAREL_SDATA4: u8 = 0x3b;
+    if header.get(..4)? != [1, PCREL_SDATA4, UDATA4, DATAREL_SDATA4] {
+        return None;
+    }
+    let word = |at: usize| -> Option<[u8; 4]> { header.get(at..at.checked_add(4)?)?.try_into().ok() };
+    let count = usize::try_from(u32::from_le_bytes(word(8)?)).ok()?;
+    let mut starts = (0..count)
+        .map(|index| {
+            let relative = i32::from_le_bytes(word(12usize.checked_add(index.checked_mul(8)?)?)?);
+            section_address.checked_add_signed(i64::from(relative))
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    starts.sort_unstable();
+    Some(starts)
+}
+
+/// Whether the function from `start` to `end` loads `[rdi + field]` while
+/// rdi still holds its first argument (no instruction before wrote it).
+fn loads_first_argument_field(image: &ElfImage, start: u64, end: u64, field: u64) -> bool {
+    use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpKind, Register};
+
+    let Some(code) = image.code_at(start) else { return false };
+    let length = usize::try_from(end.saturating_sub(start)).unwrap_or(0).min(code.len());
+    let mut decoder = Decoder::with_ip(64, &code[..length], start, DecoderOptions::NONE);
+    let mut info = InstructionInfoFactory::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.is_invalid() {
+            return false;
+        }
+        let loads_field = (0..instruction.op_count()).any(|operand| {
+            instruction.op_kind(operand) == OpKind::Memory
+                && instruction.memory_base() == Register::RDI
+                && instruction.memory_index() == Register::None
+                && instruction.memory_displacement64() == field
+        }) && instruction.op0_kind() == OpKind::Register;
+        if loads_field {
+            return true;
+        }
+        let writes_rdi =
+            info.info(&instruction).used_registers().iter().any(|used| {
+                used.register().full_register() == Register::RDI && used.access() != iced_x86::OpAccess::Read
+            });
+        if writes_rdi {
+            return false;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const LIBGNUTLS: &str = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30";
+
+    #[test]
+    fn finds_the_key_log_call_of_the_system_gnutls() {
+        let image = ElfImage::open(Path::new(LIBGNUTLS)).unwrap();
+        let site = locate(&image).unwrap();
+        // Checked with gdb on Debian's 3.7.9 (research notes): the call sits
+        // just after the exported setter, and the client random at +0x50.
+        let setter = image.function("gnutls_session_set_keylog_function").unwrap();
+        assert!(site.function.address > setter.address && site.function.address < setter.address + 0x40);
+        assert_eq!(site.client_random, 0x50);
+        assert!(disasm::probe_site(&image, &site.function).is_some());
+    }
+
+    #[test]
+    fn a_library_that_is_not_gnutls_is_refused() {
+        let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap();
+        assert!(locate(&image).is_err());
+    }
+
+    #[test]
+    fn a_truncated_unwind_table_is_refused() {
+        assert!(function_starts(0x1000, &[1, 0x1b, 0x03, 0x3b, 0, 0, 0, 0, 9, 0, 0, 0]).is_none());
+        assert!(function_starts(0x1000, &[2, 0x1b, 0x03, 0x3b]).is_none());
+    }
+}
