@@ -4,9 +4,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
+use std::fmt;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -395,6 +398,7 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
         Option<libbpf_rs::Map<'o>>,
         Option<libbpf_rs::Map<'o>>,
         Option<libbpf_rs::Map<'o>>,
+        libbpf_rs::Map<'o>,
     );
     let maps: Vec<Channels<'_>> = tls
         .objects
@@ -406,6 +410,7 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
                 probes.map("key_events").ok(),
                 probes.map("foreign_tls").ok(),
                 probes.map("keylog_lines").ok(),
+                probes.map("execs")?,
             ))
         })
         .collect::<Result<_>>()?;
@@ -415,12 +420,21 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
     let queue_data = |record: &[u8]| time_order.borrow_mut().push(record);
     let on_secrets = |record: &[u8]| guarded(&pipeline, |pipeline| pipeline.on_secrets(record));
     let on_keylog_line = |record: &[u8]| guarded(&pipeline, |pipeline| pipeline.on_keylog_line(record));
+    // Processes that started, looked at between reads.
+    let new_processes = RefCell::new(Vec::new());
+    let queue_exec = |record: &[u8]| {
+        if let Some(pid) = record.get(..4).and_then(|bytes| bytes.try_into().ok()) {
+            new_processes.borrow_mut().push(u32::from_ne_bytes(pid));
+        }
+    };
     // A block, so that the builder's borrows of the callbacks end with it.
     let (ring, mut perf_buffers) = {
         let mut builder = RingBufferBuilder::new();
         let mut rings = 0;
         let mut perf_buffers = Vec::new();
-        for (probes, (events, reader_wakeups, key_events, foreign_tls, keylog_lines)) in tls.objects.iter().zip(&maps) {
+        for (probes, (events, reader_wakeups, key_events, foreign_tls, keylog_lines, execs)) in
+            tls.objects.iter().zip(&maps)
+        {
             match probes.generation() {
                 Generation::Current => {
                     builder.add(events, |record| {
@@ -448,6 +462,10 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
                             0
                         })?;
                     }
+                    builder.add(execs, |record| {
+                        queue_exec(record);
+                        0
+                    })?;
                     rings += 1;
                 }
                 Generation::Legacy => {
@@ -464,6 +482,7 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
                     if let Some(keylog_lines) = keylog_lines {
                         perf_buffers.push(perf_channel(keylog_lines, 16, on_keylog_line)?);
                     }
+                    perf_buffers.push(perf_channel(execs, 4, queue_exec)?);
                 }
             }
         }
@@ -547,6 +566,10 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
         consume_all().context("reading events from the kernel")?;
         pipeline.borrow_mut().flush(false);
         tls.attach_wanted_tracepoints();
+        let started = std::mem::take(&mut *new_processes.borrow_mut());
+        if !started.is_empty() {
+            tls.hook_new_programs(module, config, started);
+        }
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
             last_lost_check = Instant::now();
             let lost = total_lost(&tls.objects)?;
@@ -703,13 +726,47 @@ fn total_lost(objects: &[LoadedProbes]) -> Result<Lost> {
 /// The BPF objects of a capture, with the syscall tracepoints each attached
 /// at load, and the objects that attach theirs only when their probes meet a
 /// session whose BIO is not a socket.
-struct TlsObjects {
+struct TlsObjects<L> {
     objects: Vec<LoadedProbes>,
+    /// What each object was told at load.
+    layouts: Vec<L>,
     tracepoints: usize,
     on_demand: Vec<(usize, SharedWord)>,
+    /// Executables already looked at, by device and inode.
+    programs_seen: HashSet<(u64, u64)>,
 }
 
-impl TlsObjects {
+impl<L: PartialEq + fmt::Display> TlsObjects<L> {
+    /// Hooks the processes that started during the capture whose executable
+    /// has the library linked in, with the object loaded for its layouts.
+    fn hook_new_programs<M: Module<Layouts = L>>(&mut self, module: &M, config: &Config, pids: Vec<u32>) {
+        for pid in pids {
+            let executable = PathBuf::from(format!("/proc/{pid}/exe"));
+            let Ok(metadata) = std::fs::metadata(&executable) else {
+                continue;
+            };
+            if !self.programs_seen.insert((metadata.dev(), metadata.ino())) {
+                continue;
+            }
+            let Some(target) = module.inspect_program(&executable, config) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let Some(index) = self.layouts.iter().position(|layouts| *layouts == target.layouts) else {
+                warn!(
+                    "pid {pid} ({}) has its TLS library linked in, laid out unlike the ones hooked: run ecapture with --pid {pid} to capture it",
+                    comm.trim_end()
+                );
+                continue;
+            };
+            let probes = &mut self.objects[index];
+            match attach_target(probes, &target, config.pid).and_then(|()| probes.attach_pending_uprobes()) {
+                Ok(()) => info!("hooking {target}, which pid {pid} ({}) started", comm.trim_end()),
+                Err(err) => warn!("hooking pid {pid}'s {} failed: {err:#}", executable.display()),
+            }
+        }
+    }
+
     /// Attaches the syscall tracepoints the probes have asked for. Failing
     /// that, the capture goes on: only those sessions' addresses are missing.
     fn attach_wanted_tracepoints(&mut self) {
@@ -744,7 +801,7 @@ fn load_tls_objects<M: Module>(
     flavor: Flavor,
     generation: Generation,
     targets: &[HookTarget<M::Layouts>],
-) -> Result<TlsObjects> {
+) -> Result<TlsObjects<M::Layouts>> {
     // The targets of each object, by the layouts they share.
     type Group<'t, L> = (&'t L, Vec<&'t HookTarget<L>>);
     let mut groups: Vec<Group<'_, M::Layouts>> = Vec::new();
@@ -756,8 +813,10 @@ fn load_tls_objects<M: Module>(
     }
     let mut loaded = TlsObjects {
         objects: Vec::new(),
+        layouts: Vec::new(),
         tracepoints: 0,
         on_demand: Vec::new(),
+        programs_seen: HashSet::new(),
     };
     let settings = ProbeSettings {
         generation,
@@ -769,14 +828,7 @@ fn load_tls_objects<M: Module>(
     for (layouts, members) in &groups {
         let mut probes = module.load(flavor, &settings, layouts)?;
         for target in members {
-            for hook in &target.hooks {
-                let offset = hook.symbol.file_offset;
-                probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, config.pid)?;
-                if let Some(return_program) = hook.return_program {
-                    probes.attach_uprobe(return_program, &target.binary, offset, true, config.pid)?;
-                }
-                debug!(symbol = %hook.symbol.name, offset = format_args!("{offset:#x}"), binary = %target.binary.display(), "hooked");
-            }
+            attach_target(&mut probes, target, config.pid)?;
             info!("hooking {target}");
         }
         probes.attach_pending_uprobes()?;
@@ -792,11 +844,31 @@ fn load_tls_objects<M: Module>(
             Tracepoints::None => {}
         }
         loaded.objects.push(probes);
+        loaded.layouts.push((*layouts).clone());
     }
     if let Some(first) = loaded.objects.first_mut() {
         module.watch(first, config)?;
+        // Programs started later with the library linked in, unless one
+        // file was named.
+        if config.library.is_none() {
+            first.attach_program("notice_exec")?;
+        }
     }
     Ok(loaded)
+}
+
+/// Attaches every hook of `target` (uprobe_multi links wait for
+/// `attach_pending_uprobes`).
+fn attach_target<L>(probes: &mut LoadedProbes, target: &HookTarget<L>, pid: Option<u32>) -> Result<()> {
+    for hook in &target.hooks {
+        let offset = hook.symbol.file_offset;
+        probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, pid)?;
+        if let Some(return_program) = hook.return_program {
+            probes.attach_uprobe(return_program, &target.binary, offset, true, pid)?;
+        }
+        debug!(symbol = %hook.symbol.name, offset = format_args!("{offset:#x}"), binary = %target.binary.display(), "hooked");
+    }
+    Ok(())
 }
 
 /// Opens the pcapng output and starts capturing on the chosen interface.

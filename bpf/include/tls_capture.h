@@ -586,6 +586,22 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 }
 
 
+/* Processes that start while the capture runs, for userspace to look at
+ * their executable: a program with the TLS library linked in (node) is
+ * hooked as it starts. */
+EVENT_CHANNEL(execs, 16 * 1024);
+
+SEC("tracepoint/sched/sched_process_exec")
+int notice_exec(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+
+	if (process_is_traced(pid_tgid))
+		OUTPUT_RECORD(ctx, execs, &pid, sizeof(pid), BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
 #define ECAP_TCP_ESTABLISHED 1
 #define ECAP_TCP_CLOSE 7
 

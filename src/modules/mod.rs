@@ -7,7 +7,7 @@ pub mod gnutls;
 pub mod openssl;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -124,5 +124,11 @@ pub trait Module {
     /// Whatever else the module attaches once its targets are hooked.
     fn watch(&self, _probes: &mut LoadedProbes, _config: &Config) -> Result<()> {
         Ok(())
+    }
+
+    /// What to hook in the executable of a process that started during the
+    /// capture, when the library is linked into it; None for most programs.
+    fn inspect_program(&self, _executable: &Path, _config: &Config) -> Option<HookTarget<Self::Layouts>> {
+        None
     }
 }

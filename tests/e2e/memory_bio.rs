@@ -17,6 +17,18 @@ fn node_capture_args() -> Vec<&'static str> {
     }
 }
 
+/// GETs each of `paths` from node's https server on `port` over one
+/// keep-alive connection; returns the bodies.
+fn node_client_get(port: u16, paths: &[String]) -> String {
+    run_peer(
+        "node client",
+        Command::new(NODE)
+            .arg(peer_script("node_https_client.js"))
+            .arg(port.to_string())
+            .args(paths),
+    )
+}
+
 /// The record holding all of `needles`, checked to name its socket.
 fn assert_named<'a>(stdout: &'a str, needles: &[&str], addresses: &str) -> &'a str {
     let record = find_record(stdout, needles);
@@ -33,13 +45,7 @@ fn node_client_and_server_events_name_their_sockets() {
     let (_server, port) = start_script_server(NODE, "node_https_server.js");
     let capture = Capture::start(&node_capture_args());
     let paths: Vec<String> = (0..3).map(|i| format!("/{}", marker(&format!("node{i}")))).collect();
-    let bodies = run_peer(
-        "node client",
-        Command::new(NODE)
-            .arg(peer_script("node_https_client.js"))
-            .arg(port.to_string())
-            .args(&paths),
-    );
+    let bodies = node_client_get(port, &paths);
     let out = capture.stop();
     assert!(out.status.success(), "{}", out.stderr);
     for path in &paths {
@@ -118,4 +124,40 @@ fn python_asyncio_client_events_name_their_socket() {
             &format!("from 127.0.0.1:{port} (local 127.0.0.1:"),
         );
     }
+}
+
+/// A program with OpenSSL linked in, started after ecapture without
+/// --libssl, is found at its exec and hooked.
+#[test]
+fn node_started_after_ecapture_is_found_and_hooked() {
+    if !e2e_enabled() {
+        return;
+    }
+    let capture = Capture::start(&["tls"]);
+    let (server, port) = start_script_server(NODE, "node_https_server.js");
+    // Hooking takes reading the program (node's is 100 MB): what the
+    // program does before that is not captured.
+    let hooked = format!("which pid {} (node) started", server.pid());
+    if node_capture_args().contains(&"--libssl") {
+        assert!(capture.wait_for_log(&hooked, PEER_TIMEOUT), "never {hooked}");
+    }
+    let path = format!("/{}", marker("node-later"));
+    node_client_get(port, std::slice::from_ref(&path));
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_named(
+        &out.stdout,
+        &[
+            "Comm:node",
+            "Received",
+            "HTTP request",
+            &format!("GET {path} HTTP/1.1\r\n"),
+        ],
+        &format!("(local 127.0.0.1:{port})"),
+    );
+    assert_named(
+        &out.stdout,
+        &["Comm:node", "Received", "HTTP response", &format!("node-says {path}\n")],
+        &format!("from 127.0.0.1:{port} (local 127.0.0.1:"),
+    );
 }

@@ -149,6 +149,18 @@ pub struct CaptureOutput {
     pub status: ExitStatus,
 }
 
+/// Whether the file at `path` holds `needle` within `timeout`.
+fn file_comes_to_hold(path: &Path, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if read_lossy(path).contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// A running `ecapture` with its output going to files (a pipe could fill
 /// up and stall it).
 pub struct Capture {
@@ -239,14 +251,12 @@ impl Capture {
 
     /// Waits until stdout contains `needle` (events are flushed live).
     pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if read_lossy(&self.stdout_path).contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        file_comes_to_hold(&self.stdout_path, needle, timeout)
+    }
+
+    /// Waits until the log (stderr) contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        file_comes_to_hold(&self.stderr_path, needle, timeout)
     }
 
     /// Sends SIGINT and collects the output once ecapture has exited.

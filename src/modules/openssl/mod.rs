@@ -119,6 +119,18 @@ impl Module for OpenSsl {
         foreign::report_java(config.pid);
         Ok(())
     }
+
+    /// A program with OpenSSL or BoringSSL linked in (node); those that use
+    /// the system's libssl are hooked there already.
+    fn inspect_program(&self, executable: &Path, config: &Config) -> Option<HookTarget<OpensslObject>> {
+        let image = ElfImage::open(executable).ok()?;
+        if !is_tls_library(&image) {
+            return None;
+        }
+        inspect(&image, config.mode, config.ssl_version.as_deref())
+            .map_err(|err| warn!("{} has OpenSSL linked in, but: {err:#}", executable.display()))
+            .ok()
+    }
 }
 
 fn is_tls_library(image: &ElfImage) -> bool {
