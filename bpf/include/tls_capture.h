@@ -487,10 +487,22 @@ struct {
 	__type(value, __s32); /* the socket it read last */
 } thread_socket_reads SEC(".maps");
 
+/* Set once any process is marked: until then a read call's entry costs no
+ * hash lookup (an array lookup is inlined to a load). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} memory_bio_seen SEC(".maps");
+
 static __always_inline void mark_memory_bio_process(__u32 tgid)
 {
+	__u32 zero = 0, *seen = bpf_map_lookup_elem(&memory_bio_seen, &zero);
 	__u8 yes = 1;
 
+	if (seen && !*seen)
+		*seen = 1;
 	if (!bpf_map_lookup_elem(&memory_bio_processes, &tgid))
 		bpf_map_update_elem(&memory_bio_processes, &tgid, &yes, BPF_ANY);
 }
@@ -511,11 +523,14 @@ static __always_inline void note_socket_read(__u64 pid_tgid, int fd)
  * without reading first cannot name its session after another socket. */
 static __always_inline void name_from_socket_read(__u64 pid_tgid, __u64 conn_id)
 {
-	__s32 *noted = bpf_map_lookup_elem(&thread_socket_reads, &pid_tgid);
+	__u32 zero = 0, *seen = bpf_map_lookup_elem(&memory_bio_seen, &zero);
 	struct session_socket *known;
 	struct session_key key = {};
-	__s32 fd;
+	__s32 *noted, fd;
 
+	if (!seen || !*seen)
+		return;
+	noted = bpf_map_lookup_elem(&thread_socket_reads, &pid_tgid);
 	if (!noted)
 		return;
 	fd = *noted;
