@@ -1,7 +1,6 @@
 //! `ecapture gnutls` in text mode: GnuTLS programs (wget, gnutls-cli,
 //! gnutls-serv) captured whole, with their sockets.
 
-use std::fs::File;
 use std::process::{Command, Stdio};
 
 use crate::support::*;
@@ -52,23 +51,7 @@ fn gnutls_cli_and_gnutls_serv_both_ends() {
     if !e2e_enabled() {
         return;
     }
-    let (cert, key) = certificate();
-    let port = free_port();
-    let dir = scratch_dir();
-    let log = dir.path().join("gnutls-serv.out");
-    let mut server = Guard::spawn(
-        "gnutls-serv",
-        Command::new("gnutls-serv")
-            .args(["--http", "-p", &port.to_string(), "--x509certfile"])
-            .arg(cert)
-            .arg("--x509keyfile")
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // Where it says it listens.
-            .stderr(File::create(&log).unwrap()),
-    );
-    server.wait_for_output(&log, "HTTP Server listening on IPv4");
+    let (_server, port) = start_gnutls_serv();
     let capture = Capture::start(&["gnutls"]);
     let path = format!("/{}", marker("gnutls-cli"));
     let script = format!("(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n'; sleep 1)");

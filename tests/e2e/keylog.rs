@@ -278,3 +278,23 @@ fn gnutls_client_keys_tls13_and_tls12() {
     });
     assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
 }
+
+/// gnutls-serv's secrets, TLS 1.3 and 1.2, from `ecapture gnutls --pid`: the
+/// server side of the same key log call (curl, on OpenSSL, is the client).
+#[test]
+fn gnutls_server_keys_tls13_and_tls12() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (server, port) = start_gnutls_serv();
+    let pid = server.pid().to_string();
+    let (v13, v12) = (
+        format!("/{}", marker("gnutls-serv13")),
+        format!("/{}", marker("gnutls-serv12")),
+    );
+    let (keys, uris, hellos) = keylog_run_with("gnutls", port, &["--pid", &pid], || {
+        curl(port, &v13, &["--tlsv1.3"]);
+        curl(port, &v12, &["--tls-max", "1.2"]);
+    });
+    assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
+}

@@ -448,6 +448,29 @@ pub fn build_go_peer(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// GnuTLS's own server, answering HTTP with a status page, on a fresh port,
+/// listening once this returns.
+pub fn start_gnutls_serv() -> (Guard, u16) {
+    let (cert, key) = certificate();
+    let port = free_port();
+    let dir = scratch_dir();
+    let log = dir.path().join("gnutls-serv.out");
+    let mut server = Guard::spawn(
+        "gnutls-serv",
+        Command::new("gnutls-serv")
+            .args(["--http", "-p", &port.to_string(), "--x509certfile"])
+            .arg(cert)
+            .arg("--x509keyfile")
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Where it says it listens.
+            .stderr(File::create(&log).unwrap()),
+    );
+    server.wait_for_output(&log, "HTTP Server listening on IPv4");
+    (server, port)
+}
+
 /// GETs `path` from 127.0.0.1:`port` with gnutls-cli, TLS `version` only
 /// ("TLS1.3", "TLS1.2"), checks that a 200 came back, and returns what it
 /// printed.
