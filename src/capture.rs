@@ -565,7 +565,11 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
         polled.context("reading events from the kernel")?;
         consume_all().context("reading events from the kernel")?;
         pipeline.borrow_mut().flush(false);
-        tls.attach_wanted_tracepoints();
+        tls.attach_wanted_tracepoints(&mut || {
+            if let Err(err) = consume_all() {
+                warn!("reading events from the kernel: {err:#}");
+            }
+        });
         let started = std::mem::take(&mut *new_processes.borrow_mut());
         if !started.is_empty() {
             tls.hook_new_programs(module, config, started);
@@ -769,14 +773,16 @@ impl<L: PartialEq + fmt::Display> TlsObjects<L> {
 
     /// Attaches the syscall tracepoints the probes have asked for. Failing
     /// that, the capture goes on: only those sessions' addresses are missing.
-    fn attach_wanted_tracepoints(&mut self) {
+    /// Records keep coming while the tracepoints attach: `drain` reads them
+    /// after each one.
+    fn attach_wanted_tracepoints(&mut self, drain: &mut dyn FnMut()) {
         let objects = &mut self.objects;
         let mut attached = 0;
         self.on_demand.retain(|(index, wanted)| {
             if !wanted.is_set() {
                 return true;
             }
-            match objects[*index].attach_syscall_tracepoints("") {
+            match objects[*index].attach_syscall_tracepoints_draining("", drain) {
                 Ok(count) => attached += count,
                 Err(err) => warn!(
                     "a session's BIO is not a socket, and the syscall tracepoints that would name its socket could not be attached ({err:#}): such sessions are captured without addresses"

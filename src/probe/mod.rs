@@ -447,6 +447,13 @@ impl LoadedProbes {
     /// Attaches every program named `{prefix}sys_enter_NAME` to the syscall
     /// tracepoint sys_enter_NAME.
     pub fn attach_syscall_tracepoints(&mut self, prefix: &str) -> Result<usize> {
+        self.attach_syscall_tracepoints_draining(prefix, &mut || ())
+    }
+
+    /// `attach_syscall_tracepoints`, calling `between` after each: each
+    /// attach takes milliseconds, and a capture already running drains its
+    /// buffers meanwhile.
+    pub fn attach_syscall_tracepoints_draining(&mut self, prefix: &str, between: &mut dyn FnMut()) -> Result<usize> {
         let names: Vec<(String, String)> = self
             .object()
             .progs()
@@ -463,6 +470,7 @@ impl LoadedProbes {
                 .with_context(|| format!("attaching {name} to tracepoint syscalls:{tracepoint}"))?;
             self.links.push(link);
             self.probes += 1;
+            between();
         }
         Ok(names.len())
     }
