@@ -189,8 +189,12 @@ fn executable_file_offset(elf: &ElfFile64<'_, Endianness>, address: u64) -> Opti
         let start = segment.p_vaddr(endian);
         let file_size = segment.p_filesz(endian);
         let executable = segment.p_type(endian) == PT_LOAD && segment.p_flags(endian) & PF_X != 0;
-        (executable && address >= start && address < start + file_size)
-            .then(|| address - start + segment.p_offset(endian))
+        // A hostile file's segments may reach past 2^64.
+        let end = start.checked_add(file_size)?;
+        if !executable || address < start || address >= end {
+            return None;
+        }
+        (address - start).checked_add(segment.p_offset(endian))
     })
 }
 

@@ -183,6 +183,16 @@ mod tests {
     }
 
     #[test]
+    fn finds_an_internal_function_placed_before_the_getter() {
+        let stub = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/elf/gnutls-stub-x86_64.so");
+        let image = ElfImage::open(Path::new(stub)).unwrap();
+        let site = locate(&image).unwrap();
+        let getter = image.function(HOOK_GETTER).unwrap();
+        assert_ne!(site.function.address, getter.address);
+        assert_eq!(site.client_random, 0x50);
+    }
+
+    #[test]
     fn a_library_that_is_not_gnutls_is_refused() {
         let image = ElfImage::open(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")).unwrap();
         assert!(locate(&image).is_err());
