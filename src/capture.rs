@@ -35,6 +35,7 @@ use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
 use crate::sink::{self, Record, Sink};
 use crate::target::foreign::ForeignTls;
+use crate::target::libpath;
 
 /// How long records may wait in the ring buffer when no wakeup came.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -755,17 +756,16 @@ impl<L: PartialEq + fmt::Display> TlsObjects<L> {
             let Some(target) = module.inspect_program(&executable, config) else {
                 continue;
             };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let comm = libpath::process_name(pid);
             let Some(index) = self.layouts.iter().position(|layouts| *layouts == target.layouts) else {
                 warn!(
-                    "pid {pid} ({}) has its TLS library linked in, laid out unlike the ones hooked: run ecapture with --pid {pid} to capture it",
-                    comm.trim_end()
+                    "pid {pid} ({comm}) has its TLS library linked in, laid out unlike the ones hooked: run ecapture with --pid {pid} to capture it"
                 );
                 continue;
             };
             let probes = &mut self.objects[index];
             match attach_target(probes, &target, config.pid).and_then(|()| probes.attach_pending_uprobes()) {
-                Ok(()) => info!("hooking {target}, which pid {pid} ({}) started", comm.trim_end()),
+                Ok(()) => info!("hooking {target}, which pid {pid} ({comm}) started"),
                 Err(err) => warn!("hooking pid {pid}'s {} failed: {err:#}", executable.display()),
             }
         }

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::event::SocketPair;
+use crate::target::libpath::{process_ids, process_name};
 
 /// The socket inode behind a process's fd, if the fd is a socket.
 pub fn socket_inode(pid: u32, fd: i32) -> Option<u64> {
@@ -12,6 +13,22 @@ pub fn socket_inode(pid: u32, fd: i32) -> Option<u64> {
     }
     let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
     link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The inodes of the sockets process `pid` holds.
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| socket_inode(pid, fd.file_name().to_str()?.parse().ok()?))
+        .collect()
+}
+
+/// Whether process `pid` holds an open TCP connection.
+pub fn holds_tcp_connection(pid: u32) -> bool {
+    let inodes = socket_inodes(pid);
+    !inodes.is_empty() && tcp_sockets(pid).iter().any(|(inode, _)| inodes.contains(inode))
 }
 
 /// Every TCP socket (IPv4 and IPv6) in the network namespace of `pid`, with
@@ -61,23 +78,11 @@ fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
 /// The process that owns each TCP connection open now, across network
 /// namespaces: (pid, comm, connection as that process sees it).
 pub fn connection_owners() -> Vec<(u32, String, SocketPair)> {
-    let own_pid = std::process::id();
     let mut tables: std::collections::HashMap<String, std::collections::HashMap<u64, SocketPair>> =
         std::collections::HashMap::new();
     let mut owners = Vec::new();
-    let pids = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
-    for pid in pids.filter(|&pid| pid != own_pid) {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        let inodes: Vec<u64> = fds
-            .flatten()
-            .filter_map(|fd| socket_inode(pid, fd.file_name().to_str()?.parse().ok()?))
-            .collect();
+    for pid in process_ids(None) {
+        let inodes = socket_inodes(pid);
         if inodes.is_empty() {
             continue;
         }
@@ -88,10 +93,7 @@ pub fn connection_owners() -> Vec<(u32, String, SocketPair)> {
         let table = tables
             .entry(netns.to_string_lossy().into_owned())
             .or_insert_with(|| tcp_sockets(pid).into_iter().collect());
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_default()
-            .trim_end()
-            .to_string();
+        let comm = process_name(pid);
         for inode in inodes {
             if let Some(pair) = table.get(&inode) {
                 owners.push((pid, comm.clone(), *pair));

@@ -13,7 +13,7 @@ use object::read::ReadCache;
 use tracing::{debug, info};
 
 use super::elf::ElfImage;
-use super::libpath;
+use super::libpath::{self, process_ids, process_name};
 
 /// A library a handshake probe reported; the numbers are `enum
 /// foreign_library` of `bpf/openssl.bpf.c`.
@@ -119,7 +119,7 @@ fn sentinel_in(image: &ElfImage, function: &'static str, program: &'static str) 
 fn running_go_programs(pid: Option<u32>) -> Vec<ElfImage> {
     let mut seen = HashSet::new();
     let mut found = Vec::new();
-    for pid in pids(pid) {
+    for pid in process_ids(pid).into_iter() {
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let Ok(metadata) = std::fs::metadata(&exe) else {
             continue;
@@ -147,11 +147,11 @@ fn is_go_program(path: &Path) -> bool {
 /// .gopclntab (the gotls module's work): say at once which processes run it.
 fn report_stripped_go(binary: &Path, pid: Option<u32>) {
     let Ok(target) = std::fs::metadata(binary) else { return };
-    for pid in pids(pid) {
+    for pid in process_ids(pid).into_iter() {
         let same = std::fs::metadata(format!("/proc/{pid}/exe"))
             .is_ok_and(|exe| (exe.dev(), exe.ino()) == (target.dev(), target.ino()));
         if same {
-            ForeignTls::Go.report_as(pid, &comm_of(pid), "is a Go program built with");
+            ForeignTls::Go.report_as(pid, &process_name(pid), "is a Go program built with");
         }
     }
 }
@@ -159,41 +159,17 @@ fn report_stripped_go(binary: &Path, pid: Option<u32>) {
 /// Java processes talking TCP now: JSSE runs inside the JVM, where no
 /// module of ecapture reaches.
 pub fn report_java(pid: Option<u32>) {
-    let talking: HashSet<u32> = crate::procnet::connection_owners()
-        .into_iter()
-        .map(|(pid, _, _)| pid)
-        .collect();
-    for pid in pids(pid).filter(|pid| talking.contains(pid)) {
+    for pid in process_ids(pid) {
         let runs_java = libpath::mapped_files(pid).is_ok_and(|files| {
             files
                 .iter()
                 .any(|file| file.path_in_process.file_name().is_some_and(|name| name == "libjvm.so"))
         });
-        if runs_java {
+        if runs_java && crate::procnet::holds_tcp_connection(pid) {
             info!(
                 "pid {pid} ({}) runs Java, whose TLS (JSSE) works inside the JVM: no ecapture module captures it yet",
-                comm_of(pid)
+                process_name(pid)
             );
         }
     }
-}
-
-fn pids(only: Option<u32>) -> impl Iterator<Item = u32> {
-    let own = std::process::id();
-    let all: Vec<u32> = match only {
-        Some(pid) => vec![pid],
-        None => std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-            .collect(),
-    };
-    all.into_iter().filter(move |pid| *pid != own)
-}
-
-fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|comm| comm.trim_end().to_string())
-        .unwrap_or_default()
 }

@@ -136,18 +136,36 @@ pub fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
         .collect())
 }
 
+/// Every process but ecapture itself, or only `only` when given.
+pub fn process_ids(only: Option<u32>) -> Vec<u32> {
+    if let Some(pid) = only {
+        return vec![pid];
+    }
+    let own = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|&pid| pid != own)
+        .collect()
+}
+
+/// The name the kernel gives process `pid` (its comm); empty once it is gone.
+pub fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| comm.trim_end().to_string())
+        .unwrap_or_default()
+}
+
 /// The processes descended from `pid` (children, their children...), with
 /// their names, from each process's parent in /proc.
 pub fn descendants(pid: u32) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     // (pid, parent, name) of every process.
-    let processes: Vec<(u32, u32, String)> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+    let processes: Vec<(u32, u32, String)> = process_ids(None)
+        .into_iter()
+        .filter_map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
             // "PID (NAME) STATE PPID ...": the name may hold spaces and parentheses.
             let (head, tail) = stat.rsplit_once(')')?;
             let name = head.split_once('(')?.1.to_string();

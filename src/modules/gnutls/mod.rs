@@ -84,19 +84,20 @@ fn hook_target(path: &Path, mode: Mode) -> Result<HookTarget<GnuTlsObject>> {
 /// What to hook in `image` for `mode`; `image` may be anything (a hostile or
 /// truncated --gnutls): what cannot be read is an error.
 pub fn inspect(image: &ElfImage, mode: Mode) -> Result<HookTarget<GnuTlsObject>> {
-    let hooks: Vec<Hook> = DATA_FUNCTIONS
-        .iter()
-        .filter_map(|&(name, entry)| Some(Hook::new(image, image.function(name)?, entry, Some(DATA_RETURN))))
-        .collect();
-    let has = |name: &str| hooks.iter().any(|hook| hook.symbol.name == name);
-    if !has("gnutls_record_send") || !has("gnutls_record_recv") {
+    if image.function("gnutls_record_send").is_none() || image.function("gnutls_record_recv").is_none() {
         bail!(
             "{} has no gnutls_record_send/gnutls_record_recv: it is not GnuTLS",
             image.path().display()
         );
     }
     let (hooks, client_random) = match mode {
-        Mode::Text => (hooks, None),
+        Mode::Text => {
+            let hooks = DATA_FUNCTIONS
+                .iter()
+                .filter_map(|&(name, entry)| Some(Hook::new(image, image.function(name)?, entry, Some(DATA_RETURN))))
+                .collect();
+            (hooks, None)
+        }
         Mode::Keylog | Mode::Pcap => {
             let site = keylog::locate(image)?;
             info!("{}: {site}", image.path().display());
