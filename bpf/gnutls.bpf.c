@@ -24,26 +24,9 @@ static __always_inline int library_transport_fd(__u64 transport)
 }
 
 /* ssize_t gnutls_record_send(gnutls_session_t session, const void *data, size_t size),
- * and gnutls_record_send2(session, data, size, pad, flags) */
-SEC("uprobe")
-int BPF_UPROBE(gnutls_send_enter, void *session, const void *data)
-{
-	return tls_call_enter((__u64)session, (__u64)data, 0, DIRECTION_EGRESS, LENGTH_FROM_RETURN);
-}
-
-/* ssize_t gnutls_record_recv(gnutls_session_t session, void *data, size_t size),
- * and gnutls_record_recv_seq(session, data, size, seq) */
-SEC("uprobe")
-int BPF_UPROBE(gnutls_recv_enter, void *session, void *data)
-{
-	return tls_call_enter((__u64)session, (__u64)data, 0, DIRECTION_INGRESS, LENGTH_FROM_RETURN);
-}
-
-SEC("uretprobe")
-int BPF_URETPROBE(gnutls_call_return, long ret)
-{
-	return tls_call_exit(ctx, ret);
-}
+ * gnutls_record_send2(session, data, size, pad, flags); gnutls_record_recv(session, data,
+ * size) and gnutls_record_recv_seq(session, data, size, seq) */
+TLS_CALL_PROBES(gnutls)
 
 /* Where a session keeps its client random, from the library's own
  * gnutls_session_get_random (src/modules/gnutls/keylog.rs). */

@@ -55,9 +55,12 @@ pub enum ModuleCommand {
     /// OpenSSL and BoringSSL: libssl.so.*, or programs linking them statically.
     #[command(visible_alias = "openssl")]
     Tls(TlsArgs),
-    /// GnuTLS: libgnutls.so.30 (wget, git's libcurl-gnutls, apt, Emacs); text mode.
+    /// GnuTLS: libgnutls.so.30 (wget, git's libcurl-gnutls, apt, Emacs); text, keylog, pcap.
     #[command(visible_alias = "gnu")]
     Gnutls(GnutlsArgs),
+    /// NSS: libssl3.so over NSPR (Firefox, Thunderbird, NSS's tools); text, keylog, pcap.
+    #[command(visible_alias = "nspr")]
+    Nss(NssArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +77,16 @@ pub struct GnutlsArgs {
     /// The libgnutls to hook (default: every libgnutls.so on the system, or the one --pid maps).
     #[arg(long, value_name = "PATH")]
     pub gnutls: Option<PathBuf>,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NssArgs {
+    /// NSPR's libnspr4 (NSS's libssl3 beside it is hooked), or libssl3 itself
+    /// (default: every libssl3.so on the system, or the one --pid maps).
+    #[arg(long, value_name = "PATH")]
+    pub nspr: Option<PathBuf>,
     #[command(flatten)]
     pub capture: CaptureArgs,
 }
@@ -133,6 +146,7 @@ impl Mode {
 pub enum ModuleKind {
     Tls,
     GnuTls,
+    Nss,
 }
 
 /// Validated settings for one capture.
@@ -166,6 +180,7 @@ impl Cli {
         let (module, tls, library, keylog_name) = match self.module {
             ModuleCommand::Tls(args) => (ModuleKind::Tls, args.capture, args.libssl, "ecapture_openssl_key.log"),
             ModuleCommand::Gnutls(args) => (ModuleKind::GnuTls, args.capture, args.gnutls, "ecapture_gnutls_key.log"),
+            ModuleCommand::Nss(args) => (ModuleKind::Nss, args.capture, args.nspr, "ecapture_nss_key.log"),
         };
         let mode = Mode::parse(&tls.model)?;
         if mode != Mode::Pcap && !tls.filter.is_empty() {

@@ -601,6 +601,28 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 }
 
 
+/* The three programs of a library whose calls take (session, buffer) first
+ * and return the bytes moved: PREFIX_send_enter, PREFIX_recv_enter, and
+ * PREFIX_call_return for both. */
+#define TLS_CALL_PROBES(prefix)                                                                  \
+	SEC("uprobe")                                                                            \
+	int BPF_UPROBE(prefix##_send_enter, void *session, const void *buf)                     \
+	{                                                                                        \
+		return tls_call_enter((__u64)session, (__u64)buf, 0, DIRECTION_EGRESS,          \
+				      LENGTH_FROM_RETURN);                                       \
+	}                                                                                        \
+	SEC("uprobe")                                                                            \
+	int BPF_UPROBE(prefix##_recv_enter, void *session, void *buf)                           \
+	{                                                                                        \
+		return tls_call_enter((__u64)session, (__u64)buf, 0, DIRECTION_INGRESS,         \
+				      LENGTH_FROM_RETURN);                                       \
+	}                                                                                        \
+	SEC("uretprobe")                                                                         \
+	int BPF_URETPROBE(prefix##_call_return, long ret)                                        \
+	{                                                                                        \
+		return tls_call_exit(ctx, ret);                                                  \
+	}
+
 /* Processes that start while the capture runs, for userspace to look at
  * their executable: a program with the TLS library linked in (node) is
  * hooked as it starts. */

@@ -29,6 +29,7 @@ enum data_direction {
 enum data_source {
 	SOURCE_OPENSSL = 1,
 	SOURCE_GNUTLS = 2,
+	SOURCE_NSS = 3,
 };
 
 /* The socket behind the fd, when the kernel could read it. family is 0 when

@@ -4,6 +4,7 @@
 //! Adding one: its `.bpf.c`, its folder here, and a line in `run_capture`.
 
 pub mod gnutls;
+pub mod nss;
 pub mod openssl;
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary
     match config.module {
         ModuleKind::Tls => capture::run(&openssl::OpenSsl, config, sinks),
         ModuleKind::GnuTls => capture::run(&gnutls::GnuTls, config, sinks),
+        ModuleKind::Nss => capture::run(&nss::Nss, config, sinks),
     }
 }
 

@@ -243,13 +243,37 @@ macro_rules! configure_capture {
             .maps
             .rodata_data
             .as_deref_mut()
-            .ok_or_else(|| anyhow!("BPF object has no .rodata"))?;
+            .ok_or_else(|| anyhow::anyhow!("BPF object has no .rodata"))?;
         $crate::probe::copy_c_struct(&settings.raw_capture_settings(), &mut rodata.capture_settings);
         $open.maps.events.set_max_entries(settings.ring_buffer_bytes)?;
         $crate::probe::prepare_uprobes($open.open_object_mut());
     }};
 }
 pub(crate) use configure_capture;
+
+/// Loads a TLS module's object with its own settings: each `name` is a C
+/// struct the object declares with DECLARE_SETTINGS, filled from `value`
+/// (read-only data in current objects, a settings map in legacy ones).
+macro_rules! load_module_object {
+    ($flavor:expr, $settings:expr, [$($builder:ident),*], {$($name:ident: $value:expr),* $(,)?}) => {{
+        let settings: &$crate::probe::ProbeSettings = $settings;
+        let skel = $crate::probe::load_build!($flavor, settings.generation, [$($builder),*], |open| {
+            $crate::probe::configure_capture!(open, settings);
+            let rodata = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .ok_or_else(|| anyhow::anyhow!("BPF object has no .rodata"))?;
+            $($crate::probe::copy_c_struct($value, &mut rodata.$name);)*
+        });
+        let probes = $crate::probe::LoadedProbes::new(skel, settings)?;
+        if settings.generation == $crate::probe::Generation::Legacy {
+            $($crate::probe::write_settings_map(probes.object(), stringify!($name), $value)?;)*
+        }
+        Ok(probes)
+    }};
+}
+pub(crate) use load_module_object;
 
 /// Loads the uprobe programs for uprobe_multi links where the kernel has them.
 pub(crate) fn prepare_uprobes(object: &mut OpenObject) {

@@ -51,6 +51,32 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
     }
 }
 
+/// The x86-64 instructions from `start` to `end`, up to the first that does not decode.
+pub fn decode(image: &ElfImage, start: u64, end: u64) -> Vec<iced_x86::Instruction> {
+    let Some(code) = image.code_between(start, end) else {
+        return Vec::new();
+    };
+    iced_x86::Decoder::with_ip(64, code, start, iced_x86::DecoderOptions::NONE)
+        .into_iter()
+        .take_while(|instruction| !instruction.is_invalid())
+        .collect()
+}
+
+/// Where a direct `call` goes.
+pub fn direct_call_target(instruction: &iced_x86::Instruction) -> Option<u64> {
+    (instruction.mnemonic() == iced_x86::Mnemonic::Call && instruction.op0_kind() == iced_x86::OpKind::NearBranch64)
+        .then(|| instruction.near_branch_target())
+}
+
+/// The one field an accessor reads from its first argument.
+pub fn single_field(image: &ElfImage, function: &str) -> Option<u64> {
+    let paths = field_paths(image, function)?;
+    match paths.into_iter().collect::<Vec<_>>().as_slice() {
+        [path] if path.len() == 1 => Some(path[0]),
+        _ => None,
+    }
+}
+
 /// A register's value: the pointer reached by following `loads` from the
 /// first argument, plus `bias` bytes.
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! Reading the ELF files we hook: function symbols and their file offsets,
 //! the libraries a file needs, and the strings a build embeds.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -142,6 +143,25 @@ impl ElfImage {
         })
     }
 
+    /// Machine code from `start` up to `end`, or to the end of the
+    /// executable segment holding `start` if that comes first.
+    pub fn code_between(&self, start: u64, end: u64) -> Option<&[u8]> {
+        let first = usize::try_from(self.file_offset_of(start)?).ok()?;
+        let wanted = usize::try_from(end.checked_sub(start)?).ok()?;
+        let elf = self.parse().ok()?;
+        let endian = elf.endian();
+        let segment_end = elf.elf_program_headers().iter().find_map(|segment| {
+            let offset = segment.p_offset(endian);
+            let executable = segment.p_type(endian) == PT_LOAD && segment.p_flags(endian) & PF_X != 0;
+            let size = segment.p_filesz(endian);
+            (executable && (first as u64) >= offset && (first as u64) - offset < size)
+                .then(|| usize::try_from(offset.checked_add(size)?).ok())
+                .flatten()
+        })?;
+        let last = first.checked_add(wanted)?.min(segment_end).min(self.data.len());
+        self.data.get(first..last)
+    }
+
     /// The address and bytes of the section called `name`, when the file
     /// holds them.
     pub fn section(&self, name: &str) -> Option<(u64, &[u8])> {
@@ -165,6 +185,72 @@ impl ElfImage {
             .and_then(|section| section.name().ok().map(str::to_string))
     }
 
+    /// Every function's start, stripped ones included, from the unwind
+    /// table (`.eh_frame_hdr`), sorted.
+    pub fn function_starts(&self) -> Result<Vec<u64>> {
+        let path = self.path.display();
+        let (header_address, header) = self
+            .section(".eh_frame_hdr")
+            .with_context(|| format!("{path} has no .eh_frame_hdr to find functions in"))?;
+        unwind_table_starts(header_address, header)
+            .with_context(|| format!("{path}: its .eh_frame_hdr is in a form not read"))
+    }
+
+    /// The slots (GOT entries) the dynamic linker fills with the address of
+    /// an imported symbol, by the symbol's name.
+    pub fn imported_slots(&self) -> HashMap<u64, String> {
+        use object::read::{ObjectSymbolTable, RelocationTarget};
+
+        let Ok(elf) = self.parse() else { return HashMap::new() };
+        let (Some(relocations), Some(symbols)) = (elf.dynamic_relocations(), elf.dynamic_symbol_table()) else {
+            return HashMap::new();
+        };
+        relocations
+            .filter_map(|(slot, relocation)| {
+                let RelocationTarget::Symbol(index) = relocation.target() else {
+                    return None;
+                };
+                let name = symbols.symbol_by_index(index).ok()?.name().ok()?;
+                Some((slot, name.split('@').next().unwrap_or(name).to_string()))
+            })
+            .filter(|(_, name)| !name.is_empty())
+            .collect()
+    }
+
+    /// The pointer the dynamic linker stores at `address` relative to the
+    /// load address (a relative relocation's addend): a function table entry.
+    pub fn relocated_pointer(&self, address: u64) -> Option<u64> {
+        use object::read::{RelocationFlags, RelocationTarget};
+
+        let elf = self.parse().ok()?;
+        elf.dynamic_relocations()?
+            .find(|(slot, _)| *slot == address)
+            .filter(|(_, relocation)| {
+                relocation.target() == RelocationTarget::Absolute
+                    && matches!(relocation.flags(), RelocationFlags::Elf { r_type } if r_type == object::elf::R_X86_64_RELATIVE || r_type == object::elf::R_AARCH64_RELATIVE)
+            })
+            .and_then(|(_, relocation)| u64::try_from(relocation.addend()).ok())
+    }
+
+    /// The address of the NUL-terminated string `text`, where a loaded
+    /// segment holds it.
+    pub fn string_address(&self, text: &[u8]) -> Option<u64> {
+        let elf = self.parse().ok()?;
+        let endian = elf.endian();
+        string_starts(&self.data, text)
+            .filter(|&start| self.data.get(start + text.len()) == Some(&0))
+            .find_map(|start| {
+                let start = u64::try_from(start).ok()?;
+                elf.elf_program_headers().iter().find_map(|segment| {
+                    let offset = segment.p_offset(endian);
+                    let in_file = start >= offset && start - offset < segment.p_filesz(endian);
+                    (segment.p_type(endian) == PT_LOAD && in_file)
+                        .then(|| segment.p_vaddr(endian).checked_add(start - offset))
+                        .flatten()
+                })
+            })
+    }
+
     /// The machine code of a function found by `function`, from its file
     /// offset; a symbol without a size gets a short window.
     pub fn function_code(&self, symbol: &FunctionSymbol) -> Option<&[u8]> {
@@ -173,6 +259,28 @@ impl ElfImage {
         let end = start.checked_add(len)?.min(self.data.len());
         self.data.get(start..end)
     }
+}
+
+/// Function starts from the binary search table of `.eh_frame_hdr`, in the
+/// encoding every GNU toolchain writes: `eh_frame_ptr` as pc-relative sdata4,
+/// the count as udata4, the table as sdata4 relative to the section.
+fn unwind_table_starts(section_address: u64, header: &[u8]) -> Option<Vec<u64>> {
+    const PCREL_SDATA4: u8 = 0x1b;
+    const UDATA4: u8 = 0x03;
+    const DATAREL_SDATA4: u8 = 0x3b;
+    if header.get(..4)? != [1, PCREL_SDATA4, UDATA4, DATAREL_SDATA4] {
+        return None;
+    }
+    let word = |at: usize| -> Option<[u8; 4]> { header.get(at..at.checked_add(4)?)?.try_into().ok() };
+    let count = usize::try_from(u32::from_le_bytes(word(8)?)).ok()?;
+    let mut starts = (0..count)
+        .map(|index| {
+            let relative = i32::from_le_bytes(word(12usize.checked_add(index.checked_mul(8)?)?)?);
+            section_address.checked_add_signed(i64::from(relative))
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    starts.sort_unstable();
+    Some(starts)
 }
 
 /// Offsets of every occurrence of `needle` in `haystack` that begins a C
@@ -218,6 +326,28 @@ mod tests {
     fn lists_needed_libraries() {
         let image = ElfImage::open(Path::new(LIBSSL3)).unwrap();
         assert!(image.needed_libraries().iter().any(|lib| lib == "libcrypto.so.3"));
+    }
+
+    #[test]
+    fn a_truncated_unwind_table_is_refused() {
+        assert!(unwind_table_starts(0x1000, &[1, 0x1b, 0x03, 0x3b, 0, 0, 0, 0, 9, 0, 0, 0]).is_none());
+        assert!(unwind_table_starts(0x1000, &[2, 0x1b, 0x03, 0x3b]).is_none());
+    }
+
+    #[test]
+    fn imports_and_strings_of_libssl() {
+        let image = ElfImage::open(Path::new(LIBSSL3)).unwrap();
+        let slots = image.imported_slots();
+        assert!(
+            slots.values().any(|name| name == "SSL_CTX_new" || name == "ERR_new"),
+            "{slots:?}"
+        );
+        let address = image.string_address(b"CLIENT_RANDOM").unwrap();
+        assert!(
+            image
+                .section_name_at(address)
+                .is_some_and(|name| name.contains("rodata"))
+        );
     }
 
     #[test]

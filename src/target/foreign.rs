@@ -36,7 +36,7 @@ impl ForeignTls {
     fn describe(self) -> (&'static str, &'static str, bool) {
         match self {
             ForeignTls::GnuTls => ("GnuTLS", "gnutls", true),
-            ForeignTls::Nss => ("NSS", "nss", false),
+            ForeignTls::Nss => ("NSS", "nss", true),
             ForeignTls::Go => ("Go's crypto/tls", "gotls", false),
         }
     }

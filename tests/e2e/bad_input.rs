@@ -148,3 +148,21 @@ fn gnutls_path_that_is_missing_not_elf_or_not_gnutls() {
         );
     }
 }
+
+#[test]
+fn nspr_path_that_is_missing_not_elf_or_not_nss() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["nss", "--nspr", "/nonexistent/libnspr4.so"]),
+            "cannot read /nonexistent/libnspr4.so",
+        );
+        refused(
+            &mut ecapture(&["nspr", "--nspr", "/etc/passwd"]),
+            "/etc/passwd is not an ELF file",
+        );
+        refused(
+            &mut ecapture(&["nss", "--nspr", "/usr/lib/x86_64-linux-gnu/libssl.so.3"]),
+            "is neither NSPR's libnspr4 nor NSS's libssl3",
+        );
+    }
+}

@@ -298,3 +298,48 @@ fn gnutls_server_keys_tls13_and_tls12() {
     });
     assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
 }
+
+/// The NSS client's secrets, TLS 1.3 and 1.2, read in softoken: the very
+/// lines the OpenSSL server at the other end logs itself, and tshark
+/// decrypts with them. (Debian's NSS cannot write a key log of its own.)
+#[test]
+fn nss_client_keys_match_the_openssl_server_s() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = scratch_dir();
+    let server_keys = dir.path().join("s_server.keys");
+    let (_server, port) = spawn_s_server(&["-www", "-keylogfile", server_keys.to_str().unwrap()]);
+    let nspr_file = dir.path().join("read-through-nspr.txt");
+    std::fs::write(&nspr_file, "contents").unwrap();
+    let (v13, v12) = (format!("/{}", marker("nss13")), format!("/{}", marker("nss12")));
+    let (keys, uris, hellos) = keylog_run_with("nss", port, &[], || {
+        nss_client_get(port, &v13, "read", "tls1.3", &nspr_file);
+        nss_client_get(port, &v12, "send", "tls1.2", &nspr_file);
+    });
+    assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
+    let theirs = std::fs::read_to_string(&server_keys).unwrap();
+    let theirs: std::collections::BTreeSet<&str> = theirs.lines().filter(|line| !line.starts_with('#')).collect();
+    let ours: std::collections::BTreeSet<&str> = keys.lines().collect();
+    assert_eq!(ours, theirs);
+}
+
+/// selfserv's secrets, TLS 1.3 and 1.2, from `ecapture nss --pid`, with curl
+/// (OpenSSL) as the client.
+#[test]
+fn selfserv_keys_tls13_and_tls12() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (server, port) = start_selfserv();
+    let pid = server.pid().to_string();
+    let (v13, v12) = (
+        format!("/{}", marker("selfserv13")),
+        format!("/{}", marker("selfserv12")),
+    );
+    let (keys, uris, hellos) = keylog_run_with("nss", port, &["--pid", &pid], || {
+        curl(port, &v13, &["--tlsv1.3"]);
+        curl(port, &v12, &["--tls-max", "1.2"]);
+    });
+    assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
+}

@@ -9,6 +9,7 @@ mod gnutls;
 mod hostile;
 mod keylog;
 mod memory_bio;
+mod nss;
 mod pcapng;
 mod support;
 mod tls_text;

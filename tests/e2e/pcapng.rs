@@ -452,3 +452,34 @@ fn gnutls_sessions_are_decrypted_from_the_file_alone() {
         .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}\n{}", out.stderr));
     assert!(comment.contains("comm=gnutls-cli"), "{comment}");
 }
+
+/// `ecapture nss -m pcapng`: tshark decrypts the NSS client's TLS 1.3 and 1.2
+/// requests from the file alone, with the secrets read in softoken.
+#[test]
+fn nss_sessions_are_decrypted_from_the_file_alone() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_selfserv();
+    let dir = scratch_dir();
+    let file = dir.path().join("nss.pcapng");
+    let nspr_file = dir.path().join("read-through-nspr.txt");
+    std::fs::write(&nspr_file, "contents").unwrap();
+    let capture = capture_port_with("nss", file.to_str().unwrap(), port, &[]);
+    let (v13, v12) = (
+        format!("/{}", marker("nss-pcapng13")),
+        format!("/{}", marker("nss-pcapng12")),
+    );
+    nss_client_get(port, &v13, "read", "tls1.3", &nspr_file);
+    nss_client_get(port, &v12, "send", "tls1.2", &nspr_file);
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let requests = decrypted_requests(&file);
+    for path in [&v13, &v12] {
+        let (_, comment) = requests
+            .iter()
+            .find(|(uri, _)| uri == path)
+            .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}\n{}", out.stderr));
+        assert!(comment.contains("comm=nss_client"), "{comment}");
+    }
+}

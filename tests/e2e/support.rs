@@ -492,6 +492,98 @@ pub fn gnutls_cli_get(port: u16, path: &str, version: &str) -> String {
     printed
 }
 
+/// tests/peers/nss_client.c, built once against Debian's NSS.
+pub fn nss_client() -> &'static Path {
+    static CLIENT: OnceLock<PathBuf> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let flags = run_peer(
+            "pkg-config",
+            Command::new("pkg-config").args(["--cflags", "--libs", "nss"]),
+        );
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        build_c_peer("nss_client", &peer_script("nss_client.c"), &flags)
+    })
+}
+
+/// Runs nss_client: GETs `path` from 127.0.0.1:`port` through PR_Write and
+/// PR_Read (`io` "read") or PR_Send and PR_Recv ("send"), over `version`
+/// ("tls1.3", "tls1.2"), after reading and copying `file` through NSPR.
+/// Returns the answer, checked to be a 200.
+pub fn nss_client_get(port: u16, path: &str, io: &str, version: &str, file: &Path) -> String {
+    let answer = run_peer(
+        "nss_client",
+        Command::new(nss_client())
+            .args([&port.to_string(), path, io, version])
+            .arg(file)
+            .stdin(Stdio::null()),
+    );
+    // s_server -www says "200 ok".
+    assert!(
+        answer.starts_with("HTTP/1.") && answer.lines().next().is_some_and(|status| status.contains(" 200 ")),
+        "nss_client got no answer:\n{answer}"
+    );
+    answer
+}
+
+/// NSS's own server, selfserv, on a fresh port with a certificate database
+/// made once; it answers a GET with the request echoed. Listening once this
+/// returns.
+pub fn start_selfserv() -> (Guard, u16) {
+    static DATABASE: OnceLock<PathBuf> = OnceLock::new();
+    let database = DATABASE.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-nssdb");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = format!("sql:{}", dir.display());
+        run_peer(
+            "certutil",
+            Command::new("certutil").args(["-N", "-d", &db, "--empty-password"]),
+        );
+        let noise = dir.join("noise");
+        std::fs::write(&noise, marker("noise")).unwrap();
+        run_peer(
+            "certutil",
+            Command::new("certutil")
+                .args([
+                    "-S",
+                    "-s",
+                    "CN=localhost",
+                    "-n",
+                    "server",
+                    "-x",
+                    "-t",
+                    "CT,,",
+                    "-d",
+                    &db,
+                ])
+                .args(["-k", "ec", "-q", "nistp256", "-8", "localhost,127.0.0.1", "-z"])
+                .arg(&noise),
+        );
+        dir
+    });
+    let port = free_port();
+    let server = Guard::spawn(
+        "selfserv",
+        Command::new("selfserv")
+            .args(["-d", &format!("sql:{}", database.display())])
+            .args([
+                "-n",
+                "server",
+                "-e",
+                "server",
+                "-V",
+                "tls1.2:tls1.3",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until_listening(port, "selfserv");
+    (server, port)
+}
+
 /// The records (header line and payload) ecapture printed, split apart at
 /// each header line.
 pub fn records(stdout: &str) -> Vec<&str> {
@@ -638,7 +730,13 @@ pub fn spawn_s_server(options: &[&str]) -> (Guard, u16) {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    // Probing with a connection would use up -naccept: watch the socket table.
+    wait_until_listening(port, "s_server");
+    (server, port)
+}
+
+/// Waits until something listens on 127.0.0.1:`port`, watching the socket
+/// table: probing with a connection would use up a server's -naccept.
+pub fn wait_until_listening(port: u16, what: &str) {
     let listening = |port: u16| {
         let port_hex = format!(":{port:04X} ");
         ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
@@ -653,10 +751,9 @@ pub fn spawn_s_server(options: &[&str]) -> (Guard, u16) {
     };
     let deadline = Instant::now() + PEER_TIMEOUT;
     while !listening(port) {
-        assert!(Instant::now() < deadline, "s_server did not listen");
+        assert!(Instant::now() < deadline, "{what} did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (server, port)
 }
 
 /// Lines a child prints, read on a thread so that every wait is bounded.

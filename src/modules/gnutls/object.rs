@@ -1,13 +1,10 @@
 //! Loading `bpf/gnutls.bpf.c`.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use super::GnuTlsObject;
-use crate::probe::{
-    Flavor, Generation, LoadedProbes, ProbeSettings, configure_capture, copy_c_struct, include_skeletons, load_build,
-    write_settings_map,
-};
+use crate::probe::{Flavor, LoadedProbes, ProbeSettings, include_skeletons, load_module_object};
 
 include_skeletons!("gnutls");
 
@@ -24,28 +21,15 @@ pub fn load(flavor: Flavor, settings: &ProbeSettings, layouts: &GnuTlsObject) ->
         client_random: layouts.client_random.unwrap_or(0),
         ..Default::default()
     };
-    let skel = load_build!(
+    load_module_object!(
         flavor,
-        settings.generation,
+        settings,
         [
             GnutlsCoreSkelBuilder,
             GnutlsNocoreSkelBuilder,
             GnutlsCoreLegacySkelBuilder,
             GnutlsNocoreLegacySkelBuilder
         ],
-        |open| {
-            configure_capture!(open, settings);
-            let rodata = open
-                .maps
-                .rodata_data
-                .as_deref_mut()
-                .ok_or_else(|| anyhow!("BPF object has no .rodata"))?;
-            copy_c_struct(&gnutls, &mut rodata.gnutls_settings);
-        }
-    );
-    let probes = LoadedProbes::new(skel, settings)?;
-    if settings.generation == Generation::Legacy {
-        write_settings_map(probes.object(), "gnutls_settings", &gnutls)?;
-    }
-    Ok(probes)
+        { gnutls_settings: &gnutls }
+    )
 }

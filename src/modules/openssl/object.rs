@@ -1,16 +1,13 @@
 //! Loading `bpf/openssl.bpf.c`, with where the library keeps its secrets and
 //! its sockets.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use super::OpensslObject;
 use super::layout::{HandshakeObjectOffsets, OpensslLayout, Tls13Offsets};
 use super::socket_bio::SocketBioLayout;
-use crate::probe::{
-    Flavor, Generation, LoadedProbes, ProbeSettings, configure_capture, copy_c_struct, include_skeletons, load_build,
-    write_settings_map,
-};
+use crate::probe::{Flavor, LoadedProbes, ProbeSettings, include_skeletons, load_module_object};
 
 include_skeletons!("openssl");
 
@@ -23,40 +20,20 @@ use skel_nocore::types::{openssl_layout as RawOpensslLayout, socket_bio_layout a
 unsafe impl plain::Plain for RawOpensslLayout {}
 unsafe impl plain::Plain for RawSocketBio {}
 
-/// Writes this module's own settings into an open current-kernel skeleton.
-macro_rules! configure_openssl {
-    ($open:ident, $settings:expr, $layout:expr, $socket_bio:expr) => {{
-        configure_capture!($open, $settings);
-        let rodata = $open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| anyhow!("BPF object has no .rodata"))?;
-        copy_c_struct($layout, &mut rodata.layout);
-        copy_c_struct($socket_bio, &mut rodata.socket_bio);
-    }};
-}
-
 pub fn load(flavor: Flavor, settings: &ProbeSettings, layouts: &OpensslObject) -> Result<LoadedProbes> {
     let layout = raw_layout(layouts.key_layout.as_ref());
     let socket_bio = raw_socket_bio(layouts.socket_bio.as_ref());
-    let skel = load_build!(
+    load_module_object!(
         flavor,
-        settings.generation,
+        settings,
         [
             OpensslCoreSkelBuilder,
             OpensslNocoreSkelBuilder,
             OpensslCoreLegacySkelBuilder,
             OpensslNocoreLegacySkelBuilder
         ],
-        |open| { configure_openssl!(open, settings, &layout, &socket_bio) }
-    );
-    let probes = LoadedProbes::new(skel, settings)?;
-    if settings.generation == Generation::Legacy {
-        write_settings_map(probes.object(), "layout", &layout)?;
-        write_settings_map(probes.object(), "socket_bio", &socket_bio)?;
-    }
-    Ok(probes)
+        { layout: &layout, socket_bio: &socket_bio }
+    )
 }
 
 /// Where a socket BIO keeps its fd; zeros leave naming sockets to the

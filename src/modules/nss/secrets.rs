@@ -1,0 +1,349 @@
+//! Where NSS's secrets can be read, found in the libraries and checked.
+//!
+//! libssl3 holds a handle (`PK11SymKey`) for each secret; the bytes live in
+//! softoken (libsoftokn3), which stores a derived key's value as the
+//! object's `CKA_VALUE` through `sftk_forceAttribute` inside `C_DeriveKey`.
+//! Neither is exported: `C_DeriveKey` is a slot of the function table
+//! `NSC_GetFunctionList` hands out, and `sftk_forceAttribute` is the function
+//! `C_DeriveKey` calls to set both the new key's class (a `CK_OBJECT_CLASS`
+//! on its stack, 8 bytes) and its value. libssl3 passes each secret, with
+//! its key log label, to `ssl3_RecordKeyLog(ss, label, key)`, which builds
+//! without SSLKEYLOGFILE compile empty but still call: it is the call that
+//! follows the load of the string "CLIENT_RANDOM".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use anyhow::{Result, anyhow, bail};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+
+use crate::target::disasm::{self, decode, direct_call_target};
+use crate::target::elf::{ElfImage, FunctionSymbol};
+
+/// PKCS#11: `CK_FUNCTION_LIST`'s `C_DeriveKey`, after the version (padded)
+/// and 62 functions.
+const DERIVE_KEY_SLOT: u64 = 8 + 62 * 8;
+const CKA_CLASS: u64 = 0x0;
+const CKA_VALUE: u64 = 0x11;
+const CLASS_SIZE: u64 = 8;
+const TLS_RANDOM_LEN: u64 = 32;
+/// How many instructions before a call its arguments are looked for.
+const ARGUMENT_WINDOW: usize = 8;
+
+/// The probe points in libssl3 and what they read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLogCall {
+    pub function: FunctionSymbol,
+    /// sslSocket's client random.
+    pub client_random: u32,
+    /// PK11SymKey's softoken object handle (libnss3).
+    pub key_handle: u32,
+}
+
+impl fmt::Display for KeyLogCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "secrets named at the key log call {:#x}, client random at ss+{:#x}, key handle at key+{:#x}",
+            self.function.address, self.client_random, self.key_handle
+        )
+    }
+}
+
+/// The probe points in softoken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoftokenStores {
+    pub derive_key: FunctionSymbol,
+    pub force_attribute: FunctionSymbol,
+}
+
+impl fmt::Display for SoftokenStores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "derived values from C_DeriveKey {:#x} storing through {:#x}",
+            self.derive_key.address, self.force_attribute.address
+        )
+    }
+}
+
+fn require_x86_64(image: &ElfImage) -> Result<()> {
+    if image.architecture() != Some(object::Architecture::X86_64) {
+        bail!(
+            "{}: finding NSS's secrets is done for x86_64 only so far",
+            image.path().display()
+        );
+    }
+    Ok(())
+}
+
+fn function_at(image: &ElfImage, name: &str, address: u64, end: Option<u64>) -> Result<FunctionSymbol> {
+    let file_offset = image
+        .file_offset_of(address)
+        .ok_or_else(|| anyhow!("{}: {name} at {address:#x} is outside the code", image.path().display()))?;
+    Ok(FunctionSymbol {
+        name: name.to_string(),
+        address,
+        size: end.map_or(0, |end| end.saturating_sub(address)),
+        file_offset,
+    })
+}
+
+/// libssl3's key log call; `libnss3` is the libnss3 it links.
+pub fn key_log_call(libssl3: &ElfImage, libnss3: &ElfImage) -> Result<KeyLogCall> {
+    require_x86_64(libssl3)?;
+    let path = libssl3.path().display();
+    let label = libssl3
+        .string_address(b"CLIENT_RANDOM")
+        .ok_or_else(|| anyhow!("{path} has no CLIENT_RANDOM label; is it NSS's libssl3?"))?;
+    let starts = libssl3.function_starts()?;
+    let mut callees = BTreeSet::new();
+    for pair in starts.windows(2) {
+        let code = decode(libssl3, pair[0], pair[1]);
+        for (index, instruction) in code.iter().enumerate() {
+            if instruction.mnemonic() == Mnemonic::Lea
+                && instruction.is_ip_rel_memory_operand()
+                && instruction.ip_rel_memory_address() == label
+            {
+                callees.extend(code[index..].iter().take(ARGUMENT_WINDOW).find_map(direct_call_target));
+            }
+        }
+    }
+    let [address] = callees.iter().copied().collect::<Vec<_>>()[..] else {
+        bail!(
+            "{path}: {} calls follow the CLIENT_RANDOM label, not one; this NSS is not known",
+            callees.len()
+        );
+    };
+    // An empty function may have no unwind entry: its one `ret` is then
+    // the whole of it.
+    let is_start = starts.binary_search(&address).is_ok();
+    let returns_at_once = decode(libssl3, address, address + 8)
+        .iter()
+        .find(|instruction| instruction.mnemonic() != Mnemonic::Endbr64)
+        .is_some_and(|instruction| instruction.mnemonic() == Mnemonic::Ret);
+    if !is_start && !returns_at_once {
+        bail!("{path}: the key log call's target {address:#x} is not a function start");
+    }
+    let function = function_at(libssl3, "ssl3_RecordKeyLog", address, None)?;
+    let client_random = client_random(libssl3)
+        .ok_or_else(|| anyhow!("{path}: SSL_ExportKeyingMaterial does not show where the client random is"))?;
+    let key_handle = disasm::single_field(libnss3, "PK11_GetSymKeyHandle").ok_or_else(|| {
+        anyhow!(
+            "{}: PK11_GetSymKeyHandle does not read one field",
+            libnss3.path().display()
+        )
+    })?;
+    Ok(KeyLogCall {
+        function,
+        client_random: u32::try_from(client_random)?,
+        key_handle: u32::try_from(key_handle)?,
+    })
+}
+
+/// `SSL_ExportKeyingMaterial` builds the TLS 1.2 exporter's seed, the client
+/// random then the server random (32 bytes each), from the socket: the
+/// first 64 bytes it loads from one base register, in two runs.
+fn client_random(libssl3: &ElfImage) -> Option<u64> {
+    let exporter = libssl3.function("SSL_ExportKeyingMaterial")?;
+    let end = libssl3
+        .function_starts()
+        .ok()?
+        .into_iter()
+        .find(|&start| start > exporter.address)?;
+    let mut loads: Vec<(Register, u64, u64)> = Vec::new();
+    for instruction in decode(libssl3, exporter.address, end) {
+        if let Some(load) = wide_load(&instruction) {
+            loads.push(load);
+        }
+        if loads.iter().map(|load| load.2).sum::<u64>() >= 2 * TLS_RANDOM_LEN {
+            break;
+        }
+    }
+    let base = loads.first()?.0;
+    let mut runs: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let mut run = 0;
+    let mut next = None;
+    for &(register, offset, size) in &loads {
+        if register != base {
+            return None;
+        }
+        if next.is_some_and(|next| next != offset) {
+            run += 1;
+        }
+        let entry = runs.entry(run).or_insert((offset, 0));
+        entry.1 += size;
+        next = Some(offset + size);
+    }
+    match runs.values().copied().collect::<Vec<_>>()[..] {
+        [(client, TLS_RANDOM_LEN), (server, TLS_RANDOM_LEN)] if client != server => Some(client),
+        _ => None,
+    }
+}
+
+/// A load of 8 or 16 bytes from a field (`base + displacement`).
+fn wide_load(instruction: &Instruction) -> Option<(Register, u64, u64)> {
+    let size = match instruction.mnemonic() {
+        Mnemonic::Movdqu | Mnemonic::Movups | Mnemonic::Movdqa | Mnemonic::Movaps => 16,
+        Mnemonic::Mov if instruction.op0_kind() == OpKind::Register && instruction.op0_register().size() == 8 => 8,
+        _ => return None,
+    };
+    let base = instruction.memory_base();
+    (instruction.op0_kind() == OpKind::Register
+        && instruction.op1_kind() == OpKind::Memory
+        && instruction.memory_index() == Register::None
+        && !matches!(base, Register::RSP | Register::RIP | Register::None))
+    .then(|| (base, instruction.memory_displacement64(), size))
+}
+
+/// softoken's derive function and the attribute store it calls.
+pub fn softoken_stores(softoken: &ElfImage) -> Result<SoftokenStores> {
+    require_x86_64(softoken)?;
+    let path = softoken.path().display();
+    let list = softoken
+        .function("NSC_GetFunctionList")
+        .ok_or_else(|| anyhow!("{path} has no NSC_GetFunctionList; is it NSS's softoken?"))?;
+    let table = decode(softoken, list.address, list.address + 32)
+        .iter()
+        .find(|instruction| instruction.mnemonic() == Mnemonic::Lea && instruction.is_ip_rel_memory_operand())
+        .map(Instruction::ip_rel_memory_address)
+        .ok_or_else(|| anyhow!("{path}: NSC_GetFunctionList hands out no table"))?;
+    let derive = softoken
+        .relocated_pointer(table + DERIVE_KEY_SLOT)
+        .ok_or_else(|| anyhow!("{path}: the function table has no C_DeriveKey"))?;
+    let starts = softoken.function_starts()?;
+    let derive_end = starts.iter().find(|&&start| start > derive).copied();
+    if starts.binary_search(&derive).is_err() {
+        bail!("{path}: C_DeriveKey ({derive:#x}) is not a function start");
+    }
+    let code = decode(softoken, derive, derive_end.unwrap_or(derive));
+    let mut class_stores = BTreeSet::new();
+    let mut value_stores = BTreeSet::new();
+    for (index, instruction) in code.iter().enumerate() {
+        let Some(target) = direct_call_target(instruction) else {
+            continue;
+        };
+        let arguments = Arguments::before(&code[..index]);
+        if arguments.type_ == Some(CKA_CLASS) && arguments.length == Some(CLASS_SIZE) && arguments.value_on_stack {
+            class_stores.insert(target);
+        }
+        if arguments.type_ == Some(CKA_VALUE) && arguments.length_set {
+            value_stores.insert(target);
+        }
+    }
+    let stores: Vec<u64> = class_stores.intersection(&value_stores).copied().collect();
+    let [force_attribute] = stores[..] else {
+        bail!(
+            "{path}: {} functions store both a key's class and its value, not one; this NSS is not known",
+            stores.len()
+        );
+    };
+    if starts.binary_search(&force_attribute).is_err() {
+        bail!("{path}: the attribute store ({force_attribute:#x}) is not a function start");
+    }
+    let force_end = starts.iter().find(|&&start| start > force_attribute).copied();
+    Ok(SoftokenStores {
+        derive_key: function_at(softoken, "NSC_DeriveKey", derive, derive_end)?,
+        force_attribute: function_at(softoken, "sftk_forceAttribute", force_attribute, force_end)?,
+    })
+}
+
+/// What the instructions just before a call set its second to fourth
+/// arguments to, within the straight run that leads to it.
+#[derive(Default)]
+struct Arguments {
+    type_: Option<u64>,
+    length: Option<u64>,
+    length_set: bool,
+    value_on_stack: bool,
+}
+
+impl Arguments {
+    fn before(code: &[Instruction]) -> Arguments {
+        let mut arguments = Arguments::default();
+        let mut seen = BTreeSet::new();
+        for instruction in code.iter().rev().take(ARGUMENT_WINDOW) {
+            if instruction.flow_control() != iced_x86::FlowControl::Next {
+                break;
+            }
+            if instruction.op_count() == 0 || instruction.op0_kind() != OpKind::Register {
+                continue;
+            }
+            let register = instruction.op0_register().full_register();
+            if !seen.insert(register) {
+                continue;
+            }
+            match register {
+                Register::RSI => arguments.type_ = constant(instruction),
+                Register::RCX => {
+                    arguments.length_set = true;
+                    arguments.length = constant(instruction);
+                }
+                Register::RDX => {
+                    arguments.value_on_stack =
+                        instruction.mnemonic() == Mnemonic::Lea && instruction.memory_base() == Register::RSP;
+                }
+                _ => {}
+            }
+        }
+        arguments
+    }
+}
+
+/// The constant an instruction puts in its destination register.
+fn constant(instruction: &Instruction) -> Option<u64> {
+    match instruction.mnemonic() {
+        Mnemonic::Xor
+            if instruction.op1_kind() == OpKind::Register
+                && instruction.op1_register() == instruction.op0_register() =>
+        {
+            Some(0)
+        }
+        Mnemonic::Mov
+            if matches!(
+                instruction.op1_kind(),
+                OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
+            ) =>
+        {
+            Some(instruction.immediate(1))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const DIR: &str = "/usr/lib/x86_64-linux-gnu";
+
+    fn open(name: &str) -> ElfImage {
+        ElfImage::open(&Path::new(DIR).join(name)).unwrap()
+    }
+
+    #[test]
+    fn finds_the_key_log_call_of_the_system_nss() {
+        let call = key_log_call(&open("libssl3.so"), &open("libnss3.so")).unwrap();
+        // Checked with gdb on Debian's 3.87 (research notes).
+        assert_eq!(call.client_random, 0x620);
+        assert_eq!(call.key_handle, 8);
+    }
+
+    #[test]
+    fn finds_softoken_s_derive_and_attribute_store() {
+        let image = open("libsoftokn3.so");
+        let stores = softoken_stores(&image).unwrap();
+        assert_ne!(stores.derive_key.address, stores.force_attribute.address);
+        assert!(disasm::probe_site(&image, &stores.derive_key).is_some());
+        assert!(disasm::probe_site(&image, &stores.force_attribute).is_some());
+    }
+
+    #[test]
+    fn other_libraries_are_refused() {
+        let openssl = open("libssl.so.3");
+        assert!(key_log_call(&openssl, &open("libnss3.so")).is_err());
+        assert!(softoken_stores(&openssl).is_err());
+    }
+}
