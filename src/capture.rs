@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use crate::cli::{Config, Mode};
 use crate::conn::ConnTracker;
 use crate::event::{BufferPool, Comm, Reassembler, RecordDecoder};
 use crate::keys::SessionSecrets;
-use crate::modules::{HookTarget, Module, Tracepoints};
+use crate::modules::{self, HookTarget, Module, Tracepoints};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, LinkLayer, OwnerLookup, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::readiness::Readiness;
@@ -34,6 +34,7 @@ use crate::procnet;
 use crate::sink::keylog::KeylogWriter;
 use crate::sink::pcapng::PacketFile;
 use crate::sink::{self, Record, Sink};
+use crate::target::elf::ElfImage;
 use crate::target::foreign::ForeignTls;
 use crate::target::libpath;
 
@@ -573,7 +574,7 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
         });
         let started = std::mem::take(&mut *new_processes.borrow_mut());
         if !started.is_empty() {
-            tls.hook_new_programs(module, config, started);
+            tls.hook_new_code(module, config, started);
         }
         if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
             last_lost_check = Instant::now();
@@ -739,35 +740,73 @@ struct TlsObjects<L> {
     on_demand: Vec<(usize, SharedWord)>,
     /// Executables already looked at, by device and inode.
     programs_seen: HashSet<(u64, u64)>,
+    /// Library files hooked or looked at, by device and inode.
+    libraries_seen: HashSet<(u64, u64)>,
+}
+
+/// A file's device and inode: its identity, whatever path reaches it.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|metadata| (metadata.dev(), metadata.ino()))
 }
 
 impl<L: PartialEq + fmt::Display> TlsObjects<L> {
-    /// Hooks the processes that started during the capture whose executable
-    /// has the library linked in, with the object loaded for its layouts.
-    fn hook_new_programs<M: Module<Layouts = L>>(&mut self, module: &M, config: &Config, pids: Vec<u32>) {
+    /// Hooks what the processes reported by the probes brought in: an
+    /// executable that has the library linked in, or a copy of the library
+    /// from a file not hooked yet, with the object loaded for its layouts.
+    fn hook_new_code<M: Module<Layouts = L>>(&mut self, module: &M, config: &Config, pids: Vec<u32>) {
         for pid in pids {
             let executable = PathBuf::from(format!("/proc/{pid}/exe"));
-            let Ok(metadata) = std::fs::metadata(&executable) else {
-                continue;
-            };
-            if !self.programs_seen.insert((metadata.dev(), metadata.ino())) {
-                continue;
+            let new_program = file_identity(&executable).is_some_and(|identity| self.programs_seen.insert(identity));
+            if let Some(target) = new_program
+                .then(|| module.inspect_program(&executable, config))
+                .flatten()
+            {
+                self.hook_for(pid, &target, config, "started");
             }
-            let Some(target) = module.inspect_program(&executable, config) else {
+            let Ok(files) = libpath::mapped_files(pid) else {
                 continue;
             };
-            let comm = libpath::process_name(pid);
-            let Some(index) = self.layouts.iter().position(|layouts| *layouts == target.layouts) else {
-                warn!(
-                    "pid {pid} ({comm}) has its TLS library linked in, laid out unlike the ones hooked: run ecapture with --pid {pid} to capture it"
-                );
-                continue;
-            };
-            let probes = &mut self.objects[index];
-            match attach_target(probes, &target, config.pid).and_then(|()| probes.attach_pending_uprobes()) {
-                Ok(()) => info!("hooking {target}, which pid {pid} ({comm}) started"),
-                Err(err) => warn!("hooking pid {pid}'s {} failed: {err:#}", executable.display()),
+            for file in files {
+                let Some(identity) = file_identity(&file.host_path) else {
+                    continue;
+                };
+                if self.libraries_seen.contains(&identity) {
+                    continue;
+                }
+                let Some(found) = module.inspect_library(&file.host_path, config) else {
+                    continue;
+                };
+                self.libraries_seen.insert(identity);
+                match found {
+                    Ok(targets) => targets
+                        .iter()
+                        .for_each(|target| self.hook_for(pid, target, config, "loaded")),
+                    Err(err) => warn!(
+                        "pid {pid} loaded {}, which cannot be hooked: {err:#}",
+                        file.host_path.display()
+                    ),
+                }
             }
+        }
+    }
+
+    /// Attaches `target`, which process `pid` `brought` in, with the object
+    /// loaded for its layouts.
+    fn hook_for(&mut self, pid: u32, target: &HookTarget<L>, config: &Config, brought: &str) {
+        let comm = libpath::process_name(pid);
+        let Some(index) = self.layouts.iter().position(|layouts| *layouts == target.layouts) else {
+            warn!(
+                "pid {pid} ({comm}) {brought} {}, laid out unlike the libraries hooked: run ecapture with --pid {pid} to capture it",
+                target.binary.display()
+            );
+            return;
+        };
+        let probes = &mut self.objects[index];
+        match attach_target(probes, target, config.pid).and_then(|()| probes.attach_pending_uprobes()) {
+            Ok(()) => info!("hooking {target}, which pid {pid} ({comm}) {brought}"),
+            Err(err) => warn!("hooking pid {pid}'s {} failed: {err:#}", target.binary.display()),
         }
     }
 
@@ -823,6 +862,10 @@ fn load_tls_objects<M: Module>(
         tracepoints: 0,
         on_demand: Vec::new(),
         programs_seen: HashSet::new(),
+        libraries_seen: targets
+            .iter()
+            .filter_map(|target| file_identity(&target.binary))
+            .collect(),
     };
     let settings = ProbeSettings {
         generation,
@@ -854,13 +897,43 @@ fn load_tls_objects<M: Module>(
     }
     if let Some(first) = loaded.objects.first_mut() {
         module.watch(first, config)?;
-        // Programs started later with the library linked in, unless one
-        // file was named.
+        // Programs started later with the library linked in, and copies
+        // of the library loaded later, unless one file was named.
         if config.library.is_none() {
             first.attach_program("notice_exec")?;
+            watch_library_loads(first, config)?;
         }
     }
     Ok(loaded)
+}
+
+/// Probes the dynamic loader's hook for debuggers, `_dl_debug_state`, which
+/// it calls once it has mapped libraries. The loader is the one ecapture
+/// itself runs under; without one (a static build) nothing is watched.
+fn watch_library_loads(probes: &mut LoadedProbes, config: &Config) -> Result<()> {
+    let Some(loader) = libpath::mapped_files(std::process::id())?
+        .into_iter()
+        .find(|file| modules::file_name(&file.path_in_process).is_some_and(|name| name.starts_with("ld-linux")))
+    else {
+        debug!("no dynamic loader mapped: libraries loaded later are not watched");
+        return Ok(());
+    };
+    let image = ElfImage::open(&loader.host_path)?;
+    let Some(hook) = image.function("_dl_debug_state") else {
+        warn!(
+            "{} has no _dl_debug_state: libraries loaded later are not watched",
+            loader.host_path.display()
+        );
+        return Ok(());
+    };
+    probes.attach_uprobe(
+        "notice_library_load",
+        &loader.host_path,
+        hook.file_offset,
+        false,
+        config.pid,
+    )?;
+    probes.attach_pending_uprobes()
 }
 
 /// Attaches every hook of `target` (uprobe_multi links wait for

@@ -623,13 +623,13 @@ static __always_inline int tls_call_enter(__u64 conn_id, __u64 buf, __u64 len_pt
 		return tls_call_exit(ctx, ret);                                                  \
 	}
 
-/* Processes that start while the capture runs, for userspace to look at
- * their executable: a program with the TLS library linked in (node) is
- * hooked as it starts. */
+/* Processes whose code changed while the capture runs, for userspace to
+ * look at: a program with the TLS library linked in (node) is hooked as it
+ * starts, and a TLS library mapped from a file not hooked yet (a copy an
+ * application bundles) as it is loaded. */
 EVENT_CHANNEL(execs, 16 * 1024);
 
-SEC("tracepoint/sched/sched_process_exec")
-int notice_exec(void *ctx)
+static __always_inline int report_process(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
@@ -637,6 +637,21 @@ int notice_exec(void *ctx)
 	if (process_is_traced(pid_tgid))
 		OUTPUT_RECORD(ctx, execs, &pid, sizeof(pid), BPF_RB_FORCE_WAKEUP);
 	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int notice_exec(void *ctx)
+{
+	return report_process(ctx);
+}
+
+/* void _dl_debug_state(void): the dynamic loader's hook for debuggers,
+ * called once it has mapped libraries, at a program's start and at each
+ * dlopen. */
+SEC("uprobe")
+int notice_library_load(struct pt_regs *ctx)
+{
+	return report_process(ctx);
 }
 
 #define ECAP_TCP_ESTABLISHED 1

@@ -21,6 +21,15 @@ use crate::target::elf::{ElfImage, FunctionSymbol};
 
 /// Runs the capture of the module the command line names.
 pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary> {
+    if let Some(version) = config
+        .ssl_version
+        .as_deref()
+        .filter(|_| config.module != ModuleKind::Tls)
+    {
+        tracing::info!(
+            "--ssl_version {version} is not needed: this module finds what it hooks in the library's code, whatever its version"
+        );
+    }
     match config.module {
         ModuleKind::Tls => capture::run(&openssl::OpenSsl, config, sinks),
         ModuleKind::GnuTls => capture::run(&gnutls::GnuTls, config, sinks),
@@ -133,4 +142,13 @@ pub trait Module {
     fn inspect_program(&self, _executable: &Path, _config: &Config) -> Option<HookTarget<Self::Layouts>> {
         None
     }
+
+    /// What to hook in `library`, a file a process mapped during the
+    /// capture, when it is this module's library; None when it is not.
+    fn inspect_library(&self, library: &Path, config: &Config) -> Option<Result<Vec<HookTarget<Self::Layouts>>>>;
+}
+
+/// The file name of `path`, when it is valid UTF-8.
+pub fn file_name(path: &Path) -> Option<&str> {
+    path.file_name()?.to_str()
 }

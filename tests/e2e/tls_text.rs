@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -673,6 +674,24 @@ fn java_programs_talking_tls_are_named() {
     );
 }
 
+/// A Python client, `python3` as given, that imports ssl (mapping libssl)
+/// after the first line on its stdin and GETs `path` after the second.
+fn python_client_loading_ssl_later(port: u16, path: &str, python3: &mut Command) -> (Guard, std::process::ChildStdin) {
+    let program = format!(
+        "import sys\nsys.stdin.readline()\nimport ssl, urllib.request\nsys.stdin.readline()\n\
+         urllib.request.urlopen('https://127.0.0.1:{port}{path}', context=ssl._create_unverified_context()).read()\n"
+    );
+    let mut client = Guard::spawn(
+        "python3",
+        python3
+            .args(["-c", &program])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let stdin = client.child.stdin.take().unwrap();
+    (client, stdin)
+}
+
 /// `--pid` of a process that has not loaded its TLS library yet waits for
 /// it, then hooks it, instead of failing.
 #[test]
@@ -682,20 +701,8 @@ fn pid_of_a_process_that_loads_openssl_later_is_waited_for() {
     }
     let (_server, port) = start_https_server();
     let path = format!("/{}", marker("late"));
-    // Imports ssl (mapping libssl) after its first line, requests after its second.
-    let program = format!(
-        "import sys\nsys.stdin.readline()\nimport ssl, urllib.request\nsys.stdin.readline()\n\
-         urllib.request.urlopen('https://127.0.0.1:{port}{path}', context=ssl._create_unverified_context()).read()\n"
-    );
-    let mut client = Guard::spawn(
-        "python3",
-        Command::new("/usr/bin/python3")
-            .args(["-c", &program])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null()),
-    );
+    let (mut client, mut stdin) = python_client_loading_ssl_later(port, &path, &mut Command::new("/usr/bin/python3"));
     let pid = client.pid().to_string();
-    let mut stdin = client.child.stdin.take().unwrap();
     // ecapture starts waiting at once; the import comes well after.
     let importer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
@@ -712,6 +719,53 @@ fn pid_of_a_process_that_loads_openssl_later_is_waited_for() {
         out.stderr.contains(&format!(
             "process {pid} maps no OpenSSL or BoringSSL yet: waiting for it to load one"
         )),
+        "{}",
+        out.stderr
+    );
+    find_record(
+        &out.stdout,
+        &["Comm:python3", "Sent", &format!("GET {path} HTTP/1.1\r\n")],
+    );
+}
+
+/// A copy of libssl that a program loads from a directory of its own (as
+/// applications bundle one) after ecapture started: found when the dynamic
+/// loader has mapped it, and hooked.
+#[test]
+fn a_bundled_copy_of_libssl_loaded_later_is_hooked() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    for library in ["libssl.so.3", "libcrypto.so.3"] {
+        std::fs::copy(
+            Path::new("/usr/lib/x86_64-linux-gnu").join(library),
+            dir.path().join(library),
+        )
+        .unwrap();
+    }
+    let path = format!("/{}", marker("bundled"));
+    let (mut client, mut stdin) = python_client_loading_ssl_later(
+        port,
+        &path,
+        Command::new("/usr/bin/python3").env("LD_LIBRARY_PATH", dir.path()),
+    );
+    let capture = Capture::start(&["tls"]);
+    stdin.write_all(b"import\n").unwrap();
+    let copy = dir.path().join("libssl.so.3");
+    assert!(
+        // Reached through the process's root: /proc/PID/root/...
+        capture.wait_for_log(&format!("{} (OpenSSL", copy.display()), READY_TIMEOUT),
+        "the copy was not hooked"
+    );
+    stdin.write_all(b"request\n").unwrap();
+    drop(stdin);
+    assert!(client.wait(PEER_TIMEOUT).success());
+    let out = capture.stop();
+    assert!(
+        out.stderr
+            .contains(&format!("which pid {} (python3) loaded", client.pid())),
         "{}",
         out.stderr
     );

@@ -75,6 +75,10 @@ impl Module for GnuTls {
             Mode::Keylog | Mode::Pcap => Tracepoints::None,
         }
     }
+
+    fn inspect_library(&self, library: &Path, config: &Config) -> Option<Result<Vec<HookTarget<GnuTlsObject>>>> {
+        is_gnutls(library).then(|| hook_target(library, config.mode).map(|target| vec![target]))
+    }
 }
 
 fn hook_target(path: &Path, mode: Mode) -> Result<HookTarget<GnuTlsObject>> {
@@ -107,10 +111,26 @@ pub fn inspect(image: &ElfImage, mode: Mode) -> Result<HookTarget<GnuTlsObject>>
     };
     Ok(HookTarget {
         binary: image.path().to_path_buf(),
-        description: "GnuTLS".to_string(),
+        description: version(image),
         hooks,
         layouts: GnuTlsObject { client_random },
     })
+}
+
+/// "GnuTLS 3.7.9", from the message the library logs when its logging is
+/// enabled; "GnuTLS" where that is missing.
+fn version(image: &ElfImage) -> String {
+    image
+        .strings_starting_with(b"Enabled GnuTLS ")
+        .find_map(|text| {
+            let version = text.strip_prefix(b"Enabled GnuTLS ")?.split(|&b| b == b' ').next()?;
+            let version = std::str::from_utf8(version).ok()?;
+            version
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.')
+                .then(|| format!("GnuTLS {version}"))
+        })
+        .unwrap_or_else(|| "GnuTLS".to_string())
 }
 
 fn is_gnutls(file: &Path) -> bool {
@@ -160,6 +180,7 @@ mod tests {
             "{names:?}"
         );
         assert!(target.hooks.iter().all(|hook| hook.return_program == Some(DATA_RETURN)));
+        assert_eq!(target.description, "GnuTLS 3.7.9");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! NSS (libssl3 over NSPR's libnspr4, secrets in softoken): Firefox,
 //! Thunderbird, NSS's own tools, curl and others built on it.
 
-mod methods;
+pub mod methods;
 mod object;
-mod secrets;
+pub mod secrets;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,10 @@ impl Module for Nss {
             Mode::Keylog | Mode::Pcap => Tracepoints::None,
         }
     }
+
+    fn inspect_library(&self, library: &Path, config: &Config) -> Option<Result<Vec<HookTarget<NssObject>>>> {
+        (super::file_name(library)? == LIBSSL3).then(|| hook_targets(library, config.mode))
+    }
 }
 
 /// The libssl3 that `--nspr` names: libssl3 itself, or the one beside the
@@ -125,6 +129,7 @@ fn hook_targets(libssl3: &Path, mode: Mode) -> Result<Vec<HookTarget<NssObject>>
             .ok_or_else(|| anyhow!("{}: no {prefix} found beside it", libssl3.display()))
     };
     let descriptor = methods::descriptor_path(&companion("libnspr4")?)?;
+    let description = version(&image);
     match mode {
         Mode::Text => {
             let found = methods::locate(&image)?;
@@ -143,6 +148,7 @@ fn hook_targets(libssl3: &Path, mode: Mode) -> Result<Vec<HookTarget<NssObject>>
             ];
             Ok(vec![target(
                 &image,
+                &description,
                 hooks,
                 NssObject {
                     descriptor,
@@ -176,17 +182,31 @@ fn hook_targets(libssl3: &Path, mode: Mode) -> Result<Vec<HookTarget<NssObject>>
                 Hook::new(&softoken, stores.force_attribute, "nss_attribute_enter", None),
             ];
             Ok(vec![
-                target(&softoken, derive, layouts),
-                target(&image, key_log, layouts),
+                target(&softoken, &format!("{description}'s softoken"), derive, layouts),
+                target(&image, &description, key_log, layouts),
             ])
         }
     }
 }
 
-fn target(image: &ElfImage, hooks: Vec<Hook>, layouts: NssObject) -> HookTarget<NssObject> {
+/// "NSS 3.87.1", from the version string libssl3 embeds; "NSS" where that
+/// is missing.
+fn version(libssl3: &ElfImage) -> String {
+    libssl3
+        .strings_starting_with(b"Version: NSS ")
+        .find_map(|text| {
+            std::str::from_utf8(text.strip_prefix(b"Version: ")?)
+                .ok()
+                .map(str::to_string)
+        })
+        .filter(|version| version.len() < 32)
+        .unwrap_or_else(|| "NSS".to_string())
+}
+
+fn target(image: &ElfImage, description: &str, hooks: Vec<Hook>, layouts: NssObject) -> HookTarget<NssObject> {
     HookTarget {
         binary: image.path().to_path_buf(),
-        description: "NSS".to_string(),
+        description: description.to_string(),
         hooks,
         layouts,
     }
@@ -228,6 +248,7 @@ mod tests {
         let targets = hook_targets(&Path::new(DIR).join(LIBSSL3), Mode::Text).unwrap();
         let [target] = &targets[..] else { panic!("{targets:?}") };
         assert_eq!(target.hooks.len(), 4);
+        assert_eq!(target.description, "NSS 3.87.1");
         assert!(target.hooks.iter().all(|hook| hook.return_program == Some(DATA_RETURN)));
     }
 

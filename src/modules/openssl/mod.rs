@@ -100,6 +100,12 @@ impl Module for OpenSsl {
         }
     }
 
+    fn inspect_library(&self, library: &Path, config: &Config) -> Option<Result<Vec<HookTarget<OpensslObject>>>> {
+        super::file_name(library)?
+            .starts_with("libssl.so.")
+            .then(|| hook_target(library, config).map(|target| vec![target]))
+    }
+
     /// Hooks the handshakes of the TLS this module does not capture (GnuTLS,
     /// NSS, Go's crypto/tls), so that a process using one is named, and
     /// names the Java processes talking now. Each program sits at its
