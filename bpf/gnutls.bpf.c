@@ -8,7 +8,7 @@
 #include <bpf/bpf_tracing.h>
 #define TLS_CAPTURE_SOURCE SOURCE_GNUTLS
 #include "tls_capture.h"
-#include "keylog_line.h"
+#include "keylog_channel.h"
 
 /* A session's transport is whatever the program set (an fd cast to a
  * pointer, or its own object): its socket is named from the syscalls GnuTLS
@@ -28,17 +28,17 @@ static __always_inline int library_transport_fd(__u64 transport)
  * size) and gnutls_record_recv_seq(session, data, size, seq) */
 TLS_CALL_PROBES(gnutls)
 
-/* Where a session keeps its client random, from the library's own
- * gnutls_session_get_random (src/modules/gnutls/keylog.rs). */
+/* Where a session keeps what the key log needs, from the library's own
+ * accessors (src/modules/gnutls/keylog.rs): gnutls_session_get_random,
+ * gnutls_session_get_master_secret, gnutls_protocol_get_version. */
 struct gnutls_settings {
 	__u32 client_random;
-	__u32 _pad;
+	__u32 master_secret;
+	__u32 version_entry; /* the session's protocol entry */
+	__u32 version_id;    /* its gnutls_protocol_t */
 };
 
 DECLARE_SETTINGS(struct gnutls_settings, gnutls_settings);
-
-EVENT_CHANNEL(keylog_lines, 256 * 1024);
-RECORD_SLOT(keylog_lines, struct keylog_line_event);
 
 /* void _gnutls_call_keylog_func(gnutls_session_t session, const char *label,
  *                               const uint8_t *data, unsigned size):
@@ -52,13 +52,9 @@ int BPF_UPROBE(gnutls_keylog_enter, void *session, const char *label, const void
 
 	if (!process_is_traced(pid_tgid))
 		return 0;
-	ev = RESERVE_RECORD(keylog_lines, sizeof(*ev));
+	ev = reserve_keylog_line(pid_tgid);
 	if (!ev)
 		return 0;
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->timestamp_ns = bpf_ktime_get_ns();
-	ev->pid = pid_tgid >> 32;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_probe_read_user_str(ev->label, sizeof(ev->label), label);
 	if (n > KEYLOG_SECRET_MAX)
 		n = KEYLOG_SECRET_MAX;
@@ -71,6 +67,70 @@ int BPF_UPROBE(gnutls_keylog_enter, void *session, const char *label, const void
 		return 0;
 	}
 	ev->secret_len = n;
+	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
+	return 0;
+}
+
+/* gnutls_protocol_t values */
+#define GNUTLS_TLS1_3 5
+#define TLS12_MASTER_SECRET_LEN 48
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u64);
+} handshakes SEC(".maps");
+
+/* int gnutls_handshake(gnutls_session_t session): a resumed TLS 1.2
+ * session derives no secret, so its master secret is read when the
+ * handshake completes (a full one's line comes twice, and is written once). */
+SEC("uprobe")
+int BPF_UPROBE(gnutls_handshake_enter, void *session)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 address = (__u64)session;
+
+	if (process_is_traced(pid_tgid))
+		bpf_map_update_elem(&handshakes, &pid_tgid, &address, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(gnutls_handshake_return, int ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct keylog_line_event *ev;
+	__u64 *found, session, entry = 0, label_words[2];
+	int version = 0;
+
+	found = bpf_map_lookup_elem(&handshakes, &pid_tgid);
+	if (!found)
+		return 0;
+	session = *found;
+	bpf_map_delete_elem(&handshakes, &pid_tgid);
+	if (ret != 0 ||
+	    bpf_probe_read_user(&entry, sizeof(entry), (void *)(session + SETTING(gnutls_settings, version_entry))) ||
+	    !entry ||
+	    bpf_probe_read_user(&version, sizeof(version), (void *)(entry + SETTING(gnutls_settings, version_id))) ||
+	    !version || version == GNUTLS_TLS1_3)
+		return 0;
+	ev = reserve_keylog_line(pid_tgid);
+	if (!ev)
+		return 0;
+	/* "CLIENT_RANDOM" from immediates: a string constant would be global
+	 * data, which kernels before 5.2 cannot load. */
+	label_words[0] = 0x525f544e45494c43ULL; /* CLIENT_R */
+	label_words[1] = 0x0000004d4f444e41ULL; /* ANDOM */
+	__builtin_memcpy(ev->label, label_words, sizeof(label_words));
+	if (bpf_probe_read_user(ev->secret, TLS12_MASTER_SECRET_LEN,
+				(void *)(session + SETTING(gnutls_settings, master_secret))) ||
+	    bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),
+				(void *)(session + SETTING(gnutls_settings, client_random)))) {
+		DISCARD_RECORD(ev);
+		return 0;
+	}
+	ev->secret_len = TLS12_MASTER_SECRET_LEN;
 	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
 	return 0;
 }

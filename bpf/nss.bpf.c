@@ -12,7 +12,7 @@
 #include <bpf/bpf_tracing.h>
 #define TLS_CAPTURE_SOURCE SOURCE_NSS
 #include "tls_capture.h"
-#include "keylog_line.h"
+#include "keylog_channel.h"
 
 /* Where the library keeps what the probes read, found in the libraries
  * themselves (src/modules/nss). */
@@ -119,7 +119,8 @@ struct {
 } derived_secrets SEC(".maps");
 
 /* CK_RV NSC_DeriveKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE hBaseKey,
- *                     CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR phKey) */
+ *                     CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR phKey);
+ * nss_derive_return ends NSC_UnwrapKey's calls too. */
 SEC("uprobe")
 int BPF_UPROBE(nss_derive_enter)
 {
@@ -133,7 +134,26 @@ int BPF_UPROBE(nss_derive_enter)
 	return 0;
 }
 
-/* CK_RV sftk_forceAttribute(SFTKObject *, CK_ATTRIBUTE_TYPE, const void *value, unsigned int len) */
+/* CK_RV NSC_UnwrapKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_BYTE_PTR,
+ *                     CK_ULONG, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR phKey):
+ * a resumed TLS 1.2 session's master secret, unwrapped from the session
+ * cache. phKey is the eighth argument, the second on the stack above the
+ * return address: the probe sits on the first instruction. */
+SEC("uprobe")
+int BPF_UPROBE(nss_unwrap_enter)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct derive_call call = {};
+
+	if (!process_is_traced(pid_tgid) ||
+	    bpf_probe_read_user(&call.handle_out, sizeof(call.handle_out), (void *)(PT_REGS_SP(ctx) + 16)))
+		return 0;
+	bpf_map_update_elem(&derive_calls, &pid_tgid, &call, BPF_ANY);
+	return 0;
+}
+
+/* CK_RV sftk_forceAttribute(SFTKObject *, CK_ATTRIBUTE_TYPE, const void *value, unsigned int len),
+ * and sftk_AddAttributeType(object, type, value, len) */
 SEC("uprobe")
 int BPF_UPROBE(nss_attribute_enter, void *object, __u64 type, const void *value, __u32 len)
 {
@@ -170,9 +190,6 @@ int BPF_URETPROBE(nss_derive_return, long ret)
 	return 0;
 }
 
-EVENT_CHANNEL(keylog_lines, 256 * 1024);
-RECORD_SLOT(keylog_lines, struct keylog_line_event);
-
 /* void ssl3_RecordKeyLog(sslSocket *ss, const char *label, PK11SymKey *secret) */
 SEC("uprobe")
 int BPF_UPROBE(nss_keylog_enter, void *ss, const char *label, void *symkey)
@@ -193,13 +210,9 @@ int BPF_UPROBE(nss_keylog_enter, void *ss, const char *label, void *symkey)
 	n = secret->len;
 	if (!n || n > KEYLOG_SECRET_MAX)
 		return 0;
-	ev = RESERVE_RECORD(keylog_lines, sizeof(*ev));
+	ev = reserve_keylog_line(pid_tgid);
 	if (!ev)
 		return 0;
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->timestamp_ns = bpf_ktime_get_ns();
-	ev->pid = key.tgid;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_probe_read_user_str(ev->label, sizeof(ev->label), label);
 	__builtin_memcpy(ev->secret, secret->bytes, sizeof(ev->secret));
 	if (bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),

@@ -74,6 +74,19 @@ impl Hook {
     }
 }
 
+impl Hook {
+    /// A hook whose entry probe stays on the function's first instruction,
+    /// for a program that reads the arguments its caller left on the stack.
+    pub fn at_start(symbol: FunctionSymbol, entry_program: &'static str, return_program: Option<&'static str>) -> Hook {
+        Hook {
+            symbol,
+            site: None,
+            entry_program,
+            return_program,
+        }
+    }
+}
+
 /// One file to place hooks in, and what the module's BPF object must be
 /// told about it before it loads (`layouts`: where the library keeps
 /// secrets or sockets). Targets whose layouts agree share one object.

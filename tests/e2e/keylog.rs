@@ -319,9 +319,7 @@ fn nss_client_keys_match_the_openssl_server_s() {
     });
     assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
     let theirs = std::fs::read_to_string(&server_keys).unwrap();
-    let theirs: std::collections::BTreeSet<&str> = theirs.lines().filter(|line| !line.starts_with('#')).collect();
-    let ours: std::collections::BTreeSet<&str> = keys.lines().collect();
-    assert_eq!(ours, theirs);
+    assert_eq!(key_lines(&keys), key_lines(&theirs));
 }
 
 /// selfserv's secrets, TLS 1.3 and 1.2, from `ecapture nss --pid`, with curl
@@ -342,4 +340,77 @@ fn selfserv_keys_tls13_and_tls12() {
         curl(port, &v12, &["--tls-max", "1.2"]);
     });
     assert_tls13_and_tls12_decrypted(&keys, &uris, &hellos, &v13, &v12);
+}
+
+/// The lines of an OpenSSL key log file, comments left out.
+fn key_lines(text: &str) -> std::collections::BTreeSet<&str> {
+    text.lines().filter(|line| !line.starts_with('#')).collect()
+}
+
+/// A resumed TLS 1.2 session derives no secret: gnutls-cli's is read when
+/// its handshake completes. Both sessions' lines equal the ones s_server
+/// logs at the other end, and tshark decrypts the request sent on the
+/// resumed one.
+#[test]
+fn gnutls_resumed_tls12_session_is_keyed() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = scratch_dir();
+    let server_keys = dir.path().join("s_server.keys");
+    let (_server, port) = spawn_s_server(&["-www", "-keylogfile", server_keys.to_str().unwrap()]);
+    let path = format!("/{}", marker("gnutls-resumed"));
+    let (keys, uris, hellos) = keylog_run_with("gnutls", port, &[], || {
+        let printed = run_peer(
+            "gnutls-cli",
+            Command::new("sh").arg("-c").arg(format!(
+                "(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n'; sleep 1) | gnutls-cli --insecure --resume \
+                 --priority NORMAL:-VERS-ALL:+VERS-TLS1.2 -p {port} 127.0.0.1 2>/dev/null; true"
+            )),
+        );
+        assert!(printed.contains("This is a resumed session"), "{printed}");
+    });
+    assert!(
+        uris.contains(&path),
+        "tshark decrypted {uris:?}\nkeys:\n{keys}\nClientHellos:\n{hellos}"
+    );
+    let theirs = std::fs::read_to_string(&server_keys).unwrap();
+    assert_eq!(key_lines(&keys), key_lines(&theirs));
+    assert_eq!(key_lines(&keys).len(), 2, "{keys}");
+}
+
+/// A resumed TLS 1.2 session's master secret is unwrapped from NSS's session
+/// cache, not derived: selfserv's, from `ecapture nss --pid`, with the lines
+/// s_client logs at the other end, and tshark decrypts the resumed request.
+#[test]
+fn selfserv_resumed_tls12_session_is_keyed() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (server, port) = start_selfserv();
+    let pid = server.pid().to_string();
+    let dir = scratch_dir();
+    let (session, client_keys) = (dir.path().join("session.pem"), dir.path().join("s_client.keys"));
+    let path = format!("/{}", marker("selfserv-resumed"));
+    let (keys, uris, hellos) = keylog_run_with("nss", port, &["--pid", &pid], || {
+        for (session_flag, expected) in [("-sess_out", "New, TLSv1.2"), ("-sess_in", "Reused, TLSv1.2")] {
+            let printed = run_peer(
+                "openssl s_client",
+                Command::new("sh").arg("-c").arg(format!(
+                    "(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n'; sleep 1) | openssl s_client -connect 127.0.0.1:{port} \
+                     -tls1_2 {session_flag} {} -keylogfile {} 2>/dev/null; true",
+                    session.display(),
+                    client_keys.display()
+                )),
+            );
+            assert!(printed.contains(expected), "{printed}");
+        }
+    });
+    assert!(
+        uris.iter().filter(|uri| **uri == path).count() == 2,
+        "tshark decrypted {uris:?}\nkeys:\n{keys}\nClientHellos:\n{hellos}"
+    );
+    let theirs = std::fs::read_to_string(&client_keys).unwrap();
+    assert_eq!(key_lines(&keys), key_lines(&theirs));
+    assert_eq!(key_lines(&keys).len(), 2, "{keys}");
 }

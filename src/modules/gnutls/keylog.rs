@@ -16,12 +16,28 @@ use anyhow::{Result, anyhow, bail};
 use crate::target::disasm;
 use crate::target::elf::{ElfImage, FunctionSymbol};
 
-/// The function every secret goes through, and where a session keeps its
-/// client random (which names the secrets in a key log).
+/// The function every secret goes through, where a session keeps its
+/// client random (which names the secrets in a key log), and what a resumed
+/// TLS 1.2 session is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeylogSite {
     pub function: FunctionSymbol,
     pub client_random: u32,
+    pub resumption: Option<ResumedSessions>,
+}
+
+/// A resumed TLS 1.2 session derives no secret, so the key log call never
+/// sees one: its master secret is read from the session when
+/// `gnutls_handshake` returns 0, with the version to tell it from TLS 1.3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumedSessions {
+    pub handshake: FunctionSymbol,
+    /// Where `gnutls_session_get_master_secret` points.
+    pub master_secret: u32,
+    /// What `gnutls_protocol_get_version` follows: the session's version
+    /// entry, then the protocol number in it.
+    pub version_entry: u32,
+    pub version_id: u32,
 }
 
 impl fmt::Display for KeylogSite {
@@ -30,7 +46,15 @@ impl fmt::Display for KeylogSite {
             f,
             "secrets from the key log call at {:#x}, client random at session+{:#x}",
             self.function.address, self.client_random
-        )
+        )?;
+        match &self.resumption {
+            Some(resumed) => write!(
+                f,
+                "; resumed sessions' master secret at session+{:#x}, version at session+{:#x}+{:#x}",
+                resumed.master_secret, resumed.version_entry, resumed.version_id
+            ),
+            None => f.write_str("; resumed TLS 1.2 sessions cannot be keyed"),
+        }
     }
 }
 
@@ -74,6 +98,29 @@ pub fn locate(image: &ElfImage) -> Result<KeylogSite> {
             file_offset,
         },
         client_random: u32::try_from(client_random)?,
+        resumption: resumed_sessions(image),
+    })
+}
+
+/// What resumed sessions are read from; None when an accessor does not show it.
+fn resumed_sessions(image: &ElfImage) -> Option<ResumedSessions> {
+    let master_secret = disasm::single_field(image, "gnutls_session_get_master_secret")?;
+    // It tests the entry pointer, then loads the number from it.
+    let paths = disasm::field_paths(image, "gnutls_protocol_get_version")?;
+    let [version_entry, version_id] = paths.iter().max_by_key(|path| path.len())?[..] else {
+        return None;
+    };
+    if !paths
+        .iter()
+        .all(|path| path[..] == [version_entry] || path[..] == [version_entry, version_id])
+    {
+        return None;
+    }
+    Some(ResumedSessions {
+        handshake: image.function("gnutls_handshake")?,
+        master_secret: u32::try_from(master_secret).ok()?,
+        version_entry: u32::try_from(version_entry).ok()?,
+        version_id: u32::try_from(version_id).ok()?,
     })
 }
 
@@ -138,6 +185,9 @@ mod tests {
         assert!(site.function.address > setter.address && site.function.address < setter.address + 0x40);
         assert_eq!(site.client_random, 0x50);
         assert!(disasm::probe_site(&image, &site.function).is_some());
+        let resumed = site.resumption.unwrap();
+        assert_eq!(resumed.master_secret, 0x20);
+        assert_eq!(resumed.version_id, 8);
     }
 
     #[test]

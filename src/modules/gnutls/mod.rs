@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Hook, HookTarget, Module, Tracepoints};
 use crate::cli::{Config, Mode};
@@ -28,12 +28,21 @@ const DATA_RETURN: &str = "gnutls_call_return";
 
 pub struct GnuTls;
 
-/// What a GnuTLS object is told: where a session keeps its client random,
-/// for the modes that read secrets. Its sockets are named from the syscalls
-/// GnuTLS makes inside each call.
+/// What a GnuTLS object is told: for the modes that read secrets, where a
+/// session keeps its client random, and what its resumed sessions are read
+/// from. Its sockets are named from the syscalls GnuTLS makes inside each
+/// call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GnuTlsObject {
     pub client_random: Option<u32>,
+    pub resumed: Option<ResumedFields>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumedFields {
+    pub master_secret: u32,
+    pub version_entry: u32,
+    pub version_id: u32,
 }
 
 impl fmt::Display for GnuTlsObject {
@@ -94,26 +103,45 @@ pub fn inspect(image: &ElfImage, mode: Mode) -> Result<HookTarget<GnuTlsObject>>
             image.path().display()
         );
     }
-    let (hooks, client_random) = match mode {
+    let (hooks, (client_random, resumed)) = match mode {
         Mode::Text => {
             let hooks = DATA_FUNCTIONS
                 .iter()
                 .filter_map(|&(name, entry)| Some(Hook::new(image, image.function(name)?, entry, Some(DATA_RETURN))))
                 .collect();
-            (hooks, None)
+            (hooks, (None, None))
         }
         Mode::Keylog | Mode::Pcap => {
             let site = keylog::locate(image)?;
             info!("{}: {site}", image.path().display());
-            let hook = Hook::new(image, site.function, "gnutls_keylog_enter", None);
-            (vec![hook], Some(site.client_random))
+            let mut hooks = vec![Hook::new(image, site.function, "gnutls_keylog_enter", None)];
+            let resumed = site.resumption.map(|resumed| {
+                hooks.push(Hook::new(
+                    image,
+                    resumed.handshake,
+                    "gnutls_handshake_enter",
+                    Some("gnutls_handshake_return"),
+                ));
+                ResumedFields {
+                    master_secret: resumed.master_secret,
+                    version_entry: resumed.version_entry,
+                    version_id: resumed.version_id,
+                }
+            });
+            if resumed.is_none() {
+                warn!(
+                    "{}: where a session keeps its master secret is not known: resumed TLS 1.2 sessions will have no keys",
+                    image.path().display()
+                );
+            }
+            (hooks, (Some(site.client_random), resumed))
         }
     };
     Ok(HookTarget {
         binary: image.path().to_path_buf(),
         description: version(image),
         hooks,
-        layouts: GnuTlsObject { client_random },
+        layouts: GnuTlsObject { client_random, resumed },
     })
 }
 

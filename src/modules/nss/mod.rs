@@ -172,7 +172,7 @@ fn hook_targets(libssl3: &Path, mode: Mode) -> Result<Vec<HookTarget<NssObject>>
                 }),
             };
             let key_log = vec![Hook::new(&image, call.function, "nss_keylog_enter", None)];
-            let derive = vec![
+            let derive: Vec<Hook> = vec![
                 Hook::new(
                     &softoken,
                     stores.derive_key,
@@ -181,6 +181,13 @@ fn hook_targets(libssl3: &Path, mode: Mode) -> Result<Vec<HookTarget<NssObject>>
                 ),
                 Hook::new(&softoken, stores.force_attribute, "nss_attribute_enter", None),
             ];
+            let unwrap = stores.unwrapping.into_iter().flat_map(|unwrapping| {
+                [
+                    Hook::at_start(unwrapping.unwrap_key, "nss_unwrap_enter", Some("nss_derive_return")),
+                    Hook::new(&softoken, unwrapping.add_attribute, "nss_attribute_enter", None),
+                ]
+            });
+            let derive = derive.into_iter().chain(unwrap).collect();
             Ok(vec![
                 target(&softoken, &format!("{description}'s softoken"), derive, layouts),
                 target(&image, &description, key_log, layouts),

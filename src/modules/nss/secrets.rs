@@ -16,12 +16,14 @@ use std::fmt;
 
 use anyhow::{Result, anyhow, bail};
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+use tracing::debug;
 
 use crate::target::disasm::{self, decode, direct_call_target};
 use crate::target::elf::{ElfImage, FunctionSymbol};
 
-/// PKCS#11: `CK_FUNCTION_LIST`'s `C_DeriveKey`, after the version (padded)
-/// and 62 functions.
+/// PKCS#11: `CK_FUNCTION_LIST`'s `C_UnwrapKey` and `C_DeriveKey`, after the
+/// version (padded) and 61 and 62 functions.
+const UNWRAP_KEY_SLOT: u64 = 8 + 61 * 8;
 const DERIVE_KEY_SLOT: u64 = 8 + 62 * 8;
 const CKA_CLASS: u64 = 0x0;
 const CKA_VALUE: u64 = 0x11;
@@ -55,6 +57,15 @@ impl fmt::Display for KeyLogCall {
 pub struct SoftokenStores {
     pub derive_key: FunctionSymbol,
     pub force_attribute: FunctionSymbol,
+    /// Where a resumed TLS 1.2 session's master secret, unwrapped from the
+    /// session cache rather than derived, is stored.
+    pub unwrapping: Option<Unwrapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unwrapping {
+    pub unwrap_key: FunctionSymbol,
+    pub add_attribute: FunctionSymbol,
 }
 
 impl fmt::Display for SoftokenStores {
@@ -63,7 +74,15 @@ impl fmt::Display for SoftokenStores {
             f,
             "derived values from C_DeriveKey {:#x} storing through {:#x}",
             self.derive_key.address, self.force_attribute.address
-        )
+        )?;
+        match &self.unwrapping {
+            Some(unwrapping) => write!(
+                f,
+                ", unwrapped ones from C_UnwrapKey {:#x} through {:#x}",
+                unwrapping.unwrap_key.address, unwrapping.add_attribute.address
+            ),
+            None => f.write_str("; resumed TLS 1.2 sessions cannot be keyed"),
+        }
     }
 }
 
@@ -208,53 +227,95 @@ pub fn softoken_stores(softoken: &ElfImage) -> Result<SoftokenStores> {
         .find(|instruction| instruction.mnemonic() == Mnemonic::Lea && instruction.is_ip_rel_memory_operand())
         .map(Instruction::ip_rel_memory_address)
         .ok_or_else(|| anyhow!("{path}: NSC_GetFunctionList hands out no table"))?;
-    let derive = softoken
-        .relocated_pointer(table + DERIVE_KEY_SLOT)
-        .ok_or_else(|| anyhow!("{path}: the function table has no C_DeriveKey"))?;
     let starts = softoken.function_starts()?;
-    let derive_end = starts.iter().find(|&&start| start > derive).copied();
-    if starts.binary_search(&derive).is_err() {
-        bail!("{path}: C_DeriveKey ({derive:#x}) is not a function start");
-    }
-    let code = decode(softoken, derive, derive_end.unwrap_or(derive));
-    let mut class_stores = BTreeSet::new();
-    let mut value_stores = BTreeSet::new();
-    for (index, instruction) in code.iter().enumerate() {
-        let Some(target) = direct_call_target(instruction) else {
-            continue;
-        };
-        let arguments = Arguments::before(&code[..index]);
-        if arguments.type_ == Some(CKA_CLASS) && arguments.length == Some(CLASS_SIZE) && arguments.value_on_stack {
-            class_stores.insert(target);
+    let function = |address: u64, name: &str| -> Result<FunctionSymbol> {
+        if starts.binary_search(&address).is_err() {
+            bail!("{path}: {name} ({address:#x}) is not a function start");
         }
-        if arguments.type_ == Some(CKA_VALUE) && arguments.length_set {
-            value_stores.insert(target);
-        }
-    }
-    let stores: Vec<u64> = class_stores.intersection(&value_stores).copied().collect();
+        function_at(
+            softoken,
+            name,
+            address,
+            starts.iter().find(|&&start| start > address).copied(),
+        )
+    };
+    let slot = |offset: u64, name: &str| -> Result<FunctionSymbol> {
+        let address = softoken
+            .relocated_pointer(table + offset)
+            .ok_or_else(|| anyhow!("{path}: the function table has no {name}"))?;
+        function(address, name)
+    };
+    let derive_key = slot(DERIVE_KEY_SLOT, "NSC_DeriveKey")?;
+    let derive_stores = attribute_stores(softoken, &derive_key);
+    let stores: Vec<u64> = derive_stores
+        .class
+        .intersection(&derive_stores.value)
+        .copied()
+        .collect();
     let [force_attribute] = stores[..] else {
         bail!(
             "{path}: {} functions store both a key's class and its value, not one; this NSS is not known",
             stores.len()
         );
     };
-    if starts.binary_search(&force_attribute).is_err() {
-        bail!("{path}: the attribute store ({force_attribute:#x}) is not a function start");
-    }
-    let force_end = starts.iter().find(|&&start| start > force_attribute).copied();
+    let unwrapping = slot(UNWRAP_KEY_SLOT, "NSC_UnwrapKey").and_then(|unwrap_key| {
+        let stores: Vec<u64> = attribute_stores(softoken, &unwrap_key).value.into_iter().collect();
+        let [add_attribute] = stores[..] else {
+            bail!(
+                "{path}: {} functions store an unwrapped key's value, not one",
+                stores.len()
+            );
+        };
+        Ok(Unwrapping {
+            unwrap_key,
+            add_attribute: function(add_attribute, "sftk_AddAttributeType")?,
+        })
+    });
     Ok(SoftokenStores {
-        derive_key: function_at(softoken, "NSC_DeriveKey", derive, derive_end)?,
-        force_attribute: function_at(softoken, "sftk_forceAttribute", force_attribute, force_end)?,
+        derive_key,
+        force_attribute: function(force_attribute, "sftk_forceAttribute")?,
+        unwrapping: unwrapping
+            .inspect_err(|err| debug!("resumed TLS 1.2 sessions cannot be keyed: {err:#}"))
+            .ok(),
     })
 }
 
+/// The functions `function` calls to store a key's class (a `CK_OBJECT_CLASS`
+/// on its stack) and its value.
+struct AttributeStores {
+    class: BTreeSet<u64>,
+    value: BTreeSet<u64>,
+}
+
+fn attribute_stores(image: &ElfImage, function: &FunctionSymbol) -> AttributeStores {
+    let code = decode(image, function.address, function.address + function.size);
+    let mut stores = AttributeStores {
+        class: BTreeSet::new(),
+        value: BTreeSet::new(),
+    };
+    for (index, instruction) in code.iter().enumerate() {
+        let Some(target) = direct_call_target(instruction) else {
+            continue;
+        };
+        let arguments = Arguments::before(&code[..index]);
+        if arguments.type_ == Some(CKA_CLASS) && arguments.length == Some(CLASS_SIZE) && arguments.value_on_stack {
+            stores.class.insert(target);
+        }
+        if arguments.type_ == Some(CKA_VALUE) && arguments.value_set {
+            stores.value.insert(target);
+        }
+    }
+    stores
+}
+
 /// What the instructions just before a call set its second to fourth
-/// arguments to, within the straight run that leads to it.
+/// arguments to (type, value, length), within the straight run that leads
+/// to it.
 #[derive(Default)]
 struct Arguments {
     type_: Option<u64>,
     length: Option<u64>,
-    length_set: bool,
+    value_set: bool,
     value_on_stack: bool,
 }
 
@@ -275,11 +336,9 @@ impl Arguments {
             }
             match register {
                 Register::RSI => arguments.type_ = constant(instruction),
-                Register::RCX => {
-                    arguments.length_set = true;
-                    arguments.length = constant(instruction);
-                }
+                Register::RCX => arguments.length = constant(instruction),
                 Register::RDX => {
+                    arguments.value_set = true;
                     arguments.value_on_stack =
                         instruction.mnemonic() == Mnemonic::Lea && instruction.memory_base() == Register::RSP;
                 }
@@ -336,6 +395,8 @@ mod tests {
         let image = open("libsoftokn3.so");
         let stores = softoken_stores(&image).unwrap();
         assert_ne!(stores.derive_key.address, stores.force_attribute.address);
+        let unwrapping = stores.unwrapping.unwrap();
+        assert_ne!(unwrapping.add_attribute.address, stores.force_attribute.address);
         assert!(disasm::probe_site(&image, &stores.derive_key).is_some());
         assert!(disasm::probe_site(&image, &stores.force_attribute).is_some());
     }
