@@ -188,6 +188,36 @@ fn decode(word: u32, pc: u64) -> Op {
     }
 }
 
+/// Whether the code from `start` to `end` loads `[x0 + field]` while x0
+/// still holds the first argument; the AArch64 half of the same search in
+/// `modules::gnutls::keylog`.
+pub fn loads_first_argument_field(image: &ElfImage, start: u64, end: u64, field: u64) -> bool {
+    let Some(code) = image.code_between(start, end) else {
+        return false;
+    };
+    for (index, bytes) in code.chunks_exact(4).enumerate() {
+        let pc = start + 4 * index as u64;
+        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+        let written: Vec<u8> = match decode(word, pc) {
+            Op::Memory {
+                base: 0,
+                offset,
+                loaded: Some(_),
+            } if offset == field => return true,
+            Op::Memory { loaded, .. } => loaded.map(|(register, _)| register).into_iter().collect(),
+            Op::Pair { loaded, .. } => loaded.map_or(Vec::new(), |(first, second, _)| vec![first, second]),
+            Op::AddImmediate { dest, .. } | Op::Move { dest, .. } => vec![dest],
+            Op::Call(_) | Op::Stop | Op::Return => return false,
+            Op::Other { written } => written.to_vec(),
+            Op::Branch(_) | Op::ConditionalBranch(_) | Op::Nothing => Vec::new(),
+        };
+        if written.contains(&0) {
+            return false;
+        }
+    }
+    false
+}
+
 /// See `disasm::field_paths`; this is its AArch64 half.
 pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPath>> {
     // The procedure call standard lets a callee overwrite these.

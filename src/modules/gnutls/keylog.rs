@@ -13,8 +13,8 @@ use std::fmt;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::target::disasm;
 use crate::target::elf::{ElfImage, FunctionSymbol};
+use crate::target::{aarch64, disasm};
 
 /// The function every secret goes through, where a session keeps its
 /// client random (which names the secrets in a key log), and what a resumed
@@ -64,9 +64,11 @@ const TLS_RANDOM_LEN: u64 = 32;
 
 pub fn locate(image: &ElfImage) -> Result<KeylogSite> {
     let path = image.path().display();
-    if image.architecture() != Some(object::Architecture::X86_64) {
-        bail!("{path}: finding GnuTLS's key log call is done for x86_64 only so far");
-    }
+    let loads_first_argument_field = match image.architecture() {
+        Some(object::Architecture::X86_64) => loads_first_argument_field,
+        Some(object::Architecture::Aarch64) => aarch64::loads_first_argument_field,
+        _ => bail!("{path}: finding GnuTLS's key log call is done for x86_64 and aarch64 only"),
+    };
     let hook_field = disasm::single_field(image, HOOK_GETTER)
         .ok_or_else(|| anyhow!("{path}: {HOOK_GETTER} does not read one session field; this GnuTLS is not known"))?;
     let client_random = client_random_field(image)
@@ -198,6 +200,18 @@ mod tests {
         let getter = image.function(HOOK_GETTER).unwrap();
         assert_ne!(site.function.address, getter.address);
         assert_eq!(site.client_random, 0x50);
+    }
+
+    #[test]
+    fn finds_the_key_log_call_of_the_arm64_gnutls() {
+        let image = ElfImage::open(Path::new("/usr/lib/aarch64-linux-gnu/libgnutls.so.30")).unwrap();
+        let site = locate(&image).unwrap();
+        let setter = image.function("gnutls_session_set_keylog_function").unwrap();
+        assert!(site.function.address > setter.address && site.function.address < setter.address + 0x40);
+        assert_eq!(site.client_random, 0x50);
+        let resumed = site.resumption.unwrap();
+        assert_eq!((resumed.master_secret, resumed.version_id), (0x20, 8));
+        assert!(disasm::probe_site(&image, &site.function).is_some());
     }
 
     #[test]
