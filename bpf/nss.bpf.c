@@ -137,17 +137,23 @@ int BPF_UPROBE(nss_derive_enter)
 /* CK_RV NSC_UnwrapKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_BYTE_PTR,
  *                     CK_ULONG, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR phKey):
  * a resumed TLS 1.2 session's master secret, unwrapped from the session
- * cache. phKey is the eighth argument, the second on the stack above the
- * return address: the probe sits on the first instruction. */
+ * cache. phKey is the eighth argument: x7 on arm64; on x86-64 the second
+ * stack slot above the return address, as the probe sits on the first
+ * instruction. */
 SEC("uprobe")
 int BPF_UPROBE(nss_unwrap_enter)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct derive_call call = {};
 
-	if (!process_is_traced(pid_tgid) ||
-	    bpf_probe_read_user(&call.handle_out, sizeof(call.handle_out), (void *)(PT_REGS_SP(ctx) + 16)))
+	if (!process_is_traced(pid_tgid))
 		return 0;
+#if defined(__TARGET_ARCH_arm64)
+	call.handle_out = PT_REGS_PARM8(ctx);
+#else
+	if (bpf_probe_read_user(&call.handle_out, sizeof(call.handle_out), (void *)(PT_REGS_SP(ctx) + 16)))
+		return 0;
+#endif
 	bpf_map_update_elem(&derive_calls, &pid_tgid, &call, BPF_ANY);
 	return 0;
 }

@@ -218,6 +218,274 @@ pub fn loads_first_argument_field(image: &ElfImage, start: u64, end: u64, field:
     false
 }
 
+/// A value the constant flow follows through registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value {
+    /// An address or number the code computed (ADRP, ADD, MOVZ).
+    Constant(u64),
+    /// An address on the stack (ADD from sp).
+    Stack,
+    /// What the call to this address returned.
+    Returned(u64),
+}
+
+/// A direct call, with what x0-x7 held at it, and which of them the
+/// instructions just before it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowCall {
+    pub target: u64,
+    pub arguments: [Option<Value>; 8],
+    pub set_just_before: [bool; 8],
+}
+
+/// What a run of AArch64 code does with the values it computes, read in
+/// order without following branches: stores and loads at addresses it
+/// computed, and its direct calls. Whoever uses it checks what it finds.
+#[derive(Debug, Default)]
+pub struct ConstantFlow {
+    /// (address, bytes, value stored).
+    pub stores: Vec<(u64, u64, Option<Value>)>,
+    /// Addresses loaded from.
+    pub loads: Vec<u64>,
+    /// Addresses computed with ADRP and ADD, in order.
+    pub computed: Vec<u64>,
+    pub calls: Vec<FlowCall>,
+}
+
+/// How many instructions before a call count as setting up its arguments.
+const ARGUMENT_WINDOW: usize = 8;
+
+pub fn constant_flow(image: &ElfImage, start: u64, end: u64) -> ConstantFlow {
+    const CALLER_SAVED: std::ops::RangeInclusive<u8> = 0..=18;
+    const LINK_REGISTER: u8 = 30;
+    let mut flow = ConstantFlow::default();
+    let Some(code) = image.code_between(start, end) else {
+        return flow;
+    };
+    let mut registers: std::collections::HashMap<u8, Value> = std::collections::HashMap::new();
+    // The index of the instruction that last wrote each register.
+    let mut written_at = [usize::MAX; 32];
+    let value_of = |registers: &std::collections::HashMap<u8, Value>, register: u8| {
+        if register == SP_OR_ZERO {
+            Some(Value::Constant(0))
+        } else {
+            registers.get(&register).copied()
+        }
+    };
+    for (index, bytes) in code.chunks_exact(4).enumerate() {
+        let pc = start + 4 * index as u64;
+        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+        let rd = bits(word, 0, 5) as u8;
+        // ADRP: the 4 KiB page of pc plus a signed 33-bit offset.
+        if word & 0x9F00_0000 == 0x9000_0000 {
+            let immediate = (bits(word, 5, 19) << 2) | bits(word, 29, 2);
+            let page = (pc & !0xFFF).wrapping_add(signed(immediate, 21, 4096));
+            registers.insert(rd, Value::Constant(page));
+            written_at[usize::from(rd)] = index;
+            continue;
+        }
+        // MOVZ, 32 or 64 bits.
+        if word & 0x7F80_0000 == 0x5280_0000 {
+            let value = u64::from(bits(word, 5, 16)) << (16 * bits(word, 21, 2));
+            registers.insert(rd, Value::Constant(value));
+            written_at[usize::from(rd)] = index;
+            continue;
+        }
+        let simd = bits(word, 26, 1) == 1;
+        let op = decode(word, pc);
+        let written: Vec<u8> = match &op {
+            Op::Memory {
+                loaded: Some((register, _)),
+                ..
+            } => vec![*register],
+            Op::Pair {
+                loaded: Some((first, second, _)),
+                ..
+            } => vec![*first, *second],
+            Op::AddImmediate { dest, .. } | Op::Move { dest, .. } => vec![*dest],
+            Op::Other { written } => written.to_vec(),
+            _ => Vec::new(),
+        };
+        for register in written.into_iter().filter(|&register| register < 32) {
+            written_at[usize::from(register)] = index;
+        }
+        match op {
+            Op::Memory { base, offset, loaded } => {
+                let address = match value_of(&registers, base) {
+                    Some(Value::Constant(base)) if base != 0 => Some(base.wrapping_add(offset)),
+                    _ => None,
+                };
+                match loaded {
+                    Some((register, _)) => {
+                        flow.loads.extend(address);
+                        registers.remove(&register);
+                    }
+                    None if !simd && bits(word, 22, 2) == 0 => {
+                        if let Some(address) = address {
+                            flow.stores
+                                .push((address, 1 << bits(word, 30, 2), value_of(&registers, rd)));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Op::Pair {
+                base,
+                offset,
+                size,
+                loaded,
+            } => match loaded {
+                Some((first, second, _)) => {
+                    registers.remove(&first);
+                    registers.remove(&second);
+                }
+                None => {
+                    if let Some(Value::Constant(base)) = value_of(&registers, base).filter(|_| base != SP_OR_ZERO) {
+                        let address = base.wrapping_add(offset);
+                        let second = bits(word, 10, 5) as u8;
+                        flow.stores.push((address, size, value_of(&registers, rd)));
+                        flow.stores
+                            .push((address.wrapping_add(size), size, value_of(&registers, second)));
+                    }
+                }
+            },
+            Op::AddImmediate { dest, source, addend } => {
+                let value = match (source, registers.get(&source)) {
+                    (SP_OR_ZERO, _) => Some(Value::Stack),
+                    (_, Some(Value::Constant(base))) => {
+                        flow.computed.push(base.wrapping_add(addend));
+                        Some(Value::Constant(base.wrapping_add(addend)))
+                    }
+                    _ => None,
+                };
+                registers.remove(&dest);
+                if let Some(value) = value {
+                    registers.insert(dest, value);
+                }
+            }
+            Op::Move { dest, source } => match value_of(&registers, source) {
+                Some(value) => {
+                    registers.insert(dest, value);
+                }
+                None => {
+                    registers.remove(&dest);
+                }
+            },
+            Op::Call(target) => {
+                if let Some(target) = target {
+                    let arguments = std::array::from_fn(|register| registers.get(&(register as u8)).copied());
+                    let set_just_before =
+                        std::array::from_fn(|register| index.saturating_sub(written_at[register]) <= ARGUMENT_WINDOW);
+                    flow.calls.push(FlowCall {
+                        target,
+                        arguments,
+                        set_just_before,
+                    });
+                }
+                registers.retain(|register, _| !CALLER_SAVED.contains(register) && *register != LINK_REGISTER);
+                if let Some(target) = target {
+                    registers.insert(0, Value::Returned(target));
+                }
+            }
+            Op::Other { written } => {
+                // MOV Wd, Wm (ORR with the zero register) keeps a small constant.
+                let moved = (word & 0x7FE0_FFE0 == 0x2A00_03E0)
+                    .then(|| value_of(&registers, bits(word, 16, 5) as u8))
+                    .flatten();
+                for register in written {
+                    registers.remove(&register);
+                }
+                if let Some(value) = moved {
+                    registers.insert(rd, value);
+                }
+            }
+            Op::Return | Op::Stop | Op::Branch(_) | Op::ConditionalBranch(_) | Op::Nothing => {}
+        }
+    }
+    flow
+}
+
+/// The fields a function loads, one through the other, from what its first
+/// call returns: `PR_FileDesc2NativeHandle`'s walk to the descriptor.
+pub fn loads_from_first_call_result(image: &ElfImage, start: u64, end: u64) -> Vec<u64> {
+    let Some(code) = image.code_between(start, end) else {
+        return Vec::new();
+    };
+    let mut holder = None;
+    let mut fields = Vec::new();
+    for (index, bytes) in code.chunks_exact(4).enumerate() {
+        let pc = start + 4 * index as u64;
+        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+        match decode(word, pc) {
+            Op::Call(_) if holder.is_none() => holder = Some(0),
+            Op::Memory {
+                base,
+                offset,
+                loaded: Some((register, _)),
+            } if Some(base) == holder => {
+                fields.push(offset);
+                holder = Some(register);
+            }
+            Op::Return | Op::Stop | Op::Call(_) if holder.is_some() => break,
+            _ => {}
+        }
+    }
+    fields
+}
+
+/// The 8- and 16-byte loads (LDR, LDP; general or vector registers) from a
+/// base register other than sp, in order: (base, offset, bytes).
+pub fn wide_loads(image: &ElfImage, start: u64, end: u64) -> Vec<(u8, u64, u64)> {
+    let Some(code) = image.code_between(start, end) else {
+        return Vec::new();
+    };
+    let mut loads = Vec::new();
+    for bytes in code.chunks_exact(4) {
+        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+        let base = bits(word, 5, 5) as u8;
+        if base == SP_OR_ZERO {
+            continue;
+        }
+        let (size, opc, simd) = (bits(word, 30, 2), bits(word, 22, 2), bits(word, 26, 1) == 1);
+        // LDR (unsigned offset): Xt, or Qt (size 0, opc 3).
+        if word & 0x3B00_0000 == 0x3900_0000 {
+            let bytes = match (simd, size, opc) {
+                (false, 3, 1) => 8,
+                (true, 0, 3) => 16,
+                _ => continue,
+            };
+            loads.push((base, u64::from(bits(word, 10, 12)) * bytes, bytes));
+        }
+        // LDP (signed offset): Xt pairs (opc 2) or Qt pairs (simd, opc 2).
+        if word & 0x3BC0_0000 == 0x2940_0000 && bits(word, 30, 2) == 2 {
+            let bytes = if simd { 16 } else { 8 };
+            let offset = signed(bits(word, 15, 7), 7, bytes as i64);
+            loads.push((base, offset, bytes));
+            loads.push((base, offset.wrapping_add(bytes), bytes));
+        }
+    }
+    loads
+}
+
+/// Whether the function at `address` returns at once (after hints such as
+/// BTI): an empty function.
+pub fn returns_at_once(image: &ElfImage, address: u64) -> bool {
+    let Some(code) = image.code_between(address, address.saturating_add(16)) else {
+        return false;
+    };
+    code.chunks_exact(4)
+        .map(|bytes| u32::from_le_bytes(bytes.try_into().expect("chunks of four")))
+        .map(|word| decode(word, address))
+        .find(|op| *op != Op::Nothing)
+        == Some(Op::Return)
+}
+
+/// The slot a PLT stub at `stub` jumps through: ADRP x16, then LDR x17
+/// from that page.
+pub fn plt_slot(image: &ElfImage, stub: u64) -> Option<u64> {
+    constant_flow(image, stub, stub.checked_add(16)?).loads.first().copied()
+}
+
 /// See `disasm::field_paths`; this is its AArch64 half.
 pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPath>> {
     // The procedure call standard lets a callee overwrite these.

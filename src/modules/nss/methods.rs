@@ -18,6 +18,7 @@ use std::fmt;
 use anyhow::{Result, anyhow, bail};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register};
 
+use crate::target::aarch64::{self, Value};
 use crate::target::disasm::{decode, direct_call_target};
 use crate::target::elf::{ElfImage, FunctionSymbol};
 
@@ -56,24 +57,97 @@ impl fmt::Display for SslMethods {
     }
 }
 
+/// The instruction sets the searches read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isa {
+    X86_64,
+    Aarch64,
+}
+
+impl Isa {
+    pub(super) fn of(image: &ElfImage) -> Result<Isa> {
+        match image.architecture() {
+            Some(object::Architecture::X86_64) => Ok(Isa::X86_64),
+            Some(object::Architecture::Aarch64) => Ok(Isa::Aarch64),
+            _ => bail!("{}: NSS is read as x86_64 or AArch64 code only", image.path().display()),
+        }
+    }
+
+    /// The targets of the direct calls from `start` to `end`.
+    pub(super) fn direct_calls(self, image: &ElfImage, start: u64, end: u64) -> Vec<u64> {
+        match self {
+            Isa::X86_64 => decode(image, start, end)
+                .iter()
+                .filter_map(direct_call_target)
+                .collect(),
+            Isa::Aarch64 => aarch64::constant_flow(image, start, end)
+                .calls
+                .into_iter()
+                .map(|call| call.target)
+                .collect(),
+        }
+    }
+}
+
+/// What the function that fills the method table stores: static slots with
+/// the code address stored when known, the table stamped PR_DESC_LAYERED,
+/// and where the identity from PR_GetUniqueIdentity is kept.
+#[derive(Default)]
+struct TableSetup {
+    stores: HashMap<u64, Option<u64>>,
+    layered_table: Option<u64>,
+    identity_variable: Option<u64>,
+}
+
+impl TableSetup {
+    fn read(isa: Isa, image: &ElfImage, imports: &Imports, start: u64, end: u64) -> TableSetup {
+        match isa {
+            Isa::X86_64 => {
+                let run = MethodTableSetup::run(image, imports, &decode(image, start, end));
+                TableSetup {
+                    stores: run.stores,
+                    layered_table: run.layered_table,
+                    identity_variable: run.identity_variable,
+                }
+            }
+            Isa::Aarch64 => {
+                let flow = aarch64::constant_flow(image, start, end);
+                let mut setup = TableSetup::default();
+                for (address, bytes, value) in flow.stores {
+                    match (bytes, value) {
+                        (8, Some(Value::Constant(code))) => {
+                            setup.stores.insert(address, Some(code));
+                        }
+                        (8, _) => {
+                            setup.stores.insert(address, None);
+                        }
+                        (4, Some(Value::Constant(PR_DESC_LAYERED))) => setup.layered_table = Some(address),
+                        (4, Some(Value::Returned(callee)))
+                            if imports.at_stub(isa, image, callee) == Some("PR_GetUniqueIdentity") =>
+                        {
+                            setup.identity_variable = Some(address);
+                        }
+                        _ => {}
+                    }
+                }
+                setup
+            }
+        }
+    }
+}
+
 pub fn locate(image: &ElfImage) -> Result<SslMethods> {
     let path = image.path().display();
-    if image.architecture() != Some(object::Architecture::X86_64) {
-        bail!("{path}: finding NSS's SSL layer is done for x86_64 only so far");
-    }
+    let isa = Isa::of(image)?;
     let starts = image.function_starts()?;
     let imports = Imports::of(image);
     let setup = starts
         .windows(2)
-        .find(|pair| {
-            decode(image, pair[0], pair[1])
-                .iter()
-                .any(|instruction| imports.called(image, instruction) == Some("PR_GetDefaultIOMethods"))
-        })
+        .find(|pair| imports.called_from(isa, image, pair[0], pair[1], "PR_GetDefaultIOMethods"))
         .ok_or_else(|| {
             anyhow!("{path}: no function fills a method table from PR_GetDefaultIOMethods; is it libssl3?")
         })?;
-    let table = MethodTableSetup::run(image, &imports, &decode(image, setup[0], setup[1]));
+    let table = TableSetup::read(isa, image, &imports, setup[0], setup[1]);
     let identity = table
         .identity_variable
         .ok_or_else(|| anyhow!("{path}: the SSL layer's identity is not stored where it is looked for"))?;
@@ -90,7 +164,7 @@ pub fn locate(image: &ElfImage) -> Result<SslMethods> {
             .flatten()
             .ok_or_else(|| anyhow!("{path}: the SSL layer's {name} method is not set where expected"))?;
         let end = starts.iter().find(|&&start| start > address).copied();
-        if starts.binary_search(&address).is_err() || (probed && !checks_identity(image, address, end, identity)) {
+        if starts.binary_search(&address).is_err() || (probed && !checks_identity(isa, image, address, end, identity)) {
             bail!("{path}: what sits in the {name} slot ({address:#x}) does not check for an SSL socket");
         }
         let file_offset = image
@@ -105,9 +179,9 @@ pub fn locate(image: &ElfImage) -> Result<SslMethods> {
     };
     let send = method(SEND_SLOT, "Send", true)?;
     let writev = method(WRITEV_SLOT, "WriteV", false)?;
-    let writev_sends = decode(image, writev.address, writev.address + writev.size)
-        .iter()
-        .any(|instruction| direct_call_target(instruction) == Some(send.address));
+    let writev_sends = isa
+        .direct_calls(image, writev.address, writev.address + writev.size)
+        .contains(&send.address);
     Ok(SslMethods {
         read: method(READ_SLOT, "Read", true)?,
         write: method(WRITE_SLOT, "Write", true)?,
@@ -125,6 +199,32 @@ impl Imports {
         Imports(image.imported_slots())
     }
 
+    /// Whether the code from `start` to `end` calls the imported `name`.
+    fn called_from(&self, isa: Isa, image: &ElfImage, start: u64, end: u64, name: &str) -> bool {
+        match isa {
+            Isa::X86_64 => decode(image, start, end)
+                .iter()
+                .any(|instruction| self.called(image, instruction) == Some(name)),
+            Isa::Aarch64 => isa
+                .direct_calls(image, start, end)
+                .into_iter()
+                .any(|target| self.at_stub(isa, image, target) == Some(name)),
+        }
+    }
+
+    /// The imported function a PLT stub at `stub` jumps to.
+    fn at_stub<'a>(&'a self, isa: Isa, image: &ElfImage, stub: u64) -> Option<&'a str> {
+        let slot = match isa {
+            Isa::X86_64 => decode(image, stub, stub + 16)
+                .iter()
+                .take(2)
+                .find(|jump| jump.mnemonic() == Mnemonic::Jmp && jump.is_ip_rel_memory_operand())?
+                .ip_rel_memory_address(),
+            Isa::Aarch64 => aarch64::plt_slot(image, stub)?,
+        };
+        self.0.get(&slot).map(String::as_str)
+    }
+
     /// The imported function `instruction` calls: through a PLT stub
     /// (`jmp *slot`, after an `endbr64`), or straight through its slot.
     fn called<'a>(&'a self, image: &ElfImage, instruction: &Instruction) -> Option<&'a str> {
@@ -133,14 +233,7 @@ impl Imports {
         }
         let slot = match instruction.op0_kind() {
             OpKind::Memory if instruction.is_ip_rel_memory_operand() => instruction.ip_rel_memory_address(),
-            OpKind::NearBranch64 => {
-                let stub = instruction.near_branch_target();
-                decode(image, stub, stub + 16)
-                    .iter()
-                    .take(2)
-                    .find(|jump| jump.mnemonic() == Mnemonic::Jmp && jump.is_ip_rel_memory_operand())?
-                    .ip_rel_memory_address()
-            }
+            OpKind::NearBranch64 => return self.at_stub(Isa::X86_64, image, instruction.near_branch_target()),
             _ => return None,
         };
         self.0.get(&slot).map(String::as_str)
@@ -323,15 +416,51 @@ fn stack_slot(instruction: &Instruction) -> Option<i64> {
 
 /// Whether the function at `address` loads the layer identity variable
 /// among its first instructions, as ssl_FindSocket does inlined.
-fn checks_identity(image: &ElfImage, address: u64, end: Option<u64>, identity: u64) -> bool {
-    decode(image, address, end.unwrap_or(address + 256))
+fn checks_identity(isa: Isa, image: &ElfImage, address: u64, end: Option<u64>, identity: u64) -> bool {
+    match isa {
+        Isa::X86_64 => decode(image, address, end.unwrap_or(address + 256))
+            .iter()
+            .take(IDENTITY_CHECK_WINDOW)
+            .any(|instruction| {
+                instruction.is_ip_rel_memory_operand()
+                    && instruction.ip_rel_memory_address() == identity
+                    && instruction.mnemonic() != Mnemonic::Lea
+            }),
+        Isa::Aarch64 => {
+            let window = address + 4 * IDENTITY_CHECK_WINDOW as u64;
+            aarch64::constant_flow(image, address, end.map_or(window, |end| end.min(window)))
+                .loads
+                .contains(&identity)
+        }
+    }
+}
+
+/// The fields loaded one through the other from what the first call
+/// returns (in rax).
+fn x86_64_loads_from_first_call_result(code: &[Instruction]) -> Vec<u64> {
+    let Some(after_call) = code
         .iter()
-        .take(IDENTITY_CHECK_WINDOW)
-        .any(|instruction| {
-            instruction.is_ip_rel_memory_operand()
-                && instruction.ip_rel_memory_address() == identity
-                && instruction.mnemonic() != Mnemonic::Lea
-        })
+        .position(|instruction| instruction.mnemonic() == Mnemonic::Call)
+    else {
+        return Vec::new();
+    };
+    let mut holder = Register::RAX;
+    let mut fields = Vec::new();
+    for instruction in &code[after_call + 1..] {
+        if instruction.flow_control() == iced_x86::FlowControl::Return {
+            break;
+        }
+        if instruction.mnemonic() == Mnemonic::Mov
+            && instruction.op0_kind() == OpKind::Register
+            && instruction.op1_kind() == OpKind::Memory
+            && instruction.memory_base() == holder
+            && instruction.memory_index() == Register::None
+        {
+            fields.push(instruction.memory_displacement64());
+            holder = instruction.op0_register().full_register();
+        }
+    }
+    fields
 }
 
 /// Where the bottom layer of a socket keeps its descriptor: its private
@@ -348,28 +477,11 @@ pub fn descriptor_path(nspr: &ElfImage) -> Result<DescriptorPath> {
     let function = nspr
         .function("PR_FileDesc2NativeHandle")
         .ok_or_else(|| anyhow!("{path} has no PR_FileDesc2NativeHandle; is it NSPR's libnspr4?"))?;
-    let code = decode(nspr, function.address, function.address + function.size.max(64));
-    let after_call = code
-        .iter()
-        .position(|instruction| instruction.mnemonic() == Mnemonic::Call)
-        .ok_or_else(|| anyhow!("{path}: PR_FileDesc2NativeHandle looks up no layer"))?;
-    // The layer comes back in rax; follow two loads from it.
-    let mut holder = Register::RAX;
-    let mut fields = Vec::new();
-    for instruction in &code[after_call + 1..] {
-        if fields.len() == 2 || instruction.flow_control() == iced_x86::FlowControl::Return {
-            break;
-        }
-        if instruction.mnemonic() == Mnemonic::Mov
-            && instruction.op0_kind() == OpKind::Register
-            && instruction.op1_kind() == OpKind::Memory
-            && instruction.memory_base() == holder
-            && instruction.memory_index() == Register::None
-        {
-            fields.push(instruction.memory_displacement64());
-            holder = instruction.op0_register().full_register();
-        }
-    }
+    let end = function.address + function.size.max(64);
+    let fields = match Isa::of(nspr)? {
+        Isa::X86_64 => x86_64_loads_from_first_call_result(&decode(nspr, function.address, end)),
+        Isa::Aarch64 => aarch64::loads_from_first_call_result(nspr, function.address, end),
+    };
     match fields[..] {
         [secret, osfd] => Ok(DescriptorPath {
             secret: u32::try_from(secret)?,
@@ -416,6 +528,26 @@ mod tests {
         // PRFileDesc.secret (prio.h), and PRFilePrivate's md.osfd on Linux.
         assert_eq!(
             descriptor_path(&image).unwrap(),
+            DescriptorPath { secret: 8, osfd: 0x1c }
+        );
+    }
+
+    #[test]
+    fn finds_the_methods_and_descriptor_of_the_arm64_nss() {
+        let image = ElfImage::open(Path::new("/usr/lib/aarch64-linux-gnu/libssl3.so")).unwrap();
+        let methods = locate(&image).unwrap();
+        let mut addresses = [
+            methods.read.address,
+            methods.write.address,
+            methods.recv.address,
+            methods.send.address,
+        ];
+        addresses.sort_unstable();
+        assert!(addresses.windows(2).all(|pair| pair[0] != pair[1]), "{methods}");
+        assert!(methods.writev_sends);
+        let nspr = ElfImage::open(Path::new("/usr/lib/aarch64-linux-gnu/libnspr4.so")).unwrap();
+        assert_eq!(
+            descriptor_path(&nspr).unwrap(),
             DescriptorPath { secret: 8, osfd: 0x1c }
         );
     }

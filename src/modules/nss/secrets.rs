@@ -18,6 +18,8 @@ use anyhow::{Result, anyhow, bail};
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use tracing::debug;
 
+use super::methods::Isa;
+use crate::target::aarch64::{self, Value};
 use crate::target::disasm::{self, decode, direct_call_target};
 use crate::target::elf::{ElfImage, FunctionSymbol};
 
@@ -86,16 +88,6 @@ impl fmt::Display for SoftokenStores {
     }
 }
 
-fn require_x86_64(image: &ElfImage) -> Result<()> {
-    if image.architecture() != Some(object::Architecture::X86_64) {
-        bail!(
-            "{}: finding NSS's secrets is done for x86_64 only so far",
-            image.path().display()
-        );
-    }
-    Ok(())
-}
-
 fn function_at(image: &ElfImage, name: &str, address: u64, end: Option<u64>) -> Result<FunctionSymbol> {
     let file_offset = image
         .file_offset_of(address)
@@ -110,7 +102,7 @@ fn function_at(image: &ElfImage, name: &str, address: u64, end: Option<u64>) -> 
 
 /// libssl3's key log call; `libnss3` is the libnss3 it links.
 pub fn key_log_call(libssl3: &ElfImage, libnss3: &ElfImage) -> Result<KeyLogCall> {
-    require_x86_64(libssl3)?;
+    let isa = Isa::of(libssl3)?;
     let path = libssl3.path().display();
     let label = libssl3
         .string_address(b"CLIENT_RANDOM")
@@ -118,14 +110,26 @@ pub fn key_log_call(libssl3: &ElfImage, libnss3: &ElfImage) -> Result<KeyLogCall
     let starts = libssl3.function_starts()?;
     let mut callees = BTreeSet::new();
     for pair in starts.windows(2) {
-        let code = decode(libssl3, pair[0], pair[1]);
-        for (index, instruction) in code.iter().enumerate() {
-            if instruction.mnemonic() == Mnemonic::Lea
-                && instruction.is_ip_rel_memory_operand()
-                && instruction.ip_rel_memory_address() == label
-            {
-                callees.extend(code[index..].iter().take(ARGUMENT_WINDOW).find_map(direct_call_target));
+        match isa {
+            Isa::X86_64 => {
+                let code = decode(libssl3, pair[0], pair[1]);
+                for (index, instruction) in code.iter().enumerate() {
+                    if instruction.mnemonic() == Mnemonic::Lea
+                        && instruction.is_ip_rel_memory_operand()
+                        && instruction.ip_rel_memory_address() == label
+                    {
+                        callees.extend(code[index..].iter().take(ARGUMENT_WINDOW).find_map(direct_call_target));
+                    }
+                }
             }
+            // The label is the call's second argument.
+            Isa::Aarch64 => callees.extend(
+                aarch64::constant_flow(libssl3, pair[0], pair[1])
+                    .calls
+                    .iter()
+                    .filter(|call| call.arguments[1] == Some(Value::Constant(label)))
+                    .map(|call| call.target),
+            ),
         }
     }
     let [address] = callees.iter().copied().collect::<Vec<_>>()[..] else {
@@ -137,15 +141,18 @@ pub fn key_log_call(libssl3: &ElfImage, libnss3: &ElfImage) -> Result<KeyLogCall
     // An empty function may have no unwind entry: its one `ret` is then
     // the whole of it.
     let is_start = starts.binary_search(&address).is_ok();
-    let returns_at_once = decode(libssl3, address, address + 8)
-        .iter()
-        .find(|instruction| instruction.mnemonic() != Mnemonic::Endbr64)
-        .is_some_and(|instruction| instruction.mnemonic() == Mnemonic::Ret);
+    let returns_at_once = match isa {
+        Isa::X86_64 => decode(libssl3, address, address + 8)
+            .iter()
+            .find(|instruction| instruction.mnemonic() != Mnemonic::Endbr64)
+            .is_some_and(|instruction| instruction.mnemonic() == Mnemonic::Ret),
+        Isa::Aarch64 => aarch64::returns_at_once(libssl3, address),
+    };
     if !is_start && !returns_at_once {
         bail!("{path}: the key log call's target {address:#x} is not a function start");
     }
     let function = function_at(libssl3, "ssl3_RecordKeyLog", address, None)?;
-    let client_random = client_random(libssl3)
+    let client_random = client_random(isa, libssl3)
         .ok_or_else(|| anyhow!("{path}: SSL_ExportKeyingMaterial does not show where the client random is"))?;
     let key_handle = disasm::single_field(libnss3, "PK11_GetSymKeyHandle").ok_or_else(|| {
         anyhow!(
@@ -163,18 +170,28 @@ pub fn key_log_call(libssl3: &ElfImage, libnss3: &ElfImage) -> Result<KeyLogCall
 /// `SSL_ExportKeyingMaterial` builds the TLS 1.2 exporter's seed, the client
 /// random then the server random (32 bytes each), from the socket: the
 /// first 64 bytes it loads from one base register, in two runs.
-fn client_random(libssl3: &ElfImage) -> Option<u64> {
+fn client_random(isa: Isa, libssl3: &ElfImage) -> Option<u64> {
     let exporter = libssl3.function("SSL_ExportKeyingMaterial")?;
     let end = libssl3
         .function_starts()
         .ok()?
         .into_iter()
         .find(|&start| start > exporter.address)?;
-    let mut loads: Vec<(Register, u64, u64)> = Vec::new();
-    for instruction in decode(libssl3, exporter.address, end) {
-        if let Some(load) = wide_load(&instruction) {
-            loads.push(load);
-        }
+    // (base register, offset, bytes)
+    let all: Vec<(u32, u64, u64)> = match isa {
+        Isa::X86_64 => decode(libssl3, exporter.address, end)
+            .iter()
+            .filter_map(wide_load)
+            .map(|(base, offset, bytes)| (base as u32, offset, bytes))
+            .collect(),
+        Isa::Aarch64 => aarch64::wide_loads(libssl3, exporter.address, end)
+            .into_iter()
+            .map(|(base, offset, bytes)| (u32::from(base), offset, bytes))
+            .collect(),
+    };
+    let mut loads = Vec::new();
+    for load in all {
+        loads.push(load);
         if loads.iter().map(|load| load.2).sum::<u64>() >= 2 * TLS_RANDOM_LEN {
             break;
         }
@@ -217,16 +234,22 @@ fn wide_load(instruction: &Instruction) -> Option<(Register, u64, u64)> {
 
 /// softoken's derive function and the attribute store it calls.
 pub fn softoken_stores(softoken: &ElfImage) -> Result<SoftokenStores> {
-    require_x86_64(softoken)?;
+    let isa = Isa::of(softoken)?;
     let path = softoken.path().display();
     let list = softoken
         .function("NSC_GetFunctionList")
         .ok_or_else(|| anyhow!("{path} has no NSC_GetFunctionList; is it NSS's softoken?"))?;
-    let table = decode(softoken, list.address, list.address + 32)
-        .iter()
-        .find(|instruction| instruction.mnemonic() == Mnemonic::Lea && instruction.is_ip_rel_memory_operand())
-        .map(Instruction::ip_rel_memory_address)
-        .ok_or_else(|| anyhow!("{path}: NSC_GetFunctionList hands out no table"))?;
+    let table = match isa {
+        Isa::X86_64 => decode(softoken, list.address, list.address + 32)
+            .iter()
+            .find(|instruction| instruction.mnemonic() == Mnemonic::Lea && instruction.is_ip_rel_memory_operand())
+            .map(Instruction::ip_rel_memory_address),
+        Isa::Aarch64 => aarch64::constant_flow(softoken, list.address, list.address + 32)
+            .computed
+            .first()
+            .copied(),
+    }
+    .ok_or_else(|| anyhow!("{path}: NSC_GetFunctionList hands out no table"))?;
     let starts = softoken.function_starts()?;
     let function = |address: u64, name: &str| -> Result<FunctionSymbol> {
         if starts.binary_search(&address).is_err() {
@@ -246,7 +269,7 @@ pub fn softoken_stores(softoken: &ElfImage) -> Result<SoftokenStores> {
         function(address, name)
     };
     let derive_key = slot(DERIVE_KEY_SLOT, "NSC_DeriveKey")?;
-    let derive_stores = attribute_stores(softoken, &derive_key);
+    let derive_stores = attribute_stores(isa, softoken, &derive_key);
     let stores: Vec<u64> = derive_stores
         .class
         .intersection(&derive_stores.value)
@@ -259,7 +282,7 @@ pub fn softoken_stores(softoken: &ElfImage) -> Result<SoftokenStores> {
         );
     };
     let unwrapping = slot(UNWRAP_KEY_SLOT, "NSC_UnwrapKey").and_then(|unwrap_key| {
-        let stores: Vec<u64> = attribute_stores(softoken, &unwrap_key).value.into_iter().collect();
+        let stores: Vec<u64> = attribute_stores(isa, softoken, &unwrap_key).value.into_iter().collect();
         let [add_attribute] = stores[..] else {
             bail!(
                 "{path}: {} functions store an unwrapped key's value, not one",
@@ -287,17 +310,41 @@ struct AttributeStores {
     value: BTreeSet<u64>,
 }
 
-fn attribute_stores(image: &ElfImage, function: &FunctionSymbol) -> AttributeStores {
-    let code = decode(image, function.address, function.address + function.size);
+fn attribute_stores(isa: Isa, image: &ElfImage, function: &FunctionSymbol) -> AttributeStores {
+    let end = function.address + function.size;
+    let calls: Vec<(u64, Arguments)> = match isa {
+        Isa::X86_64 => {
+            let code = decode(image, function.address, end);
+            code.iter()
+                .enumerate()
+                .filter_map(|(index, instruction)| {
+                    Some((direct_call_target(instruction)?, Arguments::before(&code[..index])))
+                })
+                .collect()
+        }
+        Isa::Aarch64 => aarch64::constant_flow(image, function.address, end)
+            .calls
+            .into_iter()
+            .map(|call| {
+                let constant = |register: usize| match call.arguments[register] {
+                    Some(Value::Constant(value)) if call.set_just_before[register] => Some(value),
+                    _ => None,
+                };
+                let arguments = Arguments {
+                    type_: constant(1),
+                    length: constant(3),
+                    value_set: call.set_just_before[2],
+                    value_on_stack: call.arguments[2] == Some(Value::Stack),
+                };
+                (call.target, arguments)
+            })
+            .collect(),
+    };
     let mut stores = AttributeStores {
         class: BTreeSet::new(),
         value: BTreeSet::new(),
     };
-    for (index, instruction) in code.iter().enumerate() {
-        let Some(target) = direct_call_target(instruction) else {
-            continue;
-        };
-        let arguments = Arguments::before(&code[..index]);
+    for (target, arguments) in calls {
         if arguments.type_ == Some(CKA_CLASS) && arguments.length == Some(CLASS_SIZE) && arguments.value_on_stack {
             stores.class.insert(target);
         }
@@ -399,6 +446,17 @@ mod tests {
         assert_ne!(unwrapping.add_attribute.address, stores.force_attribute.address);
         assert!(disasm::probe_site(&image, &stores.derive_key).is_some());
         assert!(disasm::probe_site(&image, &stores.force_attribute).is_some());
+    }
+
+    #[test]
+    fn finds_the_secrets_of_the_arm64_nss() {
+        let arm64 = |name: &str| ElfImage::open(&Path::new("/usr/lib/aarch64-linux-gnu").join(name)).unwrap();
+        let call = key_log_call(&arm64("libssl3.so"), &arm64("libnss3.so")).unwrap();
+        assert_eq!((call.client_random, call.key_handle), (0x620, 8));
+        let stores = softoken_stores(&arm64("libsoftokn3.so")).unwrap();
+        assert_ne!(stores.derive_key.address, stores.force_attribute.address);
+        let unwrapping = stores.unwrapping.unwrap();
+        assert_ne!(unwrapping.add_attribute.address, stores.force_attribute.address);
     }
 
     #[test]
