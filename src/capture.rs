@@ -758,12 +758,16 @@ impl<L: PartialEq + fmt::Display> TlsObjects<L> {
     fn hook_new_code<M: Module<Layouts = L>>(&mut self, module: &M, config: &Config, pids: Vec<u32>) {
         for pid in pids {
             let executable = PathBuf::from(format!("/proc/{pid}/exe"));
-            let new_program = file_identity(&executable).is_some_and(|identity| self.programs_seen.insert(identity));
+            let identity = file_identity(&executable);
+            let new_program = identity.is_some_and(|identity| self.programs_seen.insert(identity));
             if let Some(target) = new_program
                 .then(|| module.inspect_program(&executable, config))
                 .flatten()
+                && !self.hook_for(pid, &target, config, "started")
             {
-                self.hook_for(pid, &target, config, "started");
+                // The next process of that program gets another try (this
+                // one may have exited before it could be hooked).
+                identity.map(|identity| self.programs_seen.remove(&identity));
             }
             let Ok(files) = libpath::mapped_files(pid) else {
                 continue;
@@ -780,9 +784,11 @@ impl<L: PartialEq + fmt::Display> TlsObjects<L> {
                 };
                 self.libraries_seen.insert(identity);
                 match found {
-                    Ok(targets) => targets
-                        .iter()
-                        .for_each(|target| self.hook_for(pid, target, config, "loaded")),
+                    Ok(targets) => {
+                        for target in &targets {
+                            self.hook_for(pid, target, config, "loaded");
+                        }
+                    }
                     Err(err) => warn!(
                         "pid {pid} loaded {}, which cannot be hooked: {err:#}",
                         file.host_path.display()
@@ -793,20 +799,26 @@ impl<L: PartialEq + fmt::Display> TlsObjects<L> {
     }
 
     /// Attaches `target`, which process `pid` `brought` in, with the object
-    /// loaded for its layouts.
-    fn hook_for(&mut self, pid: u32, target: &HookTarget<L>, config: &Config, brought: &str) {
+    /// loaded for its layouts; false when attaching failed.
+    fn hook_for(&mut self, pid: u32, target: &HookTarget<L>, config: &Config, brought: &str) -> bool {
         let comm = libpath::process_name(pid);
         let Some(index) = self.layouts.iter().position(|layouts| *layouts == target.layouts) else {
             warn!(
                 "pid {pid} ({comm}) {brought} {}, laid out unlike the libraries hooked: run ecapture with --pid {pid} to capture it",
                 target.binary.display()
             );
-            return;
+            return true;
         };
         let probes = &mut self.objects[index];
         match attach_target(probes, target, config.pid).and_then(|()| probes.attach_pending_uprobes()) {
-            Ok(()) => info!("hooking {target}, which pid {pid} ({comm}) {brought}"),
-            Err(err) => warn!("hooking pid {pid}'s {} failed: {err:#}", target.binary.display()),
+            Ok(()) => {
+                info!("hooking {target}, which pid {pid} ({comm}) {brought}");
+                true
+            }
+            Err(err) => {
+                warn!("hooking pid {pid}'s {} failed: {err:#}", target.binary.display());
+                false
+            }
         }
     }
 
@@ -855,6 +867,10 @@ fn load_tls_objects<M: Module>(
             Some((_, members)) => members.push(target),
             None => groups.push((&target.layouts, vec![target])),
         }
+    }
+    let waiting = module.layouts_without_targets().filter(|_| groups.is_empty());
+    if let Some(layouts) = &waiting {
+        groups.push((layouts, Vec::new()));
     }
     let mut loaded = TlsObjects {
         objects: Vec::new(),

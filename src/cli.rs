@@ -61,6 +61,9 @@ pub enum ModuleCommand {
     /// NSS: libssl3.so over NSPR (Firefox, Thunderbird, NSS's tools); text, keylog, pcap.
     #[command(visible_alias = "nspr")]
     Nss(NssArgs),
+    /// Go's crypto/tls, in Go programs (stripped or not); keylog and pcap so far.
+    #[command(visible_alias = "tlsgo")]
+    Gotls(GotlsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +90,16 @@ pub struct NssArgs {
     /// (default: every libssl3.so on the system, or the one --pid maps).
     #[arg(long, value_name = "PATH")]
     pub nspr: Option<PathBuf>,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GotlsArgs {
+    /// The Go program to hook (default: every running Go program built with
+    /// crypto/tls, and those started later; or the one --pid runs).
+    #[arg(short = 'e', long, value_name = "PATH")]
+    pub elfpath: Option<PathBuf>,
     #[command(flatten)]
     pub capture: CaptureArgs,
 }
@@ -147,6 +160,7 @@ pub enum ModuleKind {
     Tls,
     GnuTls,
     Nss,
+    GoTls,
 }
 
 /// Validated settings for one capture.
@@ -181,6 +195,7 @@ impl Cli {
             ModuleCommand::Tls(args) => (ModuleKind::Tls, args.capture, args.libssl, "ecapture_openssl_key.log"),
             ModuleCommand::Gnutls(args) => (ModuleKind::GnuTls, args.capture, args.gnutls, "ecapture_gnutls_key.log"),
             ModuleCommand::Nss(args) => (ModuleKind::Nss, args.capture, args.nspr, "ecapture_nss_key.log"),
+            ModuleCommand::Gotls(args) => (ModuleKind::GoTls, args.capture, args.elfpath, "ecapture_gotls_key.log"),
         };
         let mode = Mode::parse(&tls.model)?;
         if mode != Mode::Pcap && !tls.filter.is_empty() {

@@ -10,7 +10,7 @@ use crate::cli::Mode;
 use crate::conn::ConnTracker;
 use crate::event::{BufferPool, Direction, EventData, EventMeta, Reassembler, RecordDecoder};
 use crate::modules::nss::{methods, secrets};
-use crate::modules::{gnutls, openssl};
+use crate::modules::{gnutls, gotls, openssl};
 use crate::probe::kernel_filter::{self, ClassicInstruction};
 use crate::proto::http1::{Http1Session, Parsed};
 use crate::sink::text::TextSink;
@@ -134,9 +134,10 @@ pub fn pcap_filter(data: &[u8]) {
     let _ = kernel_filter::translate(&filter, -1);
 }
 
-/// A file given with --libssl, --gnutls or --nspr: whatever it holds,
-/// inspecting it for every mode, and running each of NSS's searches on it,
-/// ends in hooks or an error.
+/// A file given with --libssl, --gnutls, --nspr or --elfpath: whatever it
+/// holds, inspecting it for every mode (a Go program's build info and
+/// function table too), and running each of NSS's searches on it, ends in
+/// hooks or an error.
 pub fn elf(data: &[u8]) {
     let Ok(image) = ElfImage::from_bytes(Path::new("fuzz-input.so"), data.to_vec()) else {
         return;
@@ -145,6 +146,7 @@ pub fn elf(data: &[u8]) {
         let _ = openssl::inspect(&image, mode, None);
         let _ = gnutls::inspect(&image, mode);
     }
+    let _ = gotls::inspect(&image);
     let _ = methods::locate(&image);
     let _ = methods::descriptor_path(&image);
     let _ = secrets::key_log_call(&image, &image);

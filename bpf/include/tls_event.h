@@ -30,6 +30,7 @@ enum data_source {
 	SOURCE_OPENSSL = 1,
 	SOURCE_GNUTLS = 2,
 	SOURCE_NSS = 3,
+	SOURCE_GO = 4,
 };
 
 /* The socket behind the fd, when the kernel could read it. family is 0 when

@@ -4,6 +4,7 @@
 //! Adding one: its `.bpf.c`, its folder here, and a line in `run_capture`.
 
 pub mod gnutls;
+pub mod gotls;
 pub mod nss;
 pub mod openssl;
 
@@ -34,6 +35,7 @@ pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary
         ModuleKind::Tls => capture::run(&openssl::OpenSsl, config, sinks),
         ModuleKind::GnuTls => capture::run(&gnutls::GnuTls, config, sinks),
         ModuleKind::Nss => capture::run(&nss::Nss, config, sinks),
+        ModuleKind::GoTls => capture::run(&gotls::GoTls, config, sinks),
     }
 }
 
@@ -153,6 +155,13 @@ pub trait Module {
     /// What to hook in the executable of a process that started during the
     /// capture, when the library is linked into it; None for most programs.
     fn inspect_program(&self, _executable: &Path, _config: &Config) -> Option<HookTarget<Self::Layouts>> {
+        None
+    }
+
+    /// The layouts of an object to load when no target was found at start,
+    /// for a module whose targets may all start later; None ends the
+    /// capture before it starts.
+    fn layouts_without_targets(&self) -> Option<Self::Layouts> {
         None
     }
 

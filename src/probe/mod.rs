@@ -265,6 +265,8 @@ macro_rules! load_module_object {
                 .as_deref_mut()
                 .ok_or_else(|| anyhow::anyhow!("BPF object has no .rodata"))?;
             $($crate::probe::copy_c_struct($value, &mut rodata.$name);)*
+            // An object may have no settings of its own.
+            let _ = rodata;
         });
         let probes = $crate::probe::LoadedProbes::new(skel, settings)?;
         if settings.generation == $crate::probe::Generation::Legacy {

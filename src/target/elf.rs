@@ -232,6 +232,20 @@ impl ElfImage {
             .and_then(|(_, relocation)| u64::try_from(relocation.addend()).ok())
     }
 
+    /// `length` bytes at `address`, where a loaded segment holds them in the file.
+    pub fn bytes_at(&self, address: u64, length: u64) -> Option<&[u8]> {
+        let elf = self.parse().ok()?;
+        let endian = elf.endian();
+        let start = elf.elf_program_headers().iter().find_map(|segment| {
+            let offset = address.checked_sub(segment.p_vaddr(endian))?;
+            (segment.p_type(endian) == PT_LOAD && offset.checked_add(length)? <= segment.p_filesz(endian))
+                .then(|| segment.p_offset(endian).checked_add(offset))
+                .flatten()
+        })?;
+        let start = usize::try_from(start).ok()?;
+        self.data.get(start..start.checked_add(usize::try_from(length).ok()?)?)
+    }
+
     /// The address of the NUL-terminated string `text`, where a loaded
     /// segment holds it.
     pub fn string_address(&self, text: &[u8]) -> Option<u64> {

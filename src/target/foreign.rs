@@ -31,13 +31,15 @@ impl ForeignTls {
             .find(|known| *known as u32 == library)
     }
 
-    /// The TLS it does, the module that captures it, and whether that
-    /// module is built yet.
-    fn describe(self) -> (&'static str, &'static str, bool) {
+    /// The TLS it does, and what captures it.
+    fn describe(self) -> (&'static str, &'static str) {
         match self {
-            ForeignTls::GnuTls => ("GnuTLS", "gnutls", true),
-            ForeignTls::Nss => ("NSS", "nss", true),
-            ForeignTls::Go => ("Go's crypto/tls", "gotls", false),
+            ForeignTls::GnuTls => ("GnuTLS", "run `ecapture gnutls` for it"),
+            ForeignTls::Nss => ("NSS", "run `ecapture nss` for it"),
+            ForeignTls::Go => (
+                "Go's crypto/tls",
+                "run `ecapture gotls -m keylog` (or -m pcapng) for its secrets",
+            ),
         }
     }
 
@@ -47,11 +49,7 @@ impl ForeignTls {
     }
 
     fn report_as(self, pid: u32, comm: &str, relation: &str) {
-        let (library, module, built) = self.describe();
-        let instead = match built {
-            true => format!("run `ecapture {module}` for it"),
-            false => format!("a {module} module is planned but not built yet"),
-        };
+        let (library, instead) = self.describe();
         info!("pid {pid} ({comm}) {relation} {library}, which the tls module does not capture; {instead}");
     }
 }
@@ -116,7 +114,7 @@ fn sentinel_in(image: &ElfImage, function: &'static str, program: &'static str) 
 
 /// The distinct executables of running processes that are Go programs
 /// carrying crypto/tls, opened through `/proc/PID/exe`.
-fn running_go_programs(pid: Option<u32>) -> Vec<ElfImage> {
+pub fn running_go_programs(pid: Option<u32>) -> Vec<ElfImage> {
     let mut seen = HashSet::new();
     let mut found = Vec::new();
     for pid in process_ids(pid).into_iter() {
@@ -137,7 +135,7 @@ fn running_go_programs(pid: Option<u32>) -> Vec<ElfImage> {
 
 /// Whether the ELF file has Go's build information, read from its headers
 /// alone.
-fn is_go_program(path: &Path) -> bool {
+pub fn is_go_program(path: &Path) -> bool {
     let Ok(file) = File::open(path) else { return false };
     let cache = ReadCache::new(file);
     object::File::parse(&cache).is_ok_and(|elf| elf.section_by_name(".go.buildinfo").is_some())

@@ -4,4 +4,5 @@ pub mod aarch64;
 pub mod disasm;
 pub mod elf;
 pub mod foreign;
+pub mod golang;
 pub mod libpath;

@@ -414,3 +414,35 @@ fn selfserv_resumed_tls12_session_is_keyed() {
     assert_eq!(key_lines(&keys), key_lines(&theirs));
     assert_eq!(key_lines(&keys).len(), 2, "{keys}");
 }
+
+/// Go clients built with symbols, stripped and as PIE, each over TLS 1.3 and
+/// 1.2, running before ecapture starts: ecapture's key log equals the one
+/// crypto/tls writes itself, and tshark decrypts every request with it.
+#[test]
+fn go_clients_keys_match_their_own_key_log() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let go_keys = dir.path().join("go.keys");
+    let mut paths = Vec::new();
+    let mut clients = Vec::new();
+    for (index, (name, _)) in GO_CLIENT_BUILDS.iter().enumerate() {
+        for version in ["1.3", "1.2"] {
+            let path = format!("/{}", marker(&format!("{name}-{version}")));
+            let url = format!("https://127.0.0.1:{port}{path}");
+            clients.push(spawn_go_client(go_client(index), &url, version, &go_keys));
+            paths.push(path);
+        }
+    }
+    let (keys, uris, hellos) = keylog_run_with("gotls", port, &[], || clients.into_iter().for_each(run_go_client));
+    for path in &paths {
+        assert!(
+            uris.contains(path),
+            "{path} not decrypted: {uris:?}\nkeys:\n{keys}\nClientHellos:\n{hellos}"
+        );
+    }
+    let theirs = std::fs::read_to_string(&go_keys).unwrap();
+    assert_eq!(key_lines(&keys), key_lines(&theirs));
+}

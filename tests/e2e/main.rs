@@ -6,6 +6,7 @@ mod accounting;
 mod bad_input;
 mod bounded;
 mod gnutls;
+mod gotls;
 mod hostile;
 mod keylog;
 mod memory_bio;

@@ -430,6 +430,21 @@ fn packets_of_a_forked_server_name_the_child_that_serves() {
     assert!(comments[1].starts_with("pid="), "{handshake}");
 }
 
+/// Stops a pcapng capture into `file` and has tshark decrypt each of
+/// `paths` from the file alone, its packets commented with `comm`.
+fn stop_and_decrypt_alone(capture: Capture, file: &std::path::Path, paths: &[&str], comm: &str) {
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let requests = decrypted_requests(file);
+    for path in paths {
+        let (_, comment) = requests
+            .iter()
+            .find(|(uri, _)| uri == path)
+            .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}\n{}", out.stderr));
+        assert!(comment.contains(&format!("comm={comm}")), "{comment}");
+    }
+}
+
 /// `ecapture gnutls -m pcapng`: tshark decrypts gnutls-cli's request from the
 /// file alone, its packets named after gnutls-cli.
 #[test]
@@ -443,14 +458,7 @@ fn gnutls_sessions_are_decrypted_from_the_file_alone() {
     let capture = capture_port_with("gnutls", file.to_str().unwrap(), port, &[]);
     let path = format!("/{}", marker("gnutls-pcapng"));
     gnutls_cli_get(port, &path, "TLS1.3");
-    let out = capture.stop();
-    assert!(out.status.success(), "{}", out.stderr);
-    let requests = decrypted_requests(&file);
-    let (_, comment) = requests
-        .iter()
-        .find(|(uri, _)| uri == &path)
-        .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}\n{}", out.stderr));
-    assert!(comment.contains("comm=gnutls-cli"), "{comment}");
+    stop_and_decrypt_alone(capture, &file, &[&path], "gnutls-cli");
 }
 
 /// `ecapture nss -m pcapng`: tshark decrypts the NSS client's TLS 1.3 and 1.2
@@ -472,14 +480,27 @@ fn nss_sessions_are_decrypted_from_the_file_alone() {
     );
     nss_client_get(port, &v13, "read", "tls1.3", &nspr_file);
     nss_client_get(port, &v12, "send", "tls1.2", &nspr_file);
-    let out = capture.stop();
-    assert!(out.status.success(), "{}", out.stderr);
-    let requests = decrypted_requests(&file);
-    for path in [&v13, &v12] {
-        let (_, comment) = requests
-            .iter()
-            .find(|(uri, _)| uri == path)
-            .unwrap_or_else(|| panic!("{path} not decrypted: {requests:?}\n{}", out.stderr));
-        assert!(comment.contains("comm=nss_client"), "{comment}");
+    stop_and_decrypt_alone(capture, &file, &[&v13, &v12], "nss_client");
+}
+
+/// `ecapture gotls -m pcapng`: tshark decrypts a stripped Go client's request
+/// from the file alone, its packets named after the client.
+#[test]
+fn go_sessions_are_decrypted_from_the_file_alone() {
+    if !e2e_enabled() {
+        return;
     }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let file = dir.path().join("go.pcapng");
+    let path = format!("/{}", marker("go-pcapng"));
+    let client = spawn_go_client(
+        go_client(1),
+        &format!("https://127.0.0.1:{port}{path}"),
+        "1.3",
+        &dir.path().join("go.keys"),
+    );
+    let capture = capture_port_with("gotls", file.to_str().unwrap(), port, &[]);
+    run_go_client(client);
+    stop_and_decrypt_alone(capture, &file, &[&path], "go_client_strip");
 }

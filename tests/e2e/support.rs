@@ -448,6 +448,49 @@ pub fn build_go_peer(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// How tests/peers/go_https_client.go is built: with symbols, stripped, PIE.
+pub const GO_CLIENT_BUILDS: [(&str, &[&str]); 3] = [
+    ("go_client_syms", &[]),
+    ("go_client_strip", &["-ldflags=-s -w"]),
+    ("go_client_pie", &["-buildmode=pie"]),
+];
+
+/// The Go client built as `GO_CLIENT_BUILDS[index]`, once per test binary
+/// (named to fit in a comm).
+pub fn go_client(index: usize) -> &'static Path {
+    static CLIENTS: [OnceLock<PathBuf>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    CLIENTS[index].get_or_init(|| {
+        let (name, flags) = GO_CLIENT_BUILDS[index];
+        build_go_peer(name, "go_https_client.go", flags)
+    })
+}
+
+/// Starts a Go client that GETs `url` once a line arrives on its stdin, over
+/// TLS `version` at most ("1.3", "1.2"), with crypto/tls's own key log
+/// appended to `keylog`.
+pub fn spawn_go_client(binary: &Path, url: &str, version: &str, keylog: &Path) -> (Guard, std::process::ChildStdin) {
+    let mut client = Guard::spawn(
+        "go client",
+        Command::new(binary)
+            .arg(url)
+            .env("GO_TLS_MAX", version)
+            .env("GO_KEYLOG", keylog)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let stdin = client.child.stdin.take().unwrap();
+    (client, stdin)
+}
+
+/// Lets a client from `spawn_go_client` make its request, and waits for it
+/// to end well.
+pub fn run_go_client((mut client, mut stdin): (Guard, std::process::ChildStdin)) {
+    use std::io::Write;
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    assert!(client.wait(PEER_TIMEOUT).success(), "the Go client failed");
+}
+
 /// GnuTLS's own server, answering HTTP with a status page, on a fresh port,
 /// listening once this returns.
 pub fn start_gnutls_serv() -> (Guard, u16) {

@@ -624,7 +624,7 @@ fn go_programs_are_named_with_the_module_that_would_capture_them() {
     idle.wait(PEER_TIMEOUT);
     assert!(
         out.stderr.contains(&format!(
-            "pid {} (go_https_client) does TLS through Go's crypto/tls, which the tls module does not capture; a gotls module",
+            "pid {} (go_https_client) does TLS through Go's crypto/tls, which the tls module does not capture; run `ecapture gotls",
             client.pid()
         )),
         "{}",

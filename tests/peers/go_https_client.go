@@ -1,6 +1,7 @@
 // Go's own TLS (crypto/tls): once a line arrives on stdin, GETs the URL
 // given as the argument, certificate unchecked, and prints the body; then
-// waits for stdin to close.
+// waits for stdin to close. GO_TLS_MAX=1.2 keeps it to TLS 1.2; GO_KEYLOG
+// names a file for crypto/tls's own key log.
 package main
 
 import (
@@ -17,7 +18,19 @@ func main() {
 	if _, err := stdin.ReadString('\n'); err != nil {
 		os.Exit(1)
 	}
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	config := &tls.Config{InsecureSkipVerify: true}
+	if os.Getenv("GO_TLS_MAX") == "1.2" {
+		config.MaxVersion = tls.VersionTLS12
+	}
+	if path := os.Getenv("GO_KEYLOG"); path != "" {
+		keylog, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		config.KeyLogWriter = keylog
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: config}}
 	response, err := client.Get(os.Args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
