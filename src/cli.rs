@@ -113,9 +113,9 @@ pub struct CaptureArgs {
     /// Key log file: keylog mode writes it (default ecapture_MODULE_key.log, such as ecapture_openssl_key.log); pcap mode also writes it when given.
     #[arg(short = 'k', long, value_name = "FILE")]
     pub keylogfile: Option<PathBuf>,
-    /// pcapng file for pcap mode; "-" streams it to stdout.
-    #[arg(short = 'w', long, default_value = "save.pcapng", value_name = "FILE")]
-    pub pcapfile: PathBuf,
+    /// pcapng file for pcap mode (default save.pcapng; ecapture_gotls.pcapng for gotls); "-" streams it to stdout.
+    #[arg(short = 'w', long, value_name = "FILE")]
+    pub pcapfile: Option<PathBuf>,
     /// Network interface for pcap mode (default: the one on the default route).
     #[arg(short = 'i', long, value_name = "IFACE")]
     pub ifname: Option<String>,
@@ -224,7 +224,12 @@ impl Cli {
                 Mode::Keylog => Some(tls.keylogfile.unwrap_or_else(|| PathBuf::from(keylog_name))),
                 _ => tls.keylogfile,
             },
-            pcap_file: tls.pcapfile,
+            pcap_file: tls.pcapfile.unwrap_or_else(|| {
+                PathBuf::from(match module {
+                    ModuleKind::GoTls => "ecapture_gotls.pcapng",
+                    _ => "save.pcapng",
+                })
+            }),
             interface: tls.ifname,
             filter: (!tls.filter.is_empty()).then(|| tls.filter.join(" ")),
             ssl_version: tls.ssl_version,
@@ -287,6 +292,21 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(alias.pid, Some(7));
+    }
+
+    #[test]
+    fn each_module_has_its_flag_and_default_files() {
+        let go = config(&["ecapture", "tlsgo", "-e", "/srv/agent", "-m", "pcapng"]).unwrap();
+        assert_eq!(go.module, ModuleKind::GoTls);
+        assert_eq!(go.library.as_deref(), Some(std::path::Path::new("/srv/agent")));
+        assert_eq!(go.pcap_file, PathBuf::from("ecapture_gotls.pcapng"));
+        let go_keys = config(&["ecapture", "gotls", "--elfpath", "/srv/agent", "-m", "key"]).unwrap();
+        assert_eq!(go_keys.keylog_file, Some(PathBuf::from("ecapture_gotls_key.log")));
+        let nss = config(&["ecapture", "nspr", "--nspr", "/x/libnspr4.so", "-m", "pcap"]).unwrap();
+        assert_eq!(nss.module, ModuleKind::Nss);
+        assert_eq!(nss.pcap_file, PathBuf::from("save.pcapng"));
+        let gnutls = config(&["ecapture", "gnu", "-m", "keylog"]).unwrap();
+        assert_eq!(gnutls.keylog_file, Some(PathBuf::from("ecapture_gnutls_key.log")));
     }
 
     #[test]
