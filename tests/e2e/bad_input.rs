@@ -184,5 +184,26 @@ fn gotls_refuses_text_mode_and_programs_it_cannot_read() {
             &mut ecapture(&["gotls", "-m", "keylog", "--elfpath", hello.to_str().unwrap()]),
             "without crypto/tls",
         );
+        // Debian has no Go older than 1.19: a Go client whose build info
+        // says 1.16 (same length, so the file stays well formed) stands in.
+        let client = std::fs::read(go_client(0)).unwrap();
+        let at = go_version_offset(&client).expect("the build info names go1.19");
+        let mut old = client.clone();
+        old[at..at + 6].copy_from_slice(b"go1.16");
+        let dir = scratch_dir();
+        let path = dir.path().join("go116_client");
+        std::fs::write(&path, old).unwrap();
+        refused(
+            &mut ecapture(&["gotls", "-m", "keylog", "--elfpath", path.to_str().unwrap()]),
+            "passes arguments on the stack; gotls reads go1.17 and later",
+        );
     }
+}
+
+/// Where the build info's version string ("go1.19...") starts: just after
+/// its header, "\xff Go buildinf:" and 18 more bytes, and a length byte.
+fn go_version_offset(program: &[u8]) -> Option<usize> {
+    let header = program.windows(14).position(|window| window == b"\xff Go buildinf:")?;
+    let version = header + 32 + 1;
+    (program.get(version..version + 6)? == b"go1.19").then_some(version)
 }
