@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * Go's crypto/tls, linked into each Go program: its secrets, from the
- * function every one of them goes through (src/modules/gotls). Entry probes
- * only: Go moves goroutine stacks, and a uretprobe's trampoline would break
- * them.
+ * Go's crypto/tls, linked into each Go program (src/modules/gotls): its
+ * plaintext, from (*Conn).Write and (*Conn).Read, and its secrets, from the
+ * function every one of them goes through. No uretprobe: Go moves
+ * goroutine stacks, and a return trampoline would break them.
  */
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
@@ -15,15 +15,44 @@
 #include "tls_capture.h"
 #include "keylog_channel.h"
 
-/* No data path yet: sessions have no transport to name. */
+/* Per process, where its program's net.(*TCPConn).Close is mapped, filled
+ * by userspace (src/modules/gotls): a *tls.Conn's net.Conn is read as a
+ * TCP connection only when its method table says it is one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} tcp_conn_close SEC(".maps");
+
+/* Offsets of Go's runtime and net package, fixed since Go 1.9: an
+ * interface is (itab, data), an itab's methods start at +24, a TCPConn
+ * begins with its *netFD, and a netFD's poll.FD holds Sysfd after a 16-byte
+ * mutex. A *tls.Conn begins with its net.Conn. */
+#define ITAB_FIRST_METHOD 24
+#define NETFD_SYSFD 16
+
+/* The *net.TCPConn under a *tls.Conn, or 0 when it is another net.Conn
+ * (an unknown socket) or the process is not known yet. */
 static __always_inline __u64 library_transport(__u64 conn)
 {
-	return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 *close = bpf_map_lookup_elem(&tcp_conn_close, &tgid);
+	__u64 itab = read_user_word(conn), data = read_user_word(conn + 8);
+
+	if (!close || !itab || !data || read_user_word(itab + ITAB_FIRST_METHOD) != *close)
+		return 0;
+	return data;
 }
 
-static __always_inline int library_transport_fd(__u64 transport)
+static __always_inline int library_transport_fd(__u64 tcp_conn)
 {
-	return -1;
+	__u64 netfd = read_user_word(tcp_conn);
+	__s64 fd = -1;
+
+	if (!netfd || bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + NETFD_SYSFD)) || fd < 0 || fd > 0x7fffffff)
+		return -1;
+	return (int)fd;
 }
 
 /* Go's register ABI (Go 1.17 on x86-64, 1.18 on arm64): the integer
@@ -35,6 +64,8 @@ static __always_inline int library_transport_fd(__u64 transport)
 			(ctx)->r9, (ctx)->r10, (ctx)->r11                                 \
 	}
 typedef struct pt_regs go_regs;
+/* The running goroutine's g, in a register of its own. */
+#define GO_G(ctx) ((ctx)->r14)
 #elif defined(__TARGET_ARCH_arm64)
 #define GO_ARGUMENTS(ctx)                                                                 \
 	{                                                                                 \
@@ -43,6 +74,7 @@ typedef struct pt_regs go_regs;
 			(ctx)->regs[8]                                                    \
 	}
 typedef struct user_pt_regs go_regs;
+#define GO_G(ctx) ((ctx)->regs[28])
 #else
 #error "Go's register ABI is read on x86-64 and arm64 only"
 #endif
@@ -78,6 +110,77 @@ int gotls_keylog_enter(void *ctx)
 	ev->secret_len = secret_len;
 	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
 	return 0;
+}
+
+/* func (c *Conn) Write(b []byte) (int, error): b whole at entry. */
+SEC("uprobe")
+int gotls_write_enter(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	go_regs *regs = ctx;
+	__u64 arguments[9] = GO_ARGUMENTS(regs);
+
+	if (!process_is_traced(pid_tgid) || !arguments[2] || arguments[2] > (1ULL << 31))
+		return 0;
+	return emit_session_data(ctx, pid_tgid, arguments[0], arguments[1], arguments[2], DIRECTION_EGRESS,
+				 bpf_ktime_get_ns());
+}
+
+/* A Read in progress, by goroutine: a goroutine blocked in Read may resume
+ * on another thread. */
+struct goroutine_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 g;
+};
+
+struct go_read {
+	__u64 conn;
+	__u64 buf;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct goroutine_key);
+	__type(value, struct go_read);
+} go_reads SEC(".maps");
+
+/* func (c *Conn) Read(b []byte) (int, error) */
+SEC("uprobe")
+int gotls_read_enter(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	go_regs *regs = ctx;
+	__u64 arguments[9] = GO_ARGUMENTS(regs);
+	struct goroutine_key key = {.tgid = pid_tgid >> 32, .g = GO_G(regs)};
+	struct go_read read = {.conn = arguments[0], .buf = arguments[1]};
+
+	if (process_is_traced(pid_tgid))
+		bpf_map_update_elem(&go_reads, &key, &read, BPF_ANY);
+	return 0;
+}
+
+/* On each return instruction of Read, found by decoding it (never a
+ * uretprobe): n in the first result register. */
+SEC("uprobe")
+int gotls_read_return(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	go_regs *regs = ctx;
+	__u64 arguments[9] = GO_ARGUMENTS(regs);
+	struct goroutine_key key = {.tgid = pid_tgid >> 32, .g = GO_G(regs)};
+	struct go_read *found = bpf_map_lookup_elem(&go_reads, &key);
+	struct go_read read;
+	__s64 n = (__s64)arguments[0];
+
+	if (!found)
+		return 0;
+	read = *found;
+	bpf_map_delete_elem(&go_reads, &key);
+	if (n <= 0 || n > (1LL << 31))
+		return 0;
+	return emit_session_data(ctx, pid_tgid, read.conn, read.buf, n, DIRECTION_INGRESS, bpf_ktime_get_ns());
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -32,15 +32,6 @@ DECLARE_SETTINGS(struct nss_settings, nss_settings);
 /* Firefox stacks a few layers over the SSL one; SSL sits on the socket. */
 #define MAX_LAYERS_BELOW 4
 
-static __always_inline __u64 read_pointer(__u64 address)
-{
-	__u64 value = 0;
-
-	if (bpf_probe_read_user(&value, sizeof(value), (void *)address))
-		return 0;
-	return value;
-}
-
 /* The SSL layer's session is its PRFileDesc; its transport is the bottom
  * layer below it, when that is NSPR's own (a socket, not an emulation). */
 static __always_inline __u64 library_transport(__u64 ssl_layer)
@@ -50,7 +41,7 @@ static __always_inline __u64 library_transport(__u64 ssl_layer)
 
 #pragma unroll
 	for (int i = 0; i < MAX_LAYERS_BELOW; i++) {
-		lower = read_pointer(layer + SETTING(nss_settings, layer_lower));
+		lower = read_user_word(layer + SETTING(nss_settings, layer_lower));
 		if (!lower)
 			break;
 		layer = lower;
@@ -64,7 +55,7 @@ static __always_inline __u64 library_transport(__u64 ssl_layer)
 
 static __always_inline int library_transport_fd(__u64 bottom_layer)
 {
-	__u64 secret = read_pointer(bottom_layer + SETTING(nss_settings, layer_secret));
+	__u64 secret = read_user_word(bottom_layer + SETTING(nss_settings, layer_secret));
 	int fd = -1;
 
 	if (!secret || bpf_probe_read_user(&fd, sizeof(fd), (void *)(secret + SETTING(nss_settings, secret_osfd))))

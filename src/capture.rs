@@ -769,6 +769,9 @@ impl<L: PartialEq + fmt::Display> TlsObjects<L> {
                 // one may have exited before it could be hooked).
                 identity.map(|identity| self.programs_seen.remove(&identity));
             }
+            if let Some(probes) = self.objects.first() {
+                module.process_reported(probes, pid);
+            }
             let Ok(files) = libpath::mapped_files(pid) else {
                 continue;
             };

@@ -61,7 +61,7 @@ pub enum ModuleCommand {
     /// NSS: libssl3.so over NSPR (Firefox, Thunderbird, NSS's tools); text, keylog, pcap.
     #[command(visible_alias = "nspr")]
     Nss(NssArgs),
-    /// Go's crypto/tls, in Go programs (stripped or not); keylog and pcap so far.
+    /// Go's crypto/tls, in Go programs (stripped or not); text, keylog, pcap.
     #[command(visible_alias = "tlsgo")]
     Gotls(GotlsArgs),
 }

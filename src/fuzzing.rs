@@ -146,7 +146,9 @@ pub fn elf(data: &[u8]) {
         let _ = openssl::inspect(&image, mode, None);
         let _ = gnutls::inspect(&image, mode);
     }
-    let _ = gotls::inspect(&image);
+    let go = gotls::GoTls::default();
+    let _ = go.inspect(&image, Mode::Text);
+    let _ = go.inspect(&image, Mode::Keylog);
     let _ = methods::locate(&image);
     let _ = methods::descriptor_path(&image);
     let _ = secrets::key_log_call(&image, &image);

@@ -30,6 +30,16 @@ static __always_inline int library_transport_fd(__u64 transport);
 
 DECLARE_SETTINGS(struct capture_settings, capture_settings);
 
+/* The 8-byte word at a user address, or 0 when it cannot be read. */
+static __always_inline __u64 read_user_word(__u64 address)
+{
+	__u64 value = 0;
+
+	if (bpf_probe_read_user(&value, sizeof(value), (void *)address))
+		return 0;
+	return value;
+}
+
 #define UNROLLED_MAX_CHUNKS 8
 
 /* How the call reports the transferred length. */
@@ -685,16 +695,64 @@ int forget_closed_socket(struct inet_sock_state_ctx *ctx)
 	return 0;
 }
 
+/* Sends `total` bytes at `buf` that the call on session `conn_id` moved
+ * in `direction`, stamped `timestamp_ns`, with the session's socket. */
+static __always_inline int emit_session_data(void *ctx, __u64 pid_tgid, __u64 conn_id, __u64 buf, __u64 total,
+					     enum data_direction direction, __u64 timestamp_ns)
+{
+	struct session_key key = {};
+	struct session_socket *sock;
+	struct chunk_loop loop = {};
+	struct data_event_header *ev = &loop.header;
+	bool wake;
+
+	key.tgid = pid_tgid >> 32;
+	key.conn_id = conn_id;
+	ev->timestamp_ns = timestamp_ns;
+	ev->conn_id = conn_id;
+	ev->total_len = total;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->direction = direction;
+	ev->source = TLS_CAPTURE_SOURCE;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+
+	sock = session_socket(ctx, &key);
+	if (sock) {
+		ev->fd = sock->fd;
+		ev->conn = sock->conn;
+	} else {
+		ev->fd = -1;
+		mark_memory_bio_process(ev->pid);
+	}
+	loop.buf = buf;
+	loop.total = total;
+	/* A socket only procfs can name wakes the reader, which must name it
+	 * while it is open: after its record is out, or (legacy) before, as
+	 * sending the records may end in a tail call, and each one wakes the
+	 * reader there anyway. */
+	wake = sock && !sock->sk && !sock->woke_reader;
+	if (wake)
+		sock->woke_reader = 1;
+#ifdef ECAPTURE_LEGACY_KERNEL
+	if (wake)
+		wake_reader(ctx);
+	emit_chunks(ctx, &loop);
+#else
+	emit_chunks(ctx, &loop);
+	if (wake)
+		wake_reader(ctx);
+#endif
+	return 0;
+}
+
 static __always_inline int tls_call_exit(void *ctx, int ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct session_key key = {};
-	struct session_socket *sock;
 	struct tls_call *active, call;
-	struct chunk_loop loop = {};
-	struct data_event_header *ev = &loop.header;
 	__u64 total = 0;
-	bool wake;
 
 	active = bpf_map_lookup_elem(&active_calls, &pid_tgid);
 	if (!active || !active->depth)
@@ -729,46 +787,10 @@ static __always_inline int tls_call_exit(void *ctx, int ret)
 	}
 	if (!total)
 		return 0;
-
 	/* Writes are stamped when they begin and reads when they end: a
 	 * peer's read of these bytes cannot then carry an earlier time. */
-	ev->timestamp_ns = call.direction == DIRECTION_EGRESS ? call.entered_ns : bpf_ktime_get_ns();
-	ev->conn_id = call.conn_id;
-	ev->total_len = total;
-	ev->pid = pid_tgid >> 32;
-	ev->tid = (__u32)pid_tgid;
-	ev->uid = (__u32)bpf_get_current_uid_gid();
-	ev->direction = call.direction;
-	ev->source = TLS_CAPTURE_SOURCE;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-
-	sock = session_socket(ctx, &key);
-	if (sock) {
-		ev->fd = sock->fd;
-		ev->conn = sock->conn;
-	} else {
-		ev->fd = -1;
-		mark_memory_bio_process(ev->pid);
-	}
-	loop.buf = call.buf;
-	loop.total = total;
-	/* A socket only procfs can name wakes the reader, which must name it
-	 * while it is open: after its record is out, or (legacy) before, as
-	 * sending the records may end in a tail call, and each one wakes the
-	 * reader there anyway. */
-	wake = sock && !sock->sk && !sock->woke_reader;
-	if (wake)
-		sock->woke_reader = 1;
-#ifdef ECAPTURE_LEGACY_KERNEL
-	if (wake)
-		wake_reader(ctx);
-	emit_chunks(ctx, &loop);
-#else
-	emit_chunks(ctx, &loop);
-	if (wake)
-		wake_reader(ctx);
-#endif
-	return 0;
+	return emit_session_data(ctx, pid_tgid, call.conn_id, call.buf, total, call.direction,
+				 call.direction == DIRECTION_EGRESS ? call.entered_ns : bpf_ktime_get_ns());
 }
 
 /* Called from the syscall tracepoints below with the fd of a read or write. */

@@ -35,7 +35,7 @@ pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary
         ModuleKind::Tls => capture::run(&openssl::OpenSsl, config, sinks),
         ModuleKind::GnuTls => capture::run(&gnutls::GnuTls, config, sinks),
         ModuleKind::Nss => capture::run(&nss::Nss, config, sinks),
-        ModuleKind::GoTls => capture::run(&gotls::GoTls, config, sinks),
+        ModuleKind::GoTls => capture::run(&gotls::GoTls::default(), config, sinks),
     }
 }
 
@@ -164,6 +164,10 @@ pub trait Module {
     fn layouts_without_targets(&self) -> Option<Self::Layouts> {
         None
     }
+
+    /// Told of each process the probes reported (a program started, or a
+    /// library loaded), once its code is hooked.
+    fn process_reported(&self, _probes: &LoadedProbes, _pid: u32) {}
 
     /// What to hook in `library`, a file a process mapped during the
     /// capture, when it is this module's library; None when it is not.

@@ -480,6 +480,24 @@ pub fn returns_at_once(image: &ElfImage, address: u64) -> bool {
         == Some(Op::Return)
 }
 
+/// The addresses of the return instructions from `start` to `end`.
+pub fn return_instructions(image: &ElfImage, start: u64, end: u64) -> Vec<u64> {
+    let Some(code) = image.code_between(start, end) else {
+        return Vec::new();
+    };
+    code.chunks_exact(4)
+        .enumerate()
+        .map(|(index, bytes)| {
+            (
+                start + 4 * index as u64,
+                u32::from_le_bytes(bytes.try_into().expect("chunks of four")),
+            )
+        })
+        .filter(|&(pc, word)| decode(word, pc) == Op::Return)
+        .map(|(pc, _)| pc)
+        .collect()
+}
+
 /// The slot a PLT stub at `stub` jumps through: ADRP x16, then LDR x17
 /// from that page.
 pub fn plt_slot(image: &ElfImage, stub: u64) -> Option<u64> {

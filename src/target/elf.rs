@@ -232,6 +232,18 @@ impl ElfImage {
             .and_then(|(_, relocation)| u64::try_from(relocation.addend()).ok())
     }
 
+    /// The page where the first loaded segment starts: what a process's
+    /// mapping of the file at offset 0 corresponds to.
+    pub fn first_load_page(&self) -> Option<u64> {
+        let elf = self.parse().ok()?;
+        let endian = elf.endian();
+        elf.elf_program_headers()
+            .iter()
+            .filter(|segment| segment.p_type(endian) == PT_LOAD)
+            .map(|segment| segment.p_vaddr(endian) & !0xFFF)
+            .min()
+    }
+
     /// `length` bytes at `address`, where a loaded segment holds them in the file.
     pub fn bytes_at(&self, address: u64, length: u64) -> Option<&[u8]> {
         let elf = self.parse().ok()?;

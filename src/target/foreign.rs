@@ -36,10 +36,7 @@ impl ForeignTls {
         match self {
             ForeignTls::GnuTls => ("GnuTLS", "run `ecapture gnutls` for it"),
             ForeignTls::Nss => ("NSS", "run `ecapture nss` for it"),
-            ForeignTls::Go => (
-                "Go's crypto/tls",
-                "run `ecapture gotls -m keylog` (or -m pcapng) for its secrets",
-            ),
+            ForeignTls::Go => ("Go's crypto/tls", "run `ecapture gotls` for it"),
         }
     }
 

@@ -136,6 +136,22 @@ pub fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
         .collect())
 }
 
+/// Where process `pid` maps the start of its executable (the mapping of
+/// the executable's file at offset 0).
+pub fn executable_load_address(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+
+    let inode = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?.ino();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (range, offset, file_inode) = (fields.first()?, fields.get(2)?, fields.get(4)?);
+        (file_inode.parse::<u64>().ok()? == inode && u64::from_str_radix(offset, 16).ok()? == 0)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+            .flatten()
+    })
+}
+
 /// Every process but ecapture itself, or only `only` when given.
 pub fn process_ids(only: Option<u32>) -> Vec<u32> {
     if let Some(pid) = only {

@@ -168,9 +168,8 @@ fn nspr_path_that_is_missing_not_elf_or_not_nss() {
 }
 
 #[test]
-fn gotls_refuses_text_mode_and_programs_it_cannot_read() {
+fn gotls_refuses_programs_it_cannot_read() {
     if e2e_enabled() {
-        refused(&mut ecapture(&["gotls"]), "text mode is to come");
         refused(
             &mut ecapture(&["gotls", "-m", "keylog", "--elfpath", "/nonexistent/go-program"]),
             "cannot read /nonexistent/go-program",

@@ -1,8 +1,107 @@
-//! `ecapture gotls`: Go programs found as they start, with no path given.
+//! `ecapture gotls`: Go programs' plaintext with their sockets, in programs
+//! built with symbols, stripped and as PIE, found running or as they start.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
+
+/// Go clients of each build, running before ecapture starts: each request
+/// and response is captured whole, with the socket read from the
+/// connection.
+#[test]
+fn go_clients_requests_and_responses_with_their_sockets() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let mut clients = Vec::new();
+    for (index, (name, _)) in GO_CLIENT_BUILDS.iter().enumerate() {
+        let path = format!("/{}", marker(name));
+        let url = format!("https://127.0.0.1:{port}{path}");
+        clients.push((
+            name,
+            path,
+            spawn_go_client(go_client(index), &url, "1.3", &dir.path().join("keys")),
+        ));
+    }
+    let capture = Capture::start(&["gotls"]);
+    let mut expected = Vec::new();
+    for (name, path, client) in clients {
+        run_go_client(client);
+        expected.push((name, path));
+    }
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    for (name, path) in expected {
+        let comm = format!("Comm:{name}");
+        let request = find_record(&out.stdout, &[&comm, "Sent", &format!("GET {path} HTTP/1.1\r\n")]);
+        assert!(
+            request.contains(&format!("to 127.0.0.1:{port} (local 127.0.0.1:")),
+            "{request}"
+        );
+        let response = find_record(
+            &out.stdout,
+            &[&comm, "Received", &format!("response-body-for {path}\n")],
+        );
+        assert!(response.contains(&format!("from 127.0.0.1:{port}")), "{response}");
+    }
+}
+
+/// Go's net/http server of each build, with curl as its client: what it
+/// reads and writes, with the socket.
+#[test]
+fn go_servers_requests_and_responses_with_their_sockets() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (cert, key) = certificate();
+    let capture = Capture::start(&["gotls"]);
+    let mut served = Vec::new();
+    for (name, flags) in GO_CLIENT_BUILDS {
+        let server_name = name.replace("client", "server");
+        let binary = build_go_peer(&server_name, "go_https_server.go", flags);
+        let port = free_port();
+        let dir = scratch_dir();
+        let log = dir.path().join("server.out");
+        let mut server = Guard::spawn(
+            "go server",
+            Command::new(&binary)
+                .arg(port.to_string())
+                .arg(cert)
+                .arg(key)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap()),
+        );
+        server.wait_for_output(&log, "listening");
+        assert!(
+            capture.wait_for_log(
+                &format!("which pid {} ({server_name}) started", server.pid()),
+                READY_TIMEOUT
+            ),
+            "{server_name} was not hooked at its exec"
+        );
+        let path = format!("/{}", marker(&server_name));
+        let body = run_peer(
+            "curl",
+            Command::new("curl")
+                .args(["-sk", "--http1.1"])
+                .arg(format!("https://127.0.0.1:{port}{path}")),
+        );
+        assert_eq!(body, format!("go-server-body-for {path}\n"));
+        served.push((server_name, path, port));
+    }
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    for (server_name, path, port) in served {
+        let comm = format!("Comm:{server_name}");
+        let request = find_record(&out.stdout, &[&comm, "Received", &format!("GET {path} HTTP/1.1\r\n")]);
+        assert!(request.contains(&format!("(local 127.0.0.1:{port})")), "{request}");
+        let response = find_record(&out.stdout, &[&comm, "Sent", &format!("go-server-body-for {path}\n")]);
+        assert!(response.contains(&format!("(local 127.0.0.1:{port})")), "{response}");
+    }
+}
 
 /// A stripped Go client started after ecapture is hooked at its exec, before
 /// its first request; its secrets equal the ones crypto/tls logs itself.
