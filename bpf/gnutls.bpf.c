@@ -55,7 +55,10 @@ int BPF_UPROBE(gnutls_keylog_enter, void *session, const char *label, const void
 	ev = reserve_keylog_line(pid_tgid);
 	if (!ev)
 		return 0;
-	bpf_probe_read_user_str(ev->label, sizeof(ev->label), label);
+	if (bpf_probe_read_user_str(ev->label, sizeof(ev->label), label) <= 0) {
+		__builtin_memset(ev->label, 0, sizeof(ev->label));
+		ev->label_address = (__u64)label;
+	}
 	if (n > KEYLOG_SECRET_MAX)
 		n = KEYLOG_SECRET_MAX;
 	/* Keep the bound in the verifier's view after clang's rewrites. */

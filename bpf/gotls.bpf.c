@@ -100,8 +100,13 @@ int gotls_keylog_enter(void *ctx)
 		return 0;
 	/* Keep the bounds in the verifier's view after clang's rewrites. */
 	asm volatile("" : "+r"(label_len), "+r"(secret_len));
-	if (label_len >= KEYLOG_LABEL_MAX || !label_len || secret_len > KEYLOG_SECRET_MAX || !secret_len ||
-	    bpf_probe_read_user(ev->label, label_len, (void *)arguments[1]) ||
+	if (label_len >= KEYLOG_LABEL_MAX || !label_len ||
+	    bpf_probe_read_user(ev->label, label_len, (void *)arguments[1])) {
+		__builtin_memset(ev->label, 0, sizeof(ev->label));
+		ev->label_address = arguments[1];
+		ev->label_len = label_len;
+	}
+	if (secret_len > KEYLOG_SECRET_MAX || !secret_len ||
 	    bpf_probe_read_user(ev->client_random, KEYLOG_RANDOM_LEN, (void *)arguments[3]) ||
 	    bpf_probe_read_user(ev->secret, secret_len, (void *)arguments[6])) {
 		DISCARD_RECORD(ev);

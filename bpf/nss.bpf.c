@@ -210,7 +210,10 @@ int BPF_UPROBE(nss_keylog_enter, void *ss, const char *label, void *symkey)
 	ev = reserve_keylog_line(pid_tgid);
 	if (!ev)
 		return 0;
-	bpf_probe_read_user_str(ev->label, sizeof(ev->label), label);
+	if (bpf_probe_read_user_str(ev->label, sizeof(ev->label), label) <= 0) {
+		__builtin_memset(ev->label, 0, sizeof(ev->label));
+		ev->label_address = (__u64)label;
+	}
 	__builtin_memcpy(ev->secret, secret->bytes, sizeof(ev->secret));
 	if (bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),
 				(void *)((__u64)ss + SETTING(nss_settings, client_random)))) {

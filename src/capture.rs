@@ -256,7 +256,10 @@ impl<'s> Pipeline<'s> {
             return;
         }
         let label_len = raw.label.iter().position(|&c| c == 0).unwrap_or(raw.label.len());
-        let label: String = raw.label[..label_len].iter().map(|&c| c as u8 as char).collect();
+        let mut label: String = raw.label[..label_len].iter().map(|&c| c as u8 as char).collect();
+        if label.is_empty() && raw.label_address != 0 {
+            label = label_in_process(raw.pid, raw.label_address, raw.label_len).unwrap_or_default();
+        }
         let secret_len = (raw.secret_len as usize).min(raw.secret.len());
         if label.is_empty()
             || !label
@@ -676,6 +679,26 @@ impl TimeOrder {
             self.bytes.extend_from_slice(&old[from..from + *len]);
         }
     }
+}
+
+/// A key log label the probe could not read (its page not yet in the
+/// process's page tables): read through /proc/PID/mem, which faults it in.
+/// `len` 0 means NUL-terminated.
+fn label_in_process(pid: u32, address: u64, len: u32) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+
+    const LABEL_MAX: usize = 47;
+    let mut buffer = [0u8; LABEL_MAX];
+    let wanted = match usize::try_from(len).ok()? {
+        0 => LABEL_MAX,
+        len if len <= LABEL_MAX => len,
+        _ => return None,
+    };
+    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
+    let read = mem.read_at(&mut buffer[..wanted], address).ok()?;
+    let label = &buffer[..read];
+    let end = label.iter().position(|&b| b == 0).unwrap_or(label.len());
+    Some(String::from_utf8_lossy(&label[..end]).into_owned())
 }
 
 /// A perf buffer of `pages` per CPU whose samples go to `on_sample`.

@@ -18,6 +18,12 @@ struct keylog_line_event {
 	char label[KEYLOG_LABEL_MAX]; /* NUL-terminated */
 	__u8 client_random[KEYLOG_RANDOM_LEN];
 	__u8 secret[KEYLOG_SECRET_MAX];
+	/* When label[] is empty: where the label is in the process, and its
+	 * length (0: NUL-terminated). A probe cannot fault in a page the
+	 * process has not touched yet; userspace reads it there instead. */
+	__u64 label_address;
+	__u32 label_len;
+	__u32 _pad;
 };
 
 #endif
