@@ -575,7 +575,11 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
                 warn!("reading events from the kernel: {err:#}");
             }
         });
-        let started = std::mem::take(&mut *new_processes.borrow_mut());
+        let mut started = std::mem::take(&mut *new_processes.borrow_mut());
+        // A program loading its modules reports itself once per dlopen: look
+        // at each process once per round, not once per report.
+        started.sort_unstable();
+        started.dedup();
         if !started.is_empty() {
             tls.hook_new_code(module, config, started);
         }
