@@ -55,23 +55,16 @@ int BPF_UPROBE(gnutls_keylog_enter, void *session, const char *label, const void
 	ev = reserve_keylog_line(pid_tgid);
 	if (!ev)
 		return 0;
-	if (bpf_probe_read_user_str(ev->label, sizeof(ev->label), label) <= 0) {
-		__builtin_memset(ev->label, 0, sizeof(ev->label));
-		ev->label_address = (__u64)label;
-	}
+	set_keylog_label(ev, label);
 	if (n > KEYLOG_SECRET_MAX)
 		n = KEYLOG_SECRET_MAX;
 	/* Keep the bound in the verifier's view after clang's rewrites. */
 	asm volatile("" : "+r"(n));
-	if (n > KEYLOG_SECRET_MAX || bpf_probe_read_user(ev->secret, n, secret) ||
-	    bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),
-				(void *)((__u64)session + SETTING(gnutls_settings, client_random)))) {
+	if (n > KEYLOG_SECRET_MAX || bpf_probe_read_user(ev->secret, n, secret)) {
 		DISCARD_RECORD(ev);
 		return 0;
 	}
-	ev->secret_len = n;
-	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
-	return 0;
+	return send_keylog_line(ctx, ev, (__u64)session + SETTING(gnutls_settings, client_random), n);
 }
 
 /* gnutls_protocol_t values */
@@ -127,15 +120,12 @@ int BPF_URETPROBE(gnutls_handshake_return, int ret)
 	label_words[1] = 0x0000004d4f444e41ULL; /* ANDOM */
 	__builtin_memcpy(ev->label, label_words, sizeof(label_words));
 	if (bpf_probe_read_user(ev->secret, TLS12_MASTER_SECRET_LEN,
-				(void *)(session + SETTING(gnutls_settings, master_secret))) ||
-	    bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),
-				(void *)(session + SETTING(gnutls_settings, client_random)))) {
+				(void *)(session + SETTING(gnutls_settings, master_secret)))) {
 		DISCARD_RECORD(ev);
 		return 0;
 	}
-	ev->secret_len = TLS12_MASTER_SECRET_LEN;
-	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
-	return 0;
+	return send_keylog_line(ctx, ev, session + SETTING(gnutls_settings, client_random),
+				TLS12_MASTER_SECRET_LEN);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -107,14 +107,11 @@ int gotls_keylog_enter(void *ctx)
 		ev->label_len = label_len;
 	}
 	if (secret_len > KEYLOG_SECRET_MAX || !secret_len ||
-	    bpf_probe_read_user(ev->client_random, KEYLOG_RANDOM_LEN, (void *)arguments[3]) ||
 	    bpf_probe_read_user(ev->secret, secret_len, (void *)arguments[6])) {
 		DISCARD_RECORD(ev);
 		return 0;
 	}
-	ev->secret_len = secret_len;
-	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
-	return 0;
+	return send_keylog_line(ctx, ev, arguments[3], secret_len);
 }
 
 /* func (c *Conn) Write(b []byte) (int, error): b whole at entry. */

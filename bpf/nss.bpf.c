@@ -210,19 +210,9 @@ int BPF_UPROBE(nss_keylog_enter, void *ss, const char *label, void *symkey)
 	ev = reserve_keylog_line(pid_tgid);
 	if (!ev)
 		return 0;
-	if (bpf_probe_read_user_str(ev->label, sizeof(ev->label), label) <= 0) {
-		__builtin_memset(ev->label, 0, sizeof(ev->label));
-		ev->label_address = (__u64)label;
-	}
+	set_keylog_label(ev, label);
 	__builtin_memcpy(ev->secret, secret->bytes, sizeof(ev->secret));
-	if (bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),
-				(void *)((__u64)ss + SETTING(nss_settings, client_random)))) {
-		DISCARD_RECORD(ev);
-		return 0;
-	}
-	ev->secret_len = n;
-	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
-	return 0;
+	return send_keylog_line(ctx, ev, (__u64)ss + SETTING(nss_settings, client_random), n);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -25,4 +25,29 @@ static __always_inline struct keylog_line_event *reserve_keylog_line(__u64 pid_t
 	return ev;
 }
 
+/* Puts the NUL-terminated label at `label` in the line, or, when the probe
+ * cannot read it, its address for userspace to read. */
+static __always_inline void set_keylog_label(struct keylog_line_event *ev, const char *label)
+{
+	if (bpf_probe_read_user_str(ev->label, sizeof(ev->label), label) <= 0) {
+		__builtin_memset(ev->label, 0, sizeof(ev->label));
+		ev->label_address = (__u64)label;
+	}
+}
+
+/* Reads the session's client random from `client_random` and sends the
+ * line with `secret_len` bytes of secret; drops it if the random cannot be
+ * read. */
+static __always_inline int send_keylog_line(void *ctx, struct keylog_line_event *ev, __u64 client_random,
+					    __u32 secret_len)
+{
+	if (bpf_probe_read_user(ev->client_random, sizeof(ev->client_random), (void *)client_random)) {
+		DISCARD_RECORD(ev);
+		return 0;
+	}
+	ev->secret_len = secret_len;
+	SUBMIT_RECORD(ctx, keylog_lines, ev, sizeof(*ev), 0);
+	return 0;
+}
+
 #endif
