@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -85,12 +84,7 @@ fn pid_of_a_process_that_loads_nss_later_is_waited_for() {
             .stdout(Stdio::null()),
     );
     let pid = client.pid().to_string();
-    let mut stdin = client.child.stdin.take().unwrap();
-    let execer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
-        stdin.write_all(b"exec\n").unwrap();
-        stdin
-    });
+    let execer = send_line_later(client.child.stdin.take().unwrap(), b"exec\n");
     let capture = Capture::start(&["nss", "--pid", &pid]);
     let mut stdin = execer.join().unwrap();
     stdin.write_all(b"request\n").unwrap();

@@ -482,6 +482,21 @@ pub fn spawn_go_client(binary: &Path, url: &str, version: &str, keylog: &Path) -
     (client, stdin)
 }
 
+/// Writes `line` to `stdin` after a second and a half, on a thread, and
+/// hands `stdin` back: for a program that must be waited for by ecapture
+/// before it loads its TLS library.
+pub fn send_line_later(
+    mut stdin: std::process::ChildStdin,
+    line: &'static [u8],
+) -> std::thread::JoinHandle<std::process::ChildStdin> {
+    use std::io::Write;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        stdin.write_all(line).unwrap();
+        stdin
+    })
+}
+
 /// Lets a client from `spawn_go_client` make its request, and waits for it
 /// to end well.
 pub fn run_go_client((mut client, mut stdin): (Guard, std::process::ChildStdin)) {

@@ -701,14 +701,10 @@ fn pid_of_a_process_that_loads_openssl_later_is_waited_for() {
     }
     let (_server, port) = start_https_server();
     let path = format!("/{}", marker("late"));
-    let (mut client, mut stdin) = python_client_loading_ssl_later(port, &path, &mut Command::new("/usr/bin/python3"));
+    let (mut client, stdin) = python_client_loading_ssl_later(port, &path, &mut Command::new("/usr/bin/python3"));
     let pid = client.pid().to_string();
     // ecapture starts waiting at once; the import comes well after.
-    let importer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
-        stdin.write_all(b"import\n").unwrap();
-        stdin
-    });
+    let importer = send_line_later(stdin, b"import\n");
     let capture = Capture::start(&["tls", "--pid", &pid]);
     let mut stdin = importer.join().unwrap();
     stdin.write_all(b"request\n").unwrap();
