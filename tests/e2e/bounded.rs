@@ -11,7 +11,7 @@ use crate::support::*;
 
 const BIG_BODY: u64 = 512 << 20;
 /// Each side of the connection, in MB/s: fast, and within what the reader
-/// sustains while writing both sides to the disk.
+/// sustains while writing both sides out.
 const PACE_MB_S: u32 = 128;
 const PEAK_RSS_LIMIT_KIB: u64 = 128 * 1024;
 const LINE: u64 = 64;
@@ -102,7 +102,7 @@ fn big_body_is_printed_whole_in_bounded_memory(framing: &str) {
         return;
     }
     let (_server, port) = start_https_server();
-    let dir = scratch_dir();
+    let dir = memory_scratch_dir();
     let stdout = dir.path().join("stdout");
     let capture = Capture::start_with_stdout(&["tls"], stdout.clone());
     let url = format!("https://127.0.0.1:{port}/big/{BIG_BODY}/{framing}/{PACE_MB_S}");
@@ -160,7 +160,7 @@ fn ten_thousand_short_connections_keep_memory_flat() {
         return;
     }
     let (_server, port) = start_https_server();
-    let dir = scratch_dir();
+    let dir = memory_scratch_dir();
     let stdout = dir.path().join("stdout");
     let capture = Capture::start_with_stdout(&["tls"], stdout.clone());
     let path = format!("/{}", marker("short"));

@@ -44,6 +44,17 @@ pub fn scratch_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// A scratch directory in memory (/dev/shm), for output that must not wait
+/// on a disk: on a machine still writing back a build, direct writes of a
+/// fast capture stall for tens of milliseconds, and the kernel's buffers
+/// overflow meanwhile. Where /dev/shm is missing, the disk it is.
+pub fn memory_scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ecapture-e2e")
+        .tempdir_in("/dev/shm")
+        .unwrap_or_else(|_| scratch_dir())
+}
+
 /// A unique marker for this test run, so that assertions never match traffic
 /// from elsewhere on the machine.
 pub fn marker(name: &str) -> String {
