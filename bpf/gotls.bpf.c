@@ -66,6 +66,9 @@ static __always_inline int library_transport_fd(__u64 tcp_conn)
 typedef struct pt_regs go_regs;
 /* The running goroutine's g, in a register of its own. */
 #define GO_G(ctx) ((ctx)->r14)
+/* At the JBE of a function's stack-bound check: true when it jumps (CF or
+ * ZF), to grow the stack and enter the function again. */
+#define GO_STACK_GROWS(ctx) (((ctx)->eflags & 0x41) != 0)
 #elif defined(__TARGET_ARCH_arm64)
 #define GO_ARGUMENTS(ctx)                                                                 \
 	{                                                                                 \
@@ -75,16 +78,37 @@ typedef struct pt_regs go_regs;
 	}
 typedef struct user_pt_regs go_regs;
 #define GO_G(ctx) ((ctx)->regs[28])
+/* At the B.LS of a function's stack-bound check: C clear or Z set. */
+#define GO_STACK_GROWS(ctx) (!((ctx)->pstate & (1ULL << 29)) || ((ctx)->pstate & (1ULL << 30)))
 #else
 #error "Go's register ABI is read on x86-64 and arm64 only"
 #endif
+
+/* Entry programs come in two placements. On the first instruction, which
+ * the kernel steps out of line. Or on the branch of the stack-bound check
+ * that begins every Go function with a frame, which it emulates: the
+ * arguments are still in place there, but a function whose stack must grow
+ * passes it twice, once before and once after growing; only the second
+ * pass, when the branch falls through, counts. */
+#define GO_ENTRY_PROGRAMS(name)                                                   \
+	static __always_inline int name(void *ctx);                              \
+	SEC("uprobe")                                                            \
+	int name##_enter(void *ctx)                                              \
+	{                                                                        \
+		return name(ctx);                                                \
+	}                                                                        \
+	SEC("uprobe")                                                            \
+	int name##_past_stack_check(void *ctx)                                   \
+	{                                                                        \
+		return GO_STACK_GROWS((go_regs *)ctx) ? 0 : name(ctx);           \
+	}
 
 /* func (c *Config) writeKeyLog(label string, clientRandom, secret []byte) error:
  * c, then label (pointer, length), clientRandom and secret (pointer, length,
  * capacity). Called for every secret whether or not the program set a
  * KeyLogWriter: the check is inside. */
-SEC("uprobe")
-int gotls_keylog_enter(void *ctx)
+GO_ENTRY_PROGRAMS(gotls_keylog)
+static __always_inline int gotls_keylog(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	go_regs *regs = ctx;
@@ -115,8 +139,8 @@ int gotls_keylog_enter(void *ctx)
 }
 
 /* func (c *Conn) Write(b []byte) (int, error): b whole at entry. */
-SEC("uprobe")
-int gotls_write_enter(void *ctx)
+GO_ENTRY_PROGRAMS(gotls_write)
+static __always_inline int gotls_write(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	go_regs *regs = ctx;
@@ -149,8 +173,8 @@ struct {
 } go_reads SEC(".maps");
 
 /* func (c *Conn) Read(b []byte) (int, error) */
-SEC("uprobe")
-int gotls_read_enter(void *ctx)
+GO_ENTRY_PROGRAMS(gotls_read)
+static __always_inline int gotls_read(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	go_regs *regs = ctx;
@@ -163,26 +187,54 @@ int gotls_read_enter(void *ctx)
 	return 0;
 }
 
+/* The goroutine's Read in progress, taken off the map. */
+static __always_inline bool take_read(__u64 pid_tgid, go_regs *regs, struct go_read *read)
+{
+	struct goroutine_key key = {.tgid = pid_tgid >> 32, .g = GO_G(regs)};
+	struct go_read *found = bpf_map_lookup_elem(&go_reads, &key);
+
+	if (!found)
+		return false;
+	*read = *found;
+	bpf_map_delete_elem(&go_reads, &key);
+	return true;
+}
+
+/* Emits the goroutine's Read in progress: n bytes from `source`, or from
+ * the buffer it was given when `source` is 0. */
+static __always_inline int emit_read(void *ctx, go_regs *regs, __s64 n, __u64 source)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct go_read read;
+
+	if (!take_read(pid_tgid, regs, &read) || n <= 0 || n > (1LL << 31))
+		return 0;
+	return emit_session_data(ctx, pid_tgid, read.conn, source ? source : read.buf, n, DIRECTION_INGRESS,
+				 bpf_ktime_get_ns());
+}
+
 /* On each return instruction of Read, found by decoding it (never a
  * uretprobe): n in the first result register. */
 SEC("uprobe")
 int gotls_read_return(void *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	go_regs *regs = ctx;
+	__u64 results[9] = GO_ARGUMENTS(regs);
+
+	return emit_read(ctx, regs, (__s64)results[0], 0);
+}
+
+/* On Read's one call of runtime.memmove(to, from, n), the copy of the
+ * decrypted record into b: a call, which the kernel emulates, where the
+ * return instructions are stepped out of line on x86-64. The plaintext is
+ * read from its source, which stays put while the call runs. */
+SEC("uprobe")
+int gotls_read_copy(void *ctx)
+{
 	go_regs *regs = ctx;
 	__u64 arguments[9] = GO_ARGUMENTS(regs);
-	struct goroutine_key key = {.tgid = pid_tgid >> 32, .g = GO_G(regs)};
-	struct go_read *found = bpf_map_lookup_elem(&go_reads, &key);
-	struct go_read read;
-	__s64 n = (__s64)arguments[0];
 
-	if (!found)
-		return 0;
-	read = *found;
-	bpf_map_delete_elem(&go_reads, &key);
-	if (n <= 0 || n > (1LL << 31))
-		return 0;
-	return emit_session_data(ctx, pid_tgid, read.conn, read.buf, n, DIRECTION_INGRESS, bpf_ktime_get_ns());
+	return emit_read(ctx, regs, (__s64)arguments[2], arguments[1]);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -77,6 +77,28 @@ impl Hook {
 }
 
 impl Hook {
+    /// A hook on the instruction at `address` in `function`, an instruction
+    /// boundary the caller found by decoding from the function's start.
+    pub fn at_instruction(
+        image: &ElfImage,
+        function: &FunctionSymbol,
+        address: u64,
+        entry_program: &'static str,
+    ) -> Option<Hook> {
+        let offset = address.checked_sub(function.address)?;
+        Some(Hook {
+            symbol: FunctionSymbol {
+                name: function.name.clone(),
+                address,
+                size: function.size.saturating_sub(offset),
+                file_offset: image.file_offset_of(address)?,
+            },
+            site: disasm::site_at(image, address, offset),
+            entry_program,
+            return_program: None,
+        })
+    }
+
     /// A hook whose entry probe stays on the function's first instruction,
     /// for a program that reads the arguments its caller left on the stack.
     pub fn at_start(symbol: FunctionSymbol, entry_program: &'static str, return_program: Option<&'static str>) -> Hook {

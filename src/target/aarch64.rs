@@ -680,9 +680,18 @@ const ENTRY_FORMS: [(u32, u32, &str, bool); 22] = [
 pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
     let code = image.function_code(symbol)?;
     let word = u32::from_le_bytes(code.get(..4)?.try_into().ok()?);
-    if !symbol.address.is_multiple_of(4) || decode(word, symbol.address) == Op::Stop {
+    if decode(word, symbol.address) == Op::Stop {
         return None;
     }
+    site_at(image, symbol.address, 0)
+}
+
+/// See `disasm::site_at`.
+pub fn site_at(image: &ElfImage, address: u64, offset: u64) -> Option<ProbeSite> {
+    if !address.is_multiple_of(4) {
+        return None;
+    }
+    let word = u32::from_le_bytes(image.code_between(address, address.checked_add(4)?)?.try_into().ok()?);
     let form = ENTRY_FORMS.iter().find(|&&(mask, value, _, _)| word & mask == value);
     let emulated = form.is_some_and(|&(_, _, _, simulated)| simulated);
     Some(ProbeSite {
@@ -691,13 +700,57 @@ pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite
             |&(_, _, name, _)| name.to_string(),
         ),
         emulated,
-        offset: 0,
+        offset,
         cost: if emulated {
             "simulated by the kernel"
         } else {
             "single-stepped out of line"
         },
     })
+}
+
+/// The B.LS of the stack-bound check a Go function with a frame begins with
+/// (`ldr x16, [x28, #16]; [sub x17, sp, #N;] cmp sp|x17, x16`): see
+/// `disasm::go_stack_check_branch`. Before it only x16, x17 (Go's scratch
+/// registers) and the flags are written.
+pub fn go_stack_check_branch(image: &ElfImage, function: &FunctionSymbol) -> Option<u64> {
+    const B_LS: (u32, u32) = (0xFF00_001F, 0x5400_0009);
+    let code = image.code_between(function.address, function.address.checked_add(16)?)?;
+    for (index, bytes) in code.chunks_exact(4).enumerate() {
+        let pc = function.address + 4 * index as u64;
+        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+        let scratch = |register: u8| matches!(register, 16 | 17 | SP_OR_ZERO);
+        match decode(word, pc) {
+            Op::ConditionalBranch(_) if word & B_LS.0 == B_LS.1 => return Some(pc),
+            Op::Memory {
+                loaded: Some((loaded, _)),
+                ..
+            } if scratch(loaded) => {}
+            Op::AddImmediate { dest, .. } | Op::Move { dest, .. } if scratch(dest) => {}
+            Op::Other { written } if written.into_iter().all(scratch) => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The addresses of `function`'s BL instructions to `callee`.
+pub fn calls_of(image: &ElfImage, function: &FunctionSymbol, callee: u64) -> Vec<u64> {
+    let Some(code) = image.code_between(function.address, function.address.saturating_add(function.size)) else {
+        return Vec::new();
+    };
+    code.chunks_exact(4)
+        .enumerate()
+        .map(|(index, bytes)| {
+            let pc = function.address + 4 * index as u64;
+            (
+                pc,
+                decode(u32::from_le_bytes(bytes.try_into().expect("chunks of four")), pc),
+            )
+        })
+        .filter(|(_, op)| *op == Op::Call(Some(callee)))
+        .map(|(pc, _)| pc)
+        .collect()
 }
 
 #[cfg(test)]

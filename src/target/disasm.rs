@@ -423,6 +423,27 @@ impl std::fmt::Display for ProbeSite {
     }
 }
 
+/// What the kernel does with the instruction at `address`, `offset` bytes
+/// into its function, when a probe replaces it. `address` must be an
+/// instruction boundary found by decoding from the function's start.
+pub fn site_at(image: &ElfImage, address: u64, offset: u64) -> Option<ProbeSite> {
+    match image.architecture()? {
+        object::Architecture::X86_64 => {
+            let instruction = decode(image, address, address.checked_add(16)?).into_iter().next()?;
+            let emulated = x86_64_emulated(instruction.mnemonic())
+                || instruction.flow_control() == iced_x86::FlowControl::ConditionalBranch;
+            Some(ProbeSite {
+                mnemonic: format!("{:?}", instruction.mnemonic()).to_lowercase(),
+                emulated,
+                offset,
+                cost: x86_64_cost(emulated),
+            })
+        }
+        object::Architecture::Aarch64 => super::aarch64::site_at(image, address, offset),
+        _ => None,
+    }
+}
+
 /// Where `symbol`'s entry probe goes; None if its code does not decode.
 pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
     match image.architecture()? {
@@ -435,24 +456,29 @@ pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite
 /// Instructions a probe may be moved past.
 const MAX_SKIPPED: usize = 4;
 
-fn x86_64_probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
-    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, Register};
+/// Instructions the kernel emulates besides conditional branches, which
+/// `x86_64_probe_site` moves past rather than onto.
+fn x86_64_emulated(mnemonic: iced_x86::Mnemonic) -> bool {
+    use iced_x86::Mnemonic;
+    matches!(
+        mnemonic,
+        Mnemonic::Push | Mnemonic::Nop | Mnemonic::Call | Mnemonic::Jmp
+    )
+}
 
-    let is_emulated = |mnemonic| {
-        matches!(
-            mnemonic,
-            Mnemonic::Push | Mnemonic::Nop | Mnemonic::Call | Mnemonic::Jmp
-        )
-    };
-    // The order of magnitude, as measured on the development VM (see the
-    // README's performance section); bare metal single-steps faster.
-    let cost = |emulated| {
-        if emulated {
-            "emulated; about 0.5 us a hit in a VM"
-        } else {
-            "single-stepped; about 10 us a hit in a VM: 20x an emulated one"
-        }
-    };
+/// The order of magnitude, as measured on the development VM (see the
+/// README's performance section); bare metal single-steps faster.
+fn x86_64_cost(emulated: bool) -> &'static str {
+    if emulated {
+        "emulated; about 0.5 us a hit in a VM"
+    } else {
+        "single-stepped; about 10 us a hit in a VM: 20x an emulated one"
+    }
+}
+
+fn x86_64_probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, Register};
+
     let mut decoder = Decoder::with_ip(64, image.function_code(symbol)?, symbol.address, DecoderOptions::NONE);
     let mut info_factory = InstructionInfoFactory::new();
     let mut first = None;
@@ -460,12 +486,12 @@ fn x86_64_probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeS
         if instruction.is_invalid() {
             return None;
         }
-        let emulated = is_emulated(instruction.mnemonic());
+        let emulated = x86_64_emulated(instruction.mnemonic());
         let site = ProbeSite {
             mnemonic: format!("{:?}", instruction.mnemonic()).to_lowercase(),
             emulated,
             offset: instruction.ip() - symbol.address,
-            cost: cost(emulated),
+            cost: x86_64_cost(emulated),
         };
         if site.emulated {
             return Some(site);
@@ -485,6 +511,42 @@ fn x86_64_probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeS
         }
     }
     first
+}
+
+/// The JBE of the stack-bound check a Go function with a frame begins with
+/// (`cmp rsp, [r14+16]`, or `lea r12, [rsp-N]; cmp r12, [r14+16]` for a
+/// large frame), where it jumps to grow the stack. The instructions before
+/// it write only flags and Go's scratch registers R12 and R13, so there the
+/// arguments are as at entry; the kernel emulates the branch.
+pub fn go_stack_check_branch(image: &ElfImage, function: &FunctionSymbol) -> Option<u64> {
+    use iced_x86::{FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, Register};
+
+    let mut info_factory = InstructionInfoFactory::new();
+    let end = function.address.checked_add(function.size.clamp(1, 64))?;
+    for instruction in decode(image, function.address, end).iter().take(3) {
+        if instruction.mnemonic() == Mnemonic::Jbe {
+            return Some(instruction.ip());
+        }
+        let info = info_factory.info(instruction);
+        let scratch_only = info.used_memory().iter().all(|m| m.access() == OpAccess::Read)
+            && info.used_registers().iter().all(|used| {
+                matches!(used.access(), OpAccess::Read | OpAccess::None)
+                    || matches!(used.register(), Register::R12 | Register::R13 | Register::None)
+            });
+        if !scratch_only || instruction.flow_control() != FlowControl::Next {
+            return None;
+        }
+    }
+    None
+}
+
+/// The addresses of `function`'s direct calls of `callee`.
+pub fn calls_of(image: &ElfImage, function: &FunctionSymbol, callee: u64) -> Vec<u64> {
+    decode(image, function.address, function.address.saturating_add(function.size))
+        .iter()
+        .filter(|instruction| direct_call_target(instruction) == Some(callee))
+        .map(|instruction| instruction.ip())
+        .collect()
 }
 
 #[cfg(test)]

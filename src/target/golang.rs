@@ -93,6 +93,26 @@ pub fn function(image: &ElfImage, name: &str) -> Option<FunctionSymbol> {
     image.function(name).or_else(|| pclntab_function(image, name))
 }
 
+/// Where `function`'s stack-bound check branches, past which a probe sees
+/// the arguments as at entry (see `disasm::go_stack_check_branch`); None
+/// when it does not begin with the usual check.
+pub fn stack_check_branch(image: &ElfImage, function: &FunctionSymbol) -> Option<u64> {
+    match image.architecture()? {
+        object::Architecture::X86_64 => super::disasm::go_stack_check_branch(image, function),
+        object::Architecture::Aarch64 => super::aarch64::go_stack_check_branch(image, function),
+        _ => None,
+    }
+}
+
+/// The addresses of `function`'s direct calls of `callee`, decoded from its start.
+pub fn calls_of(image: &ElfImage, function: &FunctionSymbol, callee: u64) -> Vec<u64> {
+    match image.architecture() {
+        Some(object::Architecture::X86_64) => super::disasm::calls_of(image, function, callee),
+        Some(object::Architecture::Aarch64) => super::aarch64::calls_of(image, function, callee),
+        _ => Vec::new(),
+    }
+}
+
 /// The magic numbers of the function table's header: Go 1.16-1.17,
 /// 1.18-1.19, 1.20 and later.
 const PCLNTAB_116: u32 = 0xffff_fffa;

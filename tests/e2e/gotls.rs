@@ -34,6 +34,19 @@ fn go_clients_requests_and_responses_with_their_sockets() {
     }
     let out = capture.stop();
     assert!(out.status.success(), "{}", out.stderr);
+    // Each probe sits on an instruction the kernel emulates: Write and Read
+    // on their stack check's branch, Read's plaintext at its copy.
+    let hooked: Vec<_> = out.stderr.lines().filter(|line| line.contains("hooking ")).collect();
+    assert_eq!(hooked.len(), GO_CLIENT_BUILDS.len(), "{}", out.stderr);
+    for line in hooked {
+        assert!(
+            line.matches(": emulated;").count() == 3
+                && line.contains("crypto/tls.(*Conn).Read at ")
+                && line.contains("(call at +")
+                && !line.contains("single-stepped"),
+            "{line}"
+        );
+    }
     for (name, path) in expected {
         let comm = format!("Comm:{name}");
         let request = find_record(&out.stdout, &[&comm, "Sent", &format!("GET {path} HTTP/1.1\r\n")]);
@@ -141,4 +154,55 @@ fn a_go_program_started_later_is_hooked() {
     theirs.sort();
     assert_eq!(ours, theirs);
     assert_eq!(ours.len(), 4, "TLS 1.3's traffic secrets, as Go logs them");
+}
+
+const LOAD_REQUESTS: usize = 2_000;
+const LOAD_GOROUTINES: usize = 16;
+/// Enough depths of a fresh goroutine's stack that some write finds it
+/// full in (*tls.Conn).Write's own stack check.
+const WRITE_DEPTHS: usize = 600;
+
+/// No harm: 2,000 requests from 16 goroutines over keep-alive connections
+/// through a traced Go client, then writes from goroutines whose stacks
+/// must grow at Write's entry. The client gets every answer right, and
+/// every request is captured exactly once.
+#[test]
+fn a_loaded_go_client_is_unharmed_and_every_request_is_captured_once() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let client = build_go_peer("go_load_client", "go_load_client.go", &[]);
+    let capture = Capture::start(&["gotls", "--elfpath", client.to_str().unwrap()]);
+    let base = format!("/{}", marker("load"));
+    let printed = run_within(
+        "go_load_client",
+        Command::new(&client).args([
+            format!("https://127.0.0.1:{port}{base}"),
+            LOAD_REQUESTS.to_string(),
+            LOAD_GOROUTINES.to_string(),
+            WRITE_DEPTHS.to_string(),
+        ]),
+        PEER_TIMEOUT * 2,
+    );
+    let reused: usize = printed
+        .split(", ")
+        .nth(1)
+        .and_then(|part| part.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!(reused >= LOAD_REQUESTS - LOAD_GOROUTINES * 4, "{printed}");
+    let out = capture.stop();
+    assert!(
+        out.status.success() && out.stderr.contains(" 0 records lost,"),
+        "{}",
+        out.stderr
+    );
+    let paths = (0..LOAD_REQUESTS)
+        .map(|i| format!("{base}/{i}"))
+        .chain((0..WRITE_DEPTHS).map(|depth| format!("{base}/deep/{depth}")));
+    for path in paths {
+        let sent = out.stdout.matches(&format!("GET {path} HTTP/1.1\r\n")).count();
+        let received = out.stdout.matches(&format!("response-body-for {path}\n")).count();
+        assert_eq!((sent, received), (1, 1), "{path} sent and received");
+    }
 }

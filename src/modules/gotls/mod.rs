@@ -29,6 +29,8 @@ const WRITE_FUNCTION: &str = "crypto/tls.(*Conn).Write";
 const READ_FUNCTION: &str = "crypto/tls.(*Conn).Read";
 /// The first method of a *net.TCPConn as a net.Conn (methods in name order).
 const TCP_CONN_CLOSE: &str = "net.(*TCPConn).Close";
+/// Read copies the decrypted record into its buffer with it.
+const MEMMOVE: &str = "runtime.memmove";
 
 /// The Go programs seen, by file identity: where each has
 /// net.(*TCPConn).Close, and the page its first segment starts at.
@@ -176,23 +178,26 @@ impl GoTls {
             golang::function(image, name)
                 .ok_or_else(|| anyhow!("{path} is a Go program ({version}) without crypto/tls"))
         };
+        let entry = |name: &str, at_start: &'static str, past_check: &'static str| {
+            let function = function(name)?;
+            let hook = match golang::stack_check_branch(image, &function) {
+                Some(branch) => Hook::at_instruction(image, &function, branch, past_check),
+                None => Hook::at_instruction(image, &function, function.address, at_start),
+            };
+            hook.ok_or_else(|| anyhow!("{path}: {name} is outside the program's code"))
+        };
         let hooks = match mode {
-            Mode::Keylog | Mode::Pcap => vec![Hook::at_start(function(KEY_LOG_FUNCTION)?, "gotls_keylog_enter", None)],
+            Mode::Keylog | Mode::Pcap => vec![entry(
+                KEY_LOG_FUNCTION,
+                "gotls_keylog_enter",
+                "gotls_keylog_past_stack_check",
+            )?],
             Mode::Text => {
-                let read = function(READ_FUNCTION)?;
-                let returns = return_instructions(image, &read);
-                if returns.is_empty() {
-                    bail!("{path}: no return instruction found in {READ_FUNCTION}");
-                }
                 let mut hooks = vec![
-                    Hook::at_start(function(WRITE_FUNCTION)?, "gotls_write_enter", None),
-                    Hook::at_start(read, "gotls_read_enter", None),
+                    entry(WRITE_FUNCTION, "gotls_write_enter", "gotls_write_past_stack_check")?,
+                    entry(READ_FUNCTION, "gotls_read_enter", "gotls_read_past_stack_check")?,
                 ];
-                hooks.extend(
-                    returns
-                        .into_iter()
-                        .map(|ret| Hook::at_start(ret, "gotls_read_return", None)),
-                );
+                hooks.extend(read_data_hooks(image, &function(READ_FUNCTION)?)?);
                 self.remember(image);
                 hooks
             }
@@ -244,28 +249,48 @@ impl GoTls {
     }
 }
 
-/// Each return instruction of `function`, as a place for an entry probe.
-fn return_instructions(image: &ElfImage, function: &FunctionSymbol) -> Vec<FunctionSymbol> {
+/// Where Read's plaintext is read: at its one call of runtime.memmove,
+/// which copies the decrypted record into the caller's buffer (a call, which
+/// the kernel emulates); else at each of its return instructions, which
+/// x86-64 kernels step out of line.
+fn read_data_hooks(image: &ElfImage, read: &FunctionSymbol) -> Result<Vec<Hook>> {
+    let copies = golang::function(image, MEMMOVE)
+        .map(|memmove| golang::calls_of(image, read, memmove.address))
+        .unwrap_or_default();
+    if let [copy] = copies[..] {
+        return Ok(Hook::at_instruction(image, read, copy, "gotls_read_copy")
+            .into_iter()
+            .collect());
+    }
+    debug!(
+        "{}: {READ_FUNCTION} calls {MEMMOVE} {} times, not once: reading at its return instructions",
+        image.path().display(),
+        copies.len()
+    );
+    let returns: Vec<Hook> = return_instructions(image, read)
+        .into_iter()
+        .filter_map(|ret| Hook::at_instruction(image, read, ret, "gotls_read_return"))
+        .collect();
+    if returns.is_empty() {
+        bail!(
+            "{}: no return instruction found in {READ_FUNCTION}",
+            image.path().display()
+        );
+    }
+    Ok(returns)
+}
+
+/// The addresses of `function`'s return instructions.
+fn return_instructions(image: &ElfImage, function: &FunctionSymbol) -> Vec<u64> {
     let end = function.address + function.size;
-    let addresses = match image.architecture() {
+    match image.architecture() {
         Some(::object::Architecture::Aarch64) => aarch64::return_instructions(image, function.address, end),
         _ => disasm::decode(image, function.address, end)
             .iter()
             .filter(|instruction| instruction.mnemonic() == iced_x86::Mnemonic::Ret)
             .map(|instruction| instruction.ip())
             .collect(),
-    };
-    addresses
-        .into_iter()
-        .filter_map(|address| {
-            Some(FunctionSymbol {
-                name: format!("{} return", function.name),
-                address,
-                size: 0,
-                file_offset: image.file_offset_of(address)?,
-            })
-        })
-        .collect()
+    }
 }
 
 #[cfg(test)]
@@ -281,27 +306,88 @@ mod tests {
             panic!("{:?}", target.hooks)
         };
         assert_eq!(hook.symbol.name, KEY_LOG_FUNCTION);
+        assert_eq!(hook.entry_program, "gotls_keylog_past_stack_check");
         assert_eq!(hook.return_program, None, "never a uretprobe on Go code");
     }
 
-    #[test]
-    fn text_mode_probes_write_read_and_each_return_of_read() {
-        let go = ElfImage::open(Path::new("/usr/lib/go-1.19/bin/go")).unwrap();
-        let target = GoTls::default().inspect(&go, Mode::Text).unwrap();
+    /// Write and Read probed on their stack-check branch, and Read's
+    /// plaintext at its copy: all three sites emulated by the kernel.
+    fn assert_emulated_text_hooks(image: &ElfImage, branch: &str, copy: &str) {
+        let target = GoTls::default().inspect(image, Mode::Text).unwrap();
         let programs: Vec<_> = target.hooks.iter().map(|hook| hook.entry_program).collect();
-        assert_eq!(programs[..2], ["gotls_write_enter", "gotls_read_enter"]);
-        assert!(programs[2..].iter().all(|program| *program == "gotls_read_return") && programs.len() > 2);
+        assert_eq!(
+            programs,
+            [
+                "gotls_write_past_stack_check",
+                "gotls_read_past_stack_check",
+                "gotls_read_copy"
+            ]
+        );
         assert!(
             target.hooks.iter().all(|hook| hook.return_program.is_none()),
             "never a uretprobe on Go code"
         );
+        let memmove = golang::function(image, MEMMOVE).unwrap();
+        for (hook, function, mnemonic) in [
+            (&target.hooks[0], WRITE_FUNCTION, branch),
+            (&target.hooks[1], READ_FUNCTION, branch),
+            (&target.hooks[2], READ_FUNCTION, copy),
+        ] {
+            let start = golang::function(image, function).unwrap();
+            let site = hook.site.as_ref().unwrap();
+            assert!(site.emulated && site.mnemonic == mnemonic, "{function}: {site}");
+            assert_eq!(hook.symbol.address, start.address + site.offset);
+            assert!(site.offset > 0 && site.offset < start.size, "{function}: {site}");
+        }
+        assert_eq!(
+            golang::calls_of(image, &golang::function(image, READ_FUNCTION).unwrap(), memmove.address),
+            [target.hooks[2].symbol.address]
+        );
+    }
+
+    #[test]
+    fn text_mode_probes_emulated_sites_on_x86_64() {
+        let go = ElfImage::open(Path::new("/usr/lib/go-1.19/bin/go")).unwrap();
+        assert_emulated_text_hooks(&go, "jbe", "call");
+    }
+
+    #[test]
+    fn text_mode_probes_simulated_sites_on_aarch64() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("client_arm64");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let built = std::process::Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(root.join("tests/peers/go_https_client.go"))
+            .env("GOARCH", "arm64")
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", root.join("target/go-cache"))
+            .env("HOME", dir.path())
+            .status()
+            .unwrap();
+        assert!(built.success());
+        let image = ElfImage::open(&binary).unwrap();
+        assert_emulated_text_hooks(&image, "b.cond", "bl");
+    }
+
+    #[test]
+    fn read_is_probed_at_each_return_when_it_copies_otherwise() {
+        let go = ElfImage::open(Path::new("/usr/lib/go-1.19/bin/go")).unwrap();
         let read = golang::function(&go, READ_FUNCTION).unwrap();
-        for ret in &target.hooks[2..] {
-            assert!(ret.symbol.address > read.address && ret.symbol.address < read.address + read.size);
-            assert_eq!(
-                go.code_between(ret.symbol.address, ret.symbol.address + 1),
-                Some(&[0xc3u8][..])
-            );
+        let returns = return_instructions(&go, &read);
+        assert!(!returns.is_empty());
+        for ret in &returns {
+            assert_eq!(go.code_between(*ret, ret + 1), Some(&[0xc3u8][..]));
+        }
+        // A function without a memmove call: here, Write.
+        let write = golang::function(&go, WRITE_FUNCTION).unwrap();
+        let hooks = read_data_hooks(&go, &write).unwrap();
+        assert!(!hooks.is_empty());
+        for hook in &hooks {
+            assert_eq!(hook.entry_program, "gotls_read_return");
+            let site = hook.site.as_ref().unwrap();
+            assert!(site.mnemonic == "ret" && !site.emulated, "{site}");
         }
     }
 
