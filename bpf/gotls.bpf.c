@@ -25,6 +25,27 @@ struct {
 	__type(value, __u64);
 } tcp_conn_close SEC(".maps");
 
+/* Processes whose place of net.(*TCPConn).Close was asked for, once each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} transport_asked SEC(".maps");
+
+/* A process that makes TLS calls before userspace has placed its
+ * net.(*TCPConn).Close (one started after the capture with --elfpath, which
+ * no exec watch reports) asks for it once. */
+static __always_inline void ask_for_transport(void *ctx, __u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+	__u8 asked = 1;
+
+	if (!bpf_map_lookup_elem(&tcp_conn_close, &tgid) &&
+	    !bpf_map_update_elem(&transport_asked, &tgid, &asked, BPF_NOEXIST))
+		report_process(ctx);
+}
+
 /* Offsets of Go's runtime and net package, fixed since Go 1.9: an
  * interface is (itab, data), an itab's methods start at +24, a TCPConn
  * begins with its *netFD, and a netFD's poll.FD holds Sysfd after a 16-byte
@@ -148,6 +169,7 @@ static __always_inline int gotls_write(void *ctx)
 
 	if (!process_is_traced(pid_tgid) || !arguments[2] || arguments[2] > (1ULL << 31))
 		return 0;
+	ask_for_transport(ctx, pid_tgid);
 	return emit_session_data(ctx, pid_tgid, arguments[0], arguments[1], arguments[2], DIRECTION_EGRESS,
 				 bpf_ktime_get_ns());
 }
@@ -182,8 +204,10 @@ static __always_inline int gotls_read(void *ctx)
 	struct goroutine_key key = {.tgid = pid_tgid >> 32, .g = GO_G(regs)};
 	struct go_read read = {.conn = arguments[0], .buf = arguments[1]};
 
-	if (process_is_traced(pid_tgid))
-		bpf_map_update_elem(&go_reads, &key, &read, BPF_ANY);
+	if (!process_is_traced(pid_tgid))
+		return 0;
+	ask_for_transport(ctx, pid_tgid);
+	bpf_map_update_elem(&go_reads, &key, &read, BPF_ANY);
 	return 0;
 }
 

@@ -907,7 +907,12 @@ fn load_tls_objects<M: Module>(
         layouts: Vec::new(),
         tracepoints: 0,
         on_demand: Vec::new(),
-        programs_seen: HashSet::new(),
+        // A target may be a program (a Go program, a static build): its
+        // processes reported later are not hooked twice.
+        programs_seen: targets
+            .iter()
+            .filter_map(|target| file_identity(&target.binary))
+            .collect(),
         libraries_seen: targets
             .iter()
             .filter_map(|target| file_identity(&target.binary))

@@ -14,7 +14,9 @@ use crate::sink::{Payload, Record};
 /// tracepoints are attached, which its first request can beat; its next
 /// call (the response) then brings the fd, for the held records too.
 const UNNAMED_HOLD: Duration = Duration::from_millis(250);
-/// ...or until this many bytes wait, whichever comes first.
+/// ...or until the records waiting hold this much memory, whichever comes
+/// first. Counted with each record's own size: a fast exchange of small
+/// records is mostly that.
 const UNNAMED_HOLD_BYTES: usize = 4 << 20;
 /// A message part in progress waits at most this long before it is shown.
 const PART_HOLD: Duration = Duration::from_millis(200);
@@ -30,7 +32,7 @@ struct Session {
     /// The latest event's metadata; records completed at the end carry it.
     meta: EventMeta,
     http: Http1Session,
-    /// Records completed while the socket was unknown, their wire bytes,
+    /// Records completed while the socket was unknown, the memory they hold,
     /// and since when.
     unnamed: Vec<Record>,
     unnamed_bytes: usize,
@@ -91,7 +93,7 @@ impl ConnTracker {
         let completed = self.parsed.drain(..).map(|p| record(meta, p));
         if meta.fd < 0 {
             for record in completed {
-                session.unnamed_bytes += record.payload.wire_len();
+                session.unnamed_bytes += record.payload.held_bytes();
                 session.unnamed.push(record);
             }
             if !session.unnamed.is_empty() && session.unnamed_since.is_none() {
@@ -277,6 +279,24 @@ mod tests {
                 .iter()
                 .all(|r| matches!(&r.payload, Payload::Http(_)) && r.meta.fd == 7)
         );
+    }
+
+    #[test]
+    fn small_records_waiting_for_their_socket_count_their_own_size() {
+        let mut tracker = ConnTracker::default();
+        let mut flushed = Vec::new();
+        let mut pool = BufferPool::default();
+        let mut fed = 0;
+        while flushed.is_empty() {
+            tracker.on_event(event(-1, Direction::Egress, &[b'x'; 64]), &mut pool, &mut flushed);
+            fed += 1;
+            assert!(fed * 64 < UNNAMED_HOLD_BYTES, "never released");
+        }
+        assert_eq!(flushed.len(), fed);
+        // Each held record costs its bytes and its Record; counted by their
+        // payload alone, 65,536 of them were held, four times as much memory.
+        assert!(fed * (64 + std::mem::size_of::<Record>()) >= UNNAMED_HOLD_BYTES);
+        assert!(fed * 2 * 64 < UNNAMED_HOLD_BYTES, "{fed} records held");
     }
 
     #[test]

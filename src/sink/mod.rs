@@ -32,6 +32,16 @@ impl Payload {
         }
     }
 
+    /// The memory it holds: a raw payload's buffer may be a recycled one,
+    /// larger than what it carries.
+    pub fn held_bytes(&self) -> usize {
+        let buffer = match self {
+            Payload::Http(part) => part.wire_len(),
+            Payload::Raw(bytes) => bytes.capacity(),
+        };
+        buffer + std::mem::size_of::<Record>()
+    }
+
     /// Its buffers, for the next events.
     pub fn recycle(self, pool: &mut BufferPool) {
         match self {

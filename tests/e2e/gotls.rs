@@ -197,6 +197,13 @@ fn a_loaded_go_client_is_unharmed_and_every_request_is_captured_once() {
         "{}",
         out.stderr
     );
+    // Started after ecapture with --elfpath, which watches no exec: the
+    // program's first calls ask for what names its sockets.
+    let first = find_record(&out.stdout, &["Sent", &format!("GET {base}/0 HTTP/1.1\r\n")]);
+    assert!(
+        first.contains(&format!("to 127.0.0.1:{port} (local 127.0.0.1:")),
+        "{first}"
+    );
     let paths = (0..LOAD_REQUESTS)
         .map(|i| format!("{base}/{i}"))
         .chain((0..WRITE_DEPTHS).map(|depth| format!("{base}/deep/{depth}")));
