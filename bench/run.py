@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: what tracing TLS costs, measured against no tracer and a
-bpftrace peer, on a TLS ping-pong and on nginx loaded by wrk.
+bpftrace peer, on a TLS ping-pong and on nginx loaded by wrk; and what
+`ecapture gotls` costs a ping-pong in Go's own TLS.
 
 Configurations run in alternation (A/B) for several rounds; the report gives
 the median and the min-max of each, the throughput ratio to no tracer,
@@ -85,7 +86,7 @@ def bpf_program_costs():
     costs = {}
     for prog in json.loads(out or "[]"):
         name = prog.get("name", "")
-        if prog.get("run_cnt") and (name.startswith(("ssl_", "handshake_", "keys_", "sys_enter_"))):
+        if prog.get("run_cnt") and (name.startswith(("ssl_", "handshake_", "keys_", "sys_enter_", "gotls_"))):
             costs[name] = prog["run_time_ns"] / prog["run_cnt"]
     return costs
 
@@ -93,9 +94,10 @@ def bpf_program_costs():
 class Tracer:
     """One tracer configuration, started before a workload and stopped after."""
 
-    def __init__(self, config, workdir, program_costs=False):
+    def __init__(self, config, workdir, module, program_costs=False):
+        """`module` is ecapture's module and its target, as arguments."""
         self.config, self.workdir, self.proc, self.result = config, Path(workdir), None, {}
-        self.program_costs = program_costs
+        self.module, self.program_costs = module, program_costs
 
     def __enter__(self):
         if self.config == "baseline":
@@ -107,7 +109,7 @@ class Tracer:
             cmd = ["bpftrace", "-e", BPFTRACE]
             ready = lambda: b"Attaching" in self.err_path.read_bytes() or b"Attaching" in (self.workdir / f"{self.config}.out").read_bytes()
         else:
-            cmd = [str(ECAPTURE), "tls", "--libssl", LIBSSL]
+            cmd = [str(ECAPTURE)] + self.module
             if self.config == "ecapture-keylog":
                 cmd += ["-m", "keylog", "-k", str(self.workdir / "keys.log")]
             ready = lambda: b"ready" in self.err_path.read_bytes()
@@ -145,6 +147,7 @@ class Tracer:
 
 
 def pingpong(binary, cert, key, size, seconds):
+    """Runs a ping-pong of bench/tls_pingpong.c's command line and output."""
     out = subprocess.run(WORKLOAD_CPUS + [binary, cert, key, str(size), str(seconds)], capture_output=True, check=True,
                          timeout=seconds + 60)
     data = json.loads(out.stdout)
@@ -230,26 +233,37 @@ def run(args, workdir):
     pingpong_bin = f"{workdir}/tls_pingpong"
     subprocess.run(["cc", "-O2", "-o", pingpong_bin, str(ROOT / "bench" / "tls_pingpong.c"), "-lssl", "-lcrypto", "-lpthread"],
                    check=True)
+    go_pingpong_bin = f"{workdir}/go_pingpong"
+    if args.go_sizes:
+        subprocess.run(["go", "build", "-o", go_pingpong_bin, str(ROOT / "bench" / "go_pingpong.go")], check=True,
+                       env=dict(os.environ, GO111MODULE="off", GOCACHE=f"{workdir}/go-cache", HOME=workdir))
 
     def measure(kind, param, context):
         if kind == "pingpong":
             return pingpong(pingpong_bin, cert, key, param, args.seconds)
+        if kind == "go pingpong":
+            return pingpong(go_pingpong_bin, cert, key, param, args.seconds)
         return wrk(context.port, param, args.seconds)
 
-    workloads = [(f"pingpong {size}", "pingpong", size) for size in args.sizes]
-    workloads += [(f"nginx {path}", "nginx", path) for path in args.paths]
+    libssl = ["tls", "--libssl", LIBSSL]
+    go = ["gotls", "--elfpath", go_pingpong_bin]
+    workloads = [(f"pingpong {size}", "pingpong", size, libssl) for size in args.sizes]
+    workloads += [(f"nginx {path}", "nginx", path, libssl) for path in args.paths]
+    workloads += [(f"go pingpong {size}", "go pingpong", size, go) for size in args.go_sizes]
     results, costs = {}, {}
-    for name, kind, param in workloads:
-        runs = {config: [] for config in args.configs}
+    for name, kind, param, module in workloads:
+        # bpftrace has no safe way into Go: its return probes corrupt Go's stacks.
+        configs = [c for c in args.configs if c != "bpftrace" or module == libssl]
+        runs = {config: [] for config in configs}
         context = Nginx(workdir, cert, key) if kind == "nginx" else None
         if context:
             context.__enter__()
         try:
             for round_index in range(args.rounds):
                 # Alternate the order each round so drift hits every configuration alike.
-                order = args.configs if round_index % 2 == 0 else list(reversed(args.configs))
+                order = configs if round_index % 2 == 0 else list(reversed(configs))
                 for config in order:
-                    with Tracer(config, workdir) as tracer:
+                    with Tracer(config, workdir, module) as tracer:
                         measured = measure(kind, param, context)
                     measured.update(tracer.result)
                     runs[config].append(measured)
@@ -258,8 +272,8 @@ def run(args, workdir):
             # clock reads (2% of the 64-byte ping-pong): they are taken in a
             # run of their own, which the throughput figures leave out.
             costs[name] = {}
-            for config in [c for c in args.configs if c.startswith("ecapture")]:
-                with Tracer(config, workdir, program_costs=True) as tracer:
+            for config in [c for c in configs if c.startswith("ecapture")]:
+                with Tracer(config, workdir, module, program_costs=True) as tracer:
                     measure(kind, param, context)
                 costs[name][config] = tracer.result["bpf_ns_per_run"]
         finally:
@@ -313,18 +327,20 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a run under two minutes")
     parser.add_argument("--sizes", type=int, nargs="*", help="only these ping-pong sizes")
     parser.add_argument("--paths", nargs="*", help="only these nginx pages (100b, 16k, 1m)")
+    parser.add_argument("--go-sizes", type=int, nargs="*", help="only these Go ping-pong sizes")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS, help="only these configurations")
     parser.add_argument("--rounds", type=int, help="rounds of alternation")
     args = parser.parse_args()
     if args.quick:
-        rounds, args.seconds, sizes, paths = 1, 2, [64, 16384], ["100b", "1m"]
+        rounds, args.seconds, sizes, paths, go_sizes = 1, 2, [64, 16384], ["100b", "1m"], [64, 16384]
     else:
-        rounds, args.seconds, sizes, paths = 5, 3, [64, 1024, 16384, 262144], ["100b", "16k", "1m"]
+        rounds, args.seconds, sizes, paths, go_sizes = 5, 3, [64, 1024, 16384, 262144], ["100b", "16k", "1m"], [64, 16384]
     # Ratios are to the untraced run, which therefore always runs.
     args.configs = ["baseline"] + [c for c in args.configs if c != "baseline"]
     args.rounds = args.rounds or rounds
     args.sizes = sizes if args.sizes is None else args.sizes
     args.paths = paths if args.paths is None else args.paths
+    args.go_sizes = go_sizes if args.go_sizes is None else args.go_sizes
     if os.geteuid() != 0:
         sys.exit("make bench needs root (BPF)")
     # Captured text runs to gigabytes a run: the directory goes at the end.
