@@ -44,7 +44,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const WAKEUP_FRACTION: u64 = 8;
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
     pub events: u64,
     pub bytes: u64,

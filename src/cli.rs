@@ -36,6 +36,9 @@ pub struct GlobalArgs {
     /// Print payloads as hexdumps, even when they are printable.
     #[arg(long, global = true)]
     pub hex: bool,
+    /// Print each record as one JSON object per line (fields in the README), then the summary.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// Show at most this many bytes of each payload in text mode; 0 shows all.
     #[arg(short = 't', long, global = true, default_value_t = 0)]
     pub tsize: usize,
@@ -163,6 +166,18 @@ pub enum ModuleKind {
     GoTls,
 }
 
+impl ModuleKind {
+    /// The module's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModuleKind::Tls => "tls",
+            ModuleKind::GnuTls => "gnutls",
+            ModuleKind::Nss => "nss",
+            ModuleKind::GoTls => "gotls",
+        }
+    }
+}
+
 /// Validated settings for one capture.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -171,6 +186,7 @@ pub struct Config {
     pub uid: Option<u32>,
     pub btf: BtfMode,
     pub hex: bool,
+    pub json: bool,
     pub truncate: Option<usize>,
     pub log_file: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
@@ -214,6 +230,7 @@ impl Cli {
                 _ => BtfMode::Auto,
             },
             hex: global.hex,
+            json: global.json,
             truncate: (global.tsize != 0).then_some(global.tsize),
             log_file: global.logaddr,
             ring_buffer_bytes: ring_buffer_bytes(global.mapsize)?,

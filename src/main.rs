@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use ecapture::cli::{Cli, Mode};
 use ecapture::sink::Sink;
+use ecapture::sink::json::JsonSink;
 use ecapture::sink::text::TextSink;
 use ecapture::{logging, modules, preflight, sink};
 
@@ -39,11 +40,15 @@ fn run(cli: Cli) -> Result<()> {
     preflight::check()?;
 
     // Only text mode prints records; pcap mode may stream its file to stdout.
+    let prints = config.mode == Mode::Text;
     let mut stdout_sink =
-        (config.mode == Mode::Text).then(|| TextSink::new(sink::stdout_writer(), config.hex, config.truncate));
+        (prints && !config.json).then(|| TextSink::new(sink::stdout_writer(), config.hex, config.truncate));
+    let mut json_sink =
+        (prints && config.json).then(|| JsonSink::new(sink::stdout_writer(), config.module.name(), config.truncate));
     let mut file_sink = log_file.map(|file| TextSink::new(SharedFile(file), config.hex, config.truncate));
     let sinks: Vec<&mut dyn Sink> = [
         stdout_sink.as_mut().map(|sink| sink as &mut dyn Sink),
+        json_sink.as_mut().map(|sink| sink as &mut dyn Sink),
         file_sink.as_mut().map(|sink| sink as &mut dyn Sink),
     ]
     .into_iter()
@@ -52,6 +57,9 @@ fn run(cli: Cli) -> Result<()> {
     let summary = modules::run_capture(&config, sinks)?;
     // Finishes writing the output before the summary says what was written.
     drop(stdout_sink);
+    if let Some(mut json) = json_sink.take() {
+        json.write_summary(&summary).context("writing the summary to stdout")?;
+    }
     info!(
         "stopped: {} events, {} bytes captured, {} sessions keyed, {} packets written, {} records lost, {} packets lost, {} calls incomplete, {} bytes lost",
         summary.events,

@@ -1,7 +1,8 @@
-//! Where records go. Every output (text now; JSON and network later) is a
+//! Where records go. Every output (text, JSON lines; network later) is a
 //! rendering of the same `Record`.
 
 pub mod direct_file;
+pub mod json;
 pub mod keylog;
 pub mod pcapng;
 pub mod text;

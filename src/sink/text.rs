@@ -299,6 +299,13 @@ fn hexdump(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// UTC time with microseconds, like "2026-11-25T13:45:06.123456Z".
+pub fn utc_micros(time: SystemTime) -> String {
+    let mut text = Vec::new();
+    Repeated::default().write_time(&mut text, time);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -313,14 +320,14 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::event::{EventMeta, SocketPair};
-    use std::time::Duration;
+    use crate::event::EventMeta;
 
-    fn meta() -> EventMeta {
+    /// curl's write at 2025-11-25T13:45:06.123456Z on a named connection.
+    pub fn meta() -> EventMeta {
         EventMeta {
-            timestamp: UNIX_EPOCH + Duration::from_micros(1_764_078_306_123_456),
+            timestamp: UNIX_EPOCH + std::time::Duration::from_micros(1_764_078_306_123_456),
             pid: 10,
             tid: 11,
             uid: 0,

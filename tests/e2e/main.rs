@@ -8,6 +8,7 @@ mod bounded;
 mod gnutls;
 mod gotls;
 mod hostile;
+mod json;
 mod keylog;
 mod memory_bio;
 mod nss;

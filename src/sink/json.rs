@@ -1,0 +1,341 @@
+//! JSON lines (`--json`): one object per record, then one for the summary,
+//! for scripts, jq and log pipelines. The field names are an interface:
+//! the README documents them, and they change only by adding fields.
+
+use std::io::{self, Write};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::text::utc_micros;
+use super::{Payload, Record, Sink};
+use crate::capture::Summary;
+use crate::event::Direction;
+use crate::proto::http1::{HttpPart, StartLine};
+
+pub struct JsonSink<W: Write> {
+    out: W,
+    module: &'static str,
+    truncate: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct RecordLine<'a> {
+    /// "http" for a parsed HTTP/1 message or part, "data" otherwise.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    module: &'static str,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: String,
+    /// None when the socket is unknown.
+    fd: Option<i32>,
+    /// "sent" or "received", as the traced process saw it.
+    direction: &'static str,
+    local: Option<String>,
+    remote: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<HttpFields<'a>>,
+    /// Bytes the record took on the wire.
+    length: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    /// The body, hex-encoded, when it is not UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_hex: Option<String>,
+    /// Whether `-t` cut the body.
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+struct HttpFields<'a> {
+    /// "request" or "response".
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    /// Name and value pairs in the order sent; empty past the first part.
+    headers: Vec<(String, String)>,
+    /// 1 for the part with the head; a message too large or slow to hold
+    /// whole comes in numbered parts.
+    part: u32,
+    last: bool,
+    /// How the body was decoded (chunked, gzip...), or why it is incomplete.
+    notes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    module: &'static str,
+    #[serde(flatten)]
+    summary: &'a Summary,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W, module: &'static str, truncate: Option<usize>) -> Self {
+        JsonSink { out, module, truncate }
+    }
+
+    /// Ends the stream with the capture's summary.
+    pub fn write_summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let line = SummaryLine {
+            kind: "summary",
+            time: utc_micros(SystemTime::now()),
+            module: self.module,
+            summary,
+        };
+        self.write_line(&line)?;
+        self.out.flush()
+    }
+
+    fn write_line(&mut self, line: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, line)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn emit(&mut self, record: &Record) -> io::Result<()> {
+        let meta = &record.meta;
+        let (body, http) = match &record.payload {
+            Payload::Http(part) => (part.body(), Some(http_fields(part))),
+            Payload::Raw(bytes) => (&bytes[..], None),
+        };
+        let shown = &body[..body.len().min(self.truncate.unwrap_or(usize::MAX))];
+        let (text, hex) = match std::str::from_utf8(shown) {
+            Ok(text) => (Some(text.to_string()), None),
+            Err(_) => (None, Some(hex::encode(shown))),
+        };
+        let line = RecordLine {
+            kind: if http.is_some() { "http" } else { "data" },
+            time: utc_micros(meta.timestamp),
+            module: self.module,
+            pid: meta.pid,
+            tid: meta.tid,
+            uid: meta.uid,
+            comm: meta.comm.to_string(),
+            fd: (meta.fd >= 0).then_some(meta.fd),
+            direction: match meta.direction {
+                Direction::Egress => "sent",
+                Direction::Ingress => "received",
+            },
+            local: meta.sockets.map(|pair| pair.local.to_string()),
+            remote: meta.sockets.map(|pair| pair.remote.to_string()),
+            http,
+            length: record.payload.wire_len(),
+            body: text,
+            body_hex: hex,
+            truncated: shown.len() < body.len(),
+        };
+        self.write_line(&line)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The start line and headers of a message's first part, as httparse reads
+/// them; the parser already took the head, so it parses.
+fn http_fields(part: &HttpPart) -> HttpFields<'_> {
+    let mut fields = HttpFields {
+        kind: "request",
+        method: None,
+        path: None,
+        status: None,
+        version: None,
+        headers: Vec::new(),
+        part: part.number,
+        last: part.last,
+        notes: &part.notes,
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let version = |minor: Option<u8>| minor.map(|minor| format!("HTTP/1.{minor}"));
+    let parsed_headers: &[httparse::Header<'_>] = match part.start {
+        StartLine::Request { method } => {
+            fields.method = Some(method);
+            let mut request = httparse::Request::new(&mut headers);
+            if request.parse(part.head()).is_ok() {
+                fields.path = request.path.map(str::to_string);
+                fields.version = version(request.version);
+            }
+            request.headers
+        }
+        StartLine::Response { status } => {
+            fields.kind = "response";
+            fields.status = Some(status);
+            let mut response = httparse::Response::new(&mut headers);
+            if response.parse(part.head()).is_ok() {
+                fields.version = version(response.version);
+            }
+            response.headers
+        }
+    };
+    fields.headers = parsed_headers
+        .iter()
+        .take_while(|header| !header.name.is_empty())
+        .map(|header| {
+            (
+                header.name.to_string(),
+                String::from_utf8_lossy(header.value).into_owned(),
+            )
+        })
+        .collect();
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{BufferPool, EventData, EventMeta};
+    use crate::proto::http1::{Http1Session, Parsed};
+    use serde_json::Value;
+
+    fn meta(direction: Direction) -> EventMeta {
+        EventMeta {
+            direction,
+            ..crate::sink::text::tests::meta()
+        }
+    }
+
+    /// What `payloads` print as, one parsed line each.
+    fn lines(records: &[Record], truncate: Option<usize>) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut sink = JsonSink::new(&mut out, "tls", truncate);
+        for record in records {
+            sink.emit(record).unwrap();
+        }
+        sink.write_summary(&Summary {
+            events: 2,
+            ..Summary::default()
+        })
+        .unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    fn http(direction: usize, wire: &[u8]) -> Payload {
+        let mut parsed = Vec::new();
+        let time = SystemTime::UNIX_EPOCH;
+        let mut session = Http1Session::default();
+        if direction == 1 {
+            session.push(
+                0,
+                EventData::Record(b"GET / HTTP/1.1\r\n\r\n"),
+                time,
+                &mut BufferPool::default(),
+                &mut parsed,
+            );
+            parsed.clear();
+        }
+        session.push(
+            direction,
+            EventData::Record(wire),
+            time,
+            &mut BufferPool::default(),
+            &mut parsed,
+        );
+        match parsed.pop() {
+            Some(Parsed::Http(part)) => Payload::Http(part),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_responses_and_raw_bytes_are_one_object_each() {
+        let records = [
+            Record {
+                meta: meta(Direction::Egress),
+                payload: http(0, b"GET /x?y=1 HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n\r\n"),
+            },
+            Record {
+                meta: meta(Direction::Ingress),
+                payload: http(1, b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nnope\n"),
+            },
+            Record {
+                meta: EventMeta {
+                    fd: -1,
+                    sockets: None,
+                    ..meta(Direction::Egress)
+                },
+                payload: Payload::Raw(vec![0xff, 0x00, 0x41]),
+            },
+        ];
+        let [request, response, raw, summary] = &lines(&records, None)[..] else {
+            panic!("four lines")
+        };
+        assert_eq!(request["type"], "http");
+        assert_eq!(request["time"], "2025-11-25T13:45:06.123456Z");
+        assert_eq!(request["module"], "tls");
+        assert_eq!((request["pid"].as_u64(), request["tid"].as_u64()), (Some(10), Some(11)));
+        assert_eq!(
+            (&request["comm"], &request["fd"]),
+            (&Value::from("curl"), &Value::from(5))
+        );
+        assert_eq!(request["direction"], "sent");
+        assert_eq!(request["local"], "127.0.0.1:40000");
+        assert_eq!(request["remote"], "127.0.0.1:8443");
+        let fields = &request["http"];
+        assert_eq!(
+            (&fields["kind"], &fields["method"]),
+            (&Value::from("request"), &Value::from("GET"))
+        );
+        assert_eq!(
+            (&fields["path"], &fields["version"]),
+            (&Value::from("/x?y=1"), &Value::from("HTTP/1.1"))
+        );
+        assert_eq!(
+            fields["headers"],
+            serde_json::json!([["Host", "example"], ["Accept", "*/*"]])
+        );
+        assert_eq!(
+            (&fields["part"], &fields["last"]),
+            (&Value::from(1), &Value::from(true))
+        );
+        assert_eq!(response["direction"], "received");
+        assert_eq!(
+            (&response["http"]["kind"], &response["http"]["status"]),
+            (&Value::from("response"), &Value::from(404))
+        );
+        assert_eq!(response["body"], "nope\n");
+        assert_eq!(raw["type"], "data");
+        assert_eq!((&raw["fd"], &raw["local"]), (&Value::Null, &Value::Null));
+        assert_eq!(
+            (&raw["body_hex"], &raw["length"]),
+            (&Value::from("ff0041"), &Value::from(3))
+        );
+        assert!(raw.get("body").is_none() && raw.get("http").is_none());
+        assert_eq!(
+            (&summary["type"], &summary["events"]),
+            (&Value::from("summary"), &Value::from(2))
+        );
+        assert_eq!(summary["lost_records"], 0);
+    }
+
+    #[test]
+    fn truncation_cuts_the_body_and_says_so() {
+        let record = Record {
+            meta: meta(Direction::Egress),
+            payload: Payload::Raw(b"0123456789".to_vec()),
+        };
+        let printed = lines(&[record], Some(4));
+        assert_eq!(
+            (&printed[0]["body"], &printed[0]["truncated"]),
+            (&Value::from("0123"), &Value::from(true))
+        );
+        assert_eq!(printed[0]["length"], 10);
+    }
+}
