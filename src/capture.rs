@@ -7,11 +7,10 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -23,6 +22,7 @@ use crate::conn::ConnTracker;
 use crate::event::{BufferPool, Comm, Reassembler, RecordDecoder};
 use crate::keys::SessionSecrets;
 use crate::modules::{self, HookTarget, Module, Tracepoints};
+use crate::new_code::{Finding, Request, Seen, file_identity, inspect_reported};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, LinkLayer, OwnerLookup, PacketProbes, ProcOwners, RawPacketMeta};
 use crate::probe::readiness::Readiness;
@@ -362,7 +362,10 @@ impl<'s> Pipeline<'s> {
     }
 }
 
-pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary> {
+pub fn run<M: Module + Sync>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary>
+where
+    M::Layouts: Send,
+{
     let started = Instant::now();
     let targets = module.discover(config)?;
     probe::ensure_tracefs()?;
@@ -552,49 +555,70 @@ pub fn run<M: Module>(module: &M, config: &Config, sinks: Vec<&mut dyn Sink>) ->
         .into_iter()
         .flatten()
         .collect();
-    let mut lost_reported = Lost::default();
-    let mut last_lost_check = Instant::now();
-    while !stop.load(Ordering::Relaxed) && !pipeline.borrow().output_failures.reader_gone {
-        // The programs wake a sleeping reader once wakeup_bytes wait, and
-        // timeouts catch small bursts. Records committed while the flag was
-        // down announced nothing: with wakeup_bytes of those waiting the
-        // reader must not sleep, or a ring they filled (which takes no record,
-        // hence sends no wakeup) would stay full until the timeout. Below
-        // that, the next records will wake it.
-        sleep_flags.iter().for_each(|flag| flag.set(true));
-        let polled = match &ring {
-            Some(ring) if waiting_bytes(ring) >= wakeup_bytes => Ok(()),
-            _ => readiness.wait(POLL_INTERVAL),
-        };
-        sleep_flags.iter().for_each(|flag| flag.set(false));
-        polled.context("reading events from the kernel")?;
-        consume_all().context("reading events from the kernel")?;
-        pipeline.borrow_mut().flush(false);
-        tls.attach_wanted_tracepoints(&mut || {
-            if let Err(err) = consume_all() {
-                warn!("reading events from the kernel: {err:#}");
+    // What processes bring in is looked at beside the reader, which keeps
+    // draining the buffers meanwhile.
+    let seen = std::mem::take(&mut tls.seen);
+    std::thread::scope(|scope| -> Result<()> {
+        let (requests, inspector_requests) = mpsc::channel();
+        let (inspector_findings, findings) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("inspector".into())
+            .spawn_scoped(scope, move || {
+                inspect_reported(module, config, seen, &inspector_requests, &inspector_findings)
+            })
+            .context("starting the thread that inspects new programs")?;
+        let mut lost_reported = Lost::default();
+        let mut last_lost_check = Instant::now();
+        while !stop.load(Ordering::Relaxed) && !pipeline.borrow().output_failures.reader_gone {
+            // The programs wake a sleeping reader once wakeup_bytes wait, and
+            // timeouts catch small bursts. Records committed while the flag was
+            // down announced nothing: with wakeup_bytes of those waiting the
+            // reader must not sleep, or a ring they filled (which takes no record,
+            // hence sends no wakeup) would stay full until the timeout. Below
+            // that, the next records will wake it.
+            sleep_flags.iter().for_each(|flag| flag.set(true));
+            let polled = match &ring {
+                Some(ring) if waiting_bytes(ring) >= wakeup_bytes => Ok(()),
+                _ => readiness.wait(POLL_INTERVAL),
+            };
+            sleep_flags.iter().for_each(|flag| flag.set(false));
+            polled.context("reading events from the kernel")?;
+            consume_all().context("reading events from the kernel")?;
+            pipeline.borrow_mut().flush(false);
+            tls.attach_wanted_tracepoints(&mut || {
+                if let Err(err) = consume_all() {
+                    warn!("reading events from the kernel: {err:#}");
+                }
+            });
+            let mut started = std::mem::take(&mut *new_processes.borrow_mut());
+            // A program loading its modules reports itself once per dlopen: look
+            // at each process once per round, not once per report.
+            started.sort_unstable();
+            started.dedup();
+            for pid in started {
+                // Only fails once the inspector has stopped, and it stops only
+                // when this loop hangs up.
+                let _ = requests.send(Request::Look(pid));
             }
-        });
-        let mut started = std::mem::take(&mut *new_processes.borrow_mut());
-        // A program loading its modules reports itself once per dlopen: look
-        // at each process once per round, not once per report.
-        started.sort_unstable();
-        started.dedup();
-        if !started.is_empty() {
-            tls.hook_new_code(module, config, started);
-        }
-        if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
-            last_lost_check = Instant::now();
-            let lost = total_lost(&tls.objects)?;
-            if lost.records > lost_reported.records {
-                warn!(
-                    "{} records ({} payload bytes) lost so far: the ring buffer was full (raise --mapsize)",
-                    lost.records, lost.bytes
-                );
-                lost_reported = lost;
+            while let Ok(finding) = findings.try_recv() {
+                tls.apply(module, config, finding, &requests);
+            }
+            if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
+                last_lost_check = Instant::now();
+                let lost = total_lost(&tls.objects)?;
+                if lost.records > lost_reported.records {
+                    warn!(
+                        "{} records ({} payload bytes) lost so far: the ring buffer was full (raise --mapsize)",
+                        lost.records, lost.bytes
+                    );
+                    lost_reported = lost;
+                }
             }
         }
-    }
+        // Hanging up ends the inspector, which the scope waits for.
+        drop(requests);
+        Ok(())
+    })?;
 
     if pipeline.borrow().output_failures.reader_gone {
         info!("the output's reader has gone (broken pipe): stopping");
@@ -765,64 +789,36 @@ struct TlsObjects<L> {
     layouts: Vec<L>,
     tracepoints: usize,
     on_demand: Vec<(usize, SharedWord)>,
-    /// Executables already looked at, by device and inode.
-    programs_seen: HashSet<(u64, u64)>,
-    /// Library files hooked or looked at, by device and inode.
-    libraries_seen: HashSet<(u64, u64)>,
-}
-
-/// A file's device and inode: its identity, whatever path reaches it.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|metadata| (metadata.dev(), metadata.ino()))
+    /// The files hooked at start, for the inspector to take.
+    seen: Seen,
 }
 
 impl<L: PartialEq + fmt::Display> TlsObjects<L> {
-    /// Hooks what the processes reported by the probes brought in: an
-    /// executable that has the library linked in, or a copy of the library
-    /// from a file not hooked yet, with the object loaded for its layouts.
-    fn hook_new_code<M: Module<Layouts = L>>(&mut self, module: &M, config: &Config, pids: Vec<u32>) {
-        for pid in pids {
-            let executable = PathBuf::from(format!("/proc/{pid}/exe"));
-            let identity = file_identity(&executable);
-            let new_program = identity.is_some_and(|identity| self.programs_seen.insert(identity));
-            if let Some(target) = new_program
-                .then(|| module.inspect_program(&executable, config))
-                .flatten()
-                && !self.hook_for(pid, &target, config, "started")
-            {
-                // The next process of that program gets another try (this
-                // one may have exited before it could be hooked).
-                identity.map(|identity| self.programs_seen.remove(&identity));
-            }
-            if let Some(probes) = self.objects.first() {
-                module.process_reported(probes, pid);
-            }
-            let Ok(files) = libpath::mapped_files(pid) else {
-                continue;
-            };
-            for file in files {
-                let Some(identity) = file_identity(&file.host_path) else {
-                    continue;
-                };
-                if self.libraries_seen.contains(&identity) {
-                    continue;
+    /// Acts on what the inspector found; a program that could not be
+    /// hooked is handed back to be tried in its next process.
+    fn apply<M: Module<Layouts = L>>(
+        &mut self,
+        module: &M,
+        config: &Config,
+        finding: Finding<L>,
+        requests: &Sender<Request>,
+    ) {
+        match finding {
+            Finding::Hook {
+                pid,
+                target,
+                brought,
+                program,
+            } => {
+                if !self.hook_for(pid, &target, config, brought)
+                    && let Some(program) = program
+                {
+                    let _ = requests.send(Request::Retry(program));
                 }
-                let Some(found) = module.inspect_library(&file.host_path, config) else {
-                    continue;
-                };
-                self.libraries_seen.insert(identity);
-                match found {
-                    Ok(targets) => {
-                        for target in &targets {
-                            self.hook_for(pid, target, config, "loaded");
-                        }
-                    }
-                    Err(err) => warn!(
-                        "pid {pid} loaded {}, which cannot be hooked: {err:#}",
-                        file.host_path.display()
-                    ),
+            }
+            Finding::Looked(pid) => {
+                if let Some(probes) = self.objects.first() {
+                    module.process_reported(probes, pid);
                 }
             }
         }
@@ -909,14 +905,16 @@ fn load_tls_objects<M: Module>(
         on_demand: Vec::new(),
         // A target may be a program (a Go program, a static build): its
         // processes reported later are not hooked twice.
-        programs_seen: targets
-            .iter()
-            .filter_map(|target| file_identity(&target.binary))
-            .collect(),
-        libraries_seen: targets
-            .iter()
-            .filter_map(|target| file_identity(&target.binary))
-            .collect(),
+        seen: Seen {
+            programs: targets
+                .iter()
+                .filter_map(|target| file_identity(&target.binary))
+                .collect(),
+            libraries: targets
+                .iter()
+                .filter_map(|target| file_identity(&target.binary))
+                .collect(),
+        },
     };
     let settings = ProbeSettings {
         generation,

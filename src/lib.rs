@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod keys;
 pub mod logging;
 pub mod modules;
+pub mod new_code;
 pub mod preflight;
 pub mod probe;
 pub mod procnet;
