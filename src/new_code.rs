@@ -6,10 +6,11 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::cli::Config;
 use crate::modules::{HookTarget, Module};
@@ -73,37 +74,44 @@ pub fn inspect_reported<M: Module>(
                 continue;
             }
         };
-        let executable = PathBuf::from(format!("/proc/{pid}/exe"));
-        let identity = file_identity(&executable);
-        if let Some(program) = identity.filter(|identity| seen.programs.insert(*identity))
-            && let Some(target) = module.inspect_program(&executable, config)
-        {
-            let brought = "started";
-            let hook = Finding::Hook {
-                pid,
-                target,
-                brought,
-                program: Some(program),
-            };
-            if findings.send(hook).is_err() {
+        // The files are anyone's: a bug their bytes find in the readers
+        // costs that process, not the capture.
+        let looked = std::panic::catch_unwind(AssertUnwindSafe(|| look_at(module, config, &mut seen, pid)));
+        let found = looked.unwrap_or_else(|_| {
+            error!("a bug in ecapture stopped it reading what pid {pid} runs: please report it");
+            Vec::new()
+        });
+        for finding in found.into_iter().chain([Finding::Looked(pid)]) {
+            if findings.send(finding).is_err() {
                 return;
             }
-        }
-        for target in library_targets(module, config, &mut seen, pid) {
-            let hook = Finding::Hook {
-                pid,
-                target,
-                brought: "loaded",
-                program: None,
-            };
-            if findings.send(hook).is_err() {
-                return;
-            }
-        }
-        if findings.send(Finding::Looked(pid)).is_err() {
-            return;
         }
     }
+}
+
+/// What process `pid` brought in that is new: its executable, when it has
+/// the library linked in, and copies of the library it maps.
+fn look_at<M: Module>(module: &M, config: &Config, seen: &mut Seen, pid: u32) -> Vec<Finding<M::Layouts>> {
+    let executable = PathBuf::from(format!("/proc/{pid}/exe"));
+    let identity = file_identity(&executable);
+    let program = identity
+        .filter(|identity| seen.programs.insert(*identity))
+        .and_then(|program| Some((program, module.inspect_program(&executable, config)?)))
+        .map(|(program, target)| Finding::Hook {
+            pid,
+            target,
+            brought: "started",
+            program: Some(program),
+        });
+    let libraries = library_targets(module, config, seen, pid)
+        .into_iter()
+        .map(|target| Finding::Hook {
+            pid,
+            target,
+            brought: "loaded",
+            program: None,
+        });
+    program.into_iter().chain(libraries).collect()
 }
 
 /// The module's libraries that process `pid` maps from files not seen yet.
@@ -132,4 +140,95 @@ fn library_targets<M: Module>(module: &M, config: &Config, seen: &mut Seen, pid:
         }
     }
     targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
+    use anyhow::Result;
+    use clap::Parser;
+    use std::sync::mpsc;
+
+    /// Finds a "library" in every program and panics on its first look.
+    struct Fragile {
+        looks: std::sync::atomic::AtomicU32,
+    }
+
+    impl Module for Fragile {
+        type Layouts = u8;
+
+        fn name(&self) -> &'static str {
+            "fragile"
+        }
+        fn discover(&self, _: &Config) -> Result<Vec<HookTarget<u8>>> {
+            Ok(Vec::new())
+        }
+        fn load(&self, _: Flavor, _: &ProbeSettings, _: &u8) -> Result<LoadedProbes> {
+            unreachable!("the inspector loads nothing")
+        }
+        fn tracepoints(&self, _: crate::cli::Mode, _: &u8) -> crate::modules::Tracepoints {
+            crate::modules::Tracepoints::None
+        }
+        fn inspect_program(&self, executable: &Path, _: &Config) -> Option<HookTarget<u8>> {
+            if self.looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                panic!("a bug the file found");
+            }
+            Some(HookTarget {
+                binary: executable.to_path_buf(),
+                description: "test".into(),
+                hooks: Vec::new(),
+                layouts: 0,
+            })
+        }
+        fn inspect_library(&self, _: &Path, _: &Config) -> Option<Result<Vec<HookTarget<u8>>>> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_panic_in_reading_a_program_costs_that_look_only() {
+        let config = Cli::parse_from(["ecapture", "tls"]).into_config().unwrap();
+        let module = Fragile {
+            looks: Default::default(),
+        };
+        let (requests, inspector_requests) = mpsc::channel();
+        let (inspector_findings, findings) = mpsc::channel();
+        let me = std::process::id();
+        let own = file_identity(Path::new("/proc/self/exe")).unwrap();
+        requests.send(Request::Look(me)).unwrap();
+        // Seen once, our executable is looked at again only when handed back.
+        requests.send(Request::Look(me)).unwrap();
+        requests.send(Request::Retry(own)).unwrap();
+        requests.send(Request::Look(me)).unwrap();
+        drop(requests);
+        inspect_reported(
+            &module,
+            &config,
+            Seen::default(),
+            &inspector_requests,
+            &inspector_findings,
+        );
+        drop(inspector_findings);
+        let found: Vec<_> = findings
+            .iter()
+            .map(|finding| match finding {
+                Finding::Hook { program, .. } => ("hook", program),
+                Finding::Looked(pid) => {
+                    assert_eq!(pid, me);
+                    ("looked", None)
+                }
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("looked", None),
+                ("looked", None),
+                ("hook", Some(own)),
+                ("looked", None)
+            ]
+        );
+    }
 }
