@@ -238,7 +238,7 @@ impl<'s> Pipeline<'s> {
             }
         };
         self.keyed_sessions.insert(&secrets.client_random);
-        self.write_keylog_lines(&lines);
+        self.write_keylog_lines(&lines, secrets.pid, &secrets.comm.to_string());
         self.summary.sessions += 1;
         let random = hex::encode(&secrets.client_random[..8]);
         info!(
@@ -277,7 +277,7 @@ impl<'s> Pipeline<'s> {
         if !self.keylog_lines_written.insert(&line) {
             return;
         }
-        self.write_keylog_lines(&line);
+        self.write_keylog_lines(&line, raw.pid, &Comm::from_kernel(&raw.comm).to_string());
         if self.keyed_sessions.insert(&raw.client_random) {
             self.summary.sessions += 1;
             let random = hex::encode(&raw.client_random[..8]);
@@ -289,11 +289,16 @@ impl<'s> Pipeline<'s> {
         }
     }
 
-    fn write_keylog_lines(&mut self, lines: &str) {
+    fn write_keylog_lines(&mut self, lines: &str, pid: u32, comm: &str) {
         if let Some(keylog) = self.keylog.as_mut()
             && let Err(err) = keylog.write(lines)
         {
             warn!("writing the key log failed: {err}");
+        }
+        for sink in &mut self.sinks {
+            if let Err(err) = sink.secrets(pid, comm, lines) {
+                self.output_failures.record(&err);
+            }
         }
         if let Some(packets) = self.packets.as_mut()
             && let Err(err) = packets.write_secrets(lines)

@@ -43,8 +43,9 @@ fn run(cli: Cli) -> Result<()> {
     let prints = config.mode == Mode::Text;
     let mut stdout_sink =
         (prints && !config.json).then(|| TextSink::new(sink::stdout_writer(), config.hex, config.truncate));
-    let mut json_sink =
-        (prints && config.json).then(|| JsonSink::new(sink::stdout_writer(), config.module.name(), config.truncate));
+    // JSON lines show key log lines too.
+    let mut json_sink = (config.json && matches!(config.mode, Mode::Text | Mode::Keylog))
+        .then(|| JsonSink::new(sink::stdout_writer(), config.module.name(), config.truncate));
     let mut file_sink = log_file.map(|file| TextSink::new(SharedFile(file), config.hex, config.truncate));
     let sinks: Vec<&mut dyn Sink> = [
         stdout_sink.as_mut().map(|sink| sink as &mut dyn Sink),

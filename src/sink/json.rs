@@ -1,6 +1,7 @@
-//! JSON lines (`--json`): one object per record, then one for the summary,
-//! for scripts, jq and log pipelines. The field names are an interface:
-//! the README documents them, and they change only by adding fields.
+//! JSON lines (`--json`): one object per record or key log line, then one
+//! for the summary, for scripts, jq and log pipelines. The field names are
+//! an interface: the README documents them, and they change only by adding
+//! fields.
 
 use std::io::{self, Write};
 use std::time::SystemTime;
@@ -72,6 +73,20 @@ struct HttpFields<'a> {
 }
 
 #[derive(Serialize)]
+struct KeylogLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    module: &'static str,
+    pid: u32,
+    comm: &'a str,
+    /// As in a key log file: CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0...
+    label: &'a str,
+    client_random: &'a str,
+    secret: &'a str,
+}
+
+#[derive(Serialize)]
 struct SummaryLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -138,6 +153,27 @@ impl<W: Write> Sink for JsonSink<W> {
             truncated: shown.len() < body.len(),
         };
         self.write_line(&line)
+    }
+
+    fn secrets(&mut self, pid: u32, comm: &str, lines: &str) -> io::Result<()> {
+        for line in lines.lines() {
+            let mut fields = line.split(' ');
+            let (Some(label), Some(client_random), Some(secret)) = (fields.next(), fields.next(), fields.next()) else {
+                continue;
+            };
+            let line = KeylogLine {
+                kind: "keylog",
+                time: utc_micros(SystemTime::now()),
+                module: self.module,
+                pid,
+                comm,
+                label,
+                client_random,
+                secret,
+            };
+            self.write_line(&line)?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -323,6 +359,44 @@ mod tests {
             (&Value::from("summary"), &Value::from(2))
         );
         assert_eq!(summary["lost_records"], 0);
+    }
+
+    #[test]
+    fn each_key_log_line_is_an_object() {
+        let mut out = Vec::new();
+        let mut sink = JsonSink::new(&mut out, "gotls", None);
+        sink.secrets(
+            7,
+            "client",
+            "CLIENT_RANDOM 0a0b 0c0d\nSERVER_TRAFFIC_SECRET_0 0a0b 0e0f\n",
+        )
+        .unwrap();
+        let printed: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(printed.len(), 2);
+        assert_eq!(
+            (&printed[0]["type"], &printed[0]["module"]),
+            (&Value::from("keylog"), &Value::from("gotls"))
+        );
+        assert_eq!(
+            (&printed[0]["pid"], &printed[0]["comm"]),
+            (&Value::from(7), &Value::from("client"))
+        );
+        assert_eq!(
+            (
+                &printed[1]["label"],
+                &printed[1]["client_random"],
+                &printed[1]["secret"]
+            ),
+            (
+                &Value::from("SERVER_TRAFFIC_SECRET_0"),
+                &Value::from("0a0b"),
+                &Value::from("0e0f")
+            )
+        );
     }
 
     #[test]

@@ -60,6 +60,12 @@ pub struct Record {
 
 pub trait Sink {
     fn emit(&mut self, record: &Record) -> io::Result<()>;
+    /// Key log lines (`LABEL CLIENT_RANDOM SECRET`, each ending in a line
+    /// break) that process `pid` (`comm`) derived; the key log file has
+    /// them already, and only some outputs show them too.
+    fn secrets(&mut self, _pid: u32, _comm: &str, _lines: &str) -> io::Result<()> {
+        Ok(())
+    }
     fn flush(&mut self) -> io::Result<()>;
 }
 

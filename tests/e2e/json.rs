@@ -66,3 +66,48 @@ fn json_lines_carry_the_parsed_exchange_and_end_with_the_summary() {
     );
     assert_eq!(summary["lost_records"], 0);
 }
+
+/// Keylog mode with `--json`: each line of the key log file is also a JSON
+/// object naming the process that derived it.
+#[test]
+fn json_lines_carry_the_key_log_lines() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (_server, port) = start_https_server();
+    let dir = scratch_dir();
+    let keys = dir.path().join("keys.log");
+    let capture = Capture::start(&["tls", "-m", "keylog", "-k", keys.to_str().unwrap(), "--json"]);
+    run_peer(
+        "curl",
+        Command::new("curl")
+            .args(["-sk", "--http1.1"])
+            .arg(format!("https://127.0.0.1:{port}/{}", marker("json-keys"))),
+    );
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let file = std::fs::read_to_string(&keys).unwrap();
+    assert!(!file.is_empty(), "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect();
+    let printed: Vec<String> = lines
+        .iter()
+        .filter(|line| line["type"] == "keylog")
+        // Both ends derive the same secrets: whichever reports first is named.
+        .inspect(|line| {
+            assert!(
+                (line["comm"] == "curl" || line["comm"] == "python3") && line["module"] == "tls",
+                "{line}"
+            )
+        })
+        .map(|line| {
+            let field = |name: &str| line[name].as_str().unwrap_or_default().to_string();
+            format!("{} {} {}", field("label"), field("client_random"), field("secret"))
+        })
+        .collect();
+    assert_eq!(printed, file.lines().collect::<Vec<_>>());
+    assert_eq!(lines.last().unwrap()["type"], "summary");
+}
