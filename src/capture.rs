@@ -903,22 +903,20 @@ fn load_tls_objects<M: Module>(
     if let Some(layouts) = &waiting {
         groups.push((layouts, Vec::new()));
     }
+    // A target may be a program (a Go program, a static build): its
+    // processes reported later are not hooked twice.
+    let hooked: HashSet<_> = targets
+        .iter()
+        .filter_map(|target| file_identity(&target.binary))
+        .collect();
     let mut loaded = TlsObjects {
         objects: Vec::new(),
         layouts: Vec::new(),
         tracepoints: 0,
         on_demand: Vec::new(),
-        // A target may be a program (a Go program, a static build): its
-        // processes reported later are not hooked twice.
         seen: Seen {
-            programs: targets
-                .iter()
-                .filter_map(|target| file_identity(&target.binary))
-                .collect(),
-            libraries: targets
-                .iter()
-                .filter_map(|target| file_identity(&target.binary))
-                .collect(),
+            programs: hooked.clone(),
+            libraries: hooked,
         },
     };
     let settings = ProbeSettings {

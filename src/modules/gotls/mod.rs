@@ -178,26 +178,30 @@ impl GoTls {
             golang::function(image, name)
                 .ok_or_else(|| anyhow!("{path} is a Go program ({version}) without crypto/tls"))
         };
-        let entry = |name: &str, at_start: &'static str, past_check: &'static str| {
-            let function = function(name)?;
-            let hook = match golang::stack_check_branch(image, &function) {
-                Some(branch) => Hook::at_instruction(image, &function, branch, past_check),
-                None => Hook::at_instruction(image, &function, function.address, at_start),
+        let entry = |function: &FunctionSymbol, at_start: &'static str, past_check: &'static str| {
+            let hook = match golang::stack_check_branch(image, function) {
+                Some(branch) => Hook::at_instruction(image, function, branch, past_check),
+                None => Hook::at_instruction(image, function, function.address, at_start),
             };
-            hook.ok_or_else(|| anyhow!("{path}: {name} is outside the program's code"))
+            hook.ok_or_else(|| anyhow!("{path}: {} is outside the program's code", function.name))
         };
         let hooks = match mode {
             Mode::Keylog | Mode::Pcap => vec![entry(
-                KEY_LOG_FUNCTION,
+                &function(KEY_LOG_FUNCTION)?,
                 "gotls_keylog_enter",
                 "gotls_keylog_past_stack_check",
             )?],
             Mode::Text => {
+                let read = function(READ_FUNCTION)?;
                 let mut hooks = vec![
-                    entry(WRITE_FUNCTION, "gotls_write_enter", "gotls_write_past_stack_check")?,
-                    entry(READ_FUNCTION, "gotls_read_enter", "gotls_read_past_stack_check")?,
+                    entry(
+                        &function(WRITE_FUNCTION)?,
+                        "gotls_write_enter",
+                        "gotls_write_past_stack_check",
+                    )?,
+                    entry(&read, "gotls_read_enter", "gotls_read_past_stack_check")?,
                 ];
-                hooks.extend(read_data_hooks(image, &function(READ_FUNCTION)?)?);
+                hooks.extend(read_data_hooks(image, &read)?);
                 self.remember(image);
                 hooks
             }
