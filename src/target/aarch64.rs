@@ -66,6 +66,16 @@ fn bits(word: u32, low: u32, count: u32) -> u32 {
 }
 
 /// `value` of `count` bits as a signed number, times `scale`.
+/// The instruction words of `code`, which starts at `start`, with their addresses.
+fn words(code: &[u8], start: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+    code.chunks_exact(4).enumerate().map(move |(index, bytes)| {
+        (
+            start + 4 * index as u64,
+            u32::from_le_bytes(bytes.try_into().expect("chunks of four")),
+        )
+    })
+}
+
 fn signed(value: u32, count: u32, scale: i64) -> u64 {
     let shift = 32 - count;
     ((((value << shift) as i32) >> shift) as i64 * scale) as u64
@@ -195,9 +205,7 @@ pub fn loads_first_argument_field(image: &ElfImage, start: u64, end: u64, field:
     let Some(code) = image.code_between(start, end) else {
         return false;
     };
-    for (index, bytes) in code.chunks_exact(4).enumerate() {
-        let pc = start + 4 * index as u64;
-        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+    for (pc, word) in words(code, start) {
         let written: Vec<u8> = match decode(word, pc) {
             Op::Memory {
                 base: 0,
@@ -272,9 +280,7 @@ pub fn constant_flow(image: &ElfImage, start: u64, end: u64) -> ConstantFlow {
             registers.get(&register).copied()
         }
     };
-    for (index, bytes) in code.chunks_exact(4).enumerate() {
-        let pc = start + 4 * index as u64;
-        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+    for (index, (pc, word)) in words(code, start).enumerate() {
         let rd = bits(word, 0, 5) as u8;
         // ADRP: the 4 KiB page of pc plus a signed 33-bit offset.
         if word & 0x9F00_0000 == 0x9000_0000 {
@@ -413,9 +419,7 @@ pub fn loads_from_first_call_result(image: &ElfImage, start: u64, end: u64) -> V
     };
     let mut holder = None;
     let mut fields = Vec::new();
-    for (index, bytes) in code.chunks_exact(4).enumerate() {
-        let pc = start + 4 * index as u64;
-        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+    for (pc, word) in words(code, start) {
         match decode(word, pc) {
             Op::Call(_) if holder.is_none() => holder = Some(0),
             Op::Memory {
@@ -485,14 +489,7 @@ pub fn return_instructions(image: &ElfImage, start: u64, end: u64) -> Vec<u64> {
     let Some(code) = image.code_between(start, end) else {
         return Vec::new();
     };
-    code.chunks_exact(4)
-        .enumerate()
-        .map(|(index, bytes)| {
-            (
-                start + 4 * index as u64,
-                u32::from_le_bytes(bytes.try_into().expect("chunks of four")),
-            )
-        })
+    words(code, start)
         .filter(|&(pc, word)| decode(word, pc) == Op::Return)
         .map(|(pc, _)| pc)
         .collect()
@@ -512,12 +509,10 @@ pub fn field_paths(image: &ElfImage, function: &str) -> Option<BTreeSet<FieldPat
 
     let mut walk = Walk::new(image, function, 0u8)?;
     while let Some((start, code, mut registers)) = walk.next_branch() {
-        for (index, bytes) in code.chunks_exact(4).take(MAX_INSTRUCTIONS).enumerate() {
+        for (pc, word) in words(code, start).take(MAX_INSTRUCTIONS) {
             if !walk.count_instruction() {
                 return None;
             }
-            let pc = start + 4 * index as u64;
-            let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
             match decode(word, pc) {
                 Op::Memory { base, offset, loaded } => {
                     let field = registers.get(&base).map(|pointer| pointer.field(offset));
@@ -601,9 +596,7 @@ pub(super) fn first_call(image: &ElfImage, name: &str) -> Option<FirstCall> {
         *source = Source::Argument(index);
     }
     let target = first_call_target(image, name, |address, code| {
-        for (index, bytes) in code.chunks_exact(4).take(MAX_INSTRUCTIONS).enumerate() {
-            let pc = address + 4 * index as u64;
-            let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+        for (pc, word) in words(code, address).take(MAX_INSTRUCTIONS) {
             match decode(word, pc) {
                 Op::Call(Some(target)) => return StretchEnd::Call(target),
                 Op::Branch(target) => return StretchEnd::Jump(target),
@@ -716,9 +709,7 @@ pub fn site_at(image: &ElfImage, address: u64, offset: u64) -> Option<ProbeSite>
 pub fn go_stack_check_branch(image: &ElfImage, function: &FunctionSymbol) -> Option<u64> {
     const B_LS: (u32, u32) = (0xFF00_001F, 0x5400_0009);
     let code = image.code_between(function.address, function.address.checked_add(16)?)?;
-    for (index, bytes) in code.chunks_exact(4).enumerate() {
-        let pc = function.address + 4 * index as u64;
-        let word = u32::from_le_bytes(bytes.try_into().expect("chunks of four"));
+    for (pc, word) in words(code, function.address) {
         let scratch = |register: u8| matches!(register, 16 | 17 | SP_OR_ZERO);
         match decode(word, pc) {
             Op::ConditionalBranch(_) if word & B_LS.0 == B_LS.1 => return Some(pc),
@@ -739,16 +730,8 @@ pub fn calls_of(image: &ElfImage, function: &FunctionSymbol, callee: u64) -> Vec
     let Some(code) = image.code_between(function.address, function.address.saturating_add(function.size)) else {
         return Vec::new();
     };
-    code.chunks_exact(4)
-        .enumerate()
-        .map(|(index, bytes)| {
-            let pc = function.address + 4 * index as u64;
-            (
-                pc,
-                decode(u32::from_le_bytes(bytes.try_into().expect("chunks of four")), pc),
-            )
-        })
-        .filter(|(_, op)| *op == Op::Call(Some(callee)))
+    words(code, function.address)
+        .filter(|&(pc, word)| decode(word, pc) == Op::Call(Some(callee)))
         .map(|(pc, _)| pc)
         .collect()
 }
