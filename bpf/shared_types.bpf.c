@@ -10,6 +10,7 @@
 #include "capture_settings.h"
 #include "foreign_tls.h"
 #include "keylog_line.h"
+#include "shell_event.h"
 #include "tls_event.h"
 #include "tls_keys.h"
 
@@ -18,5 +19,7 @@ struct data_event data_event_type = {};
 struct master_secret_event master_secret_event_type = {};
 struct foreign_tls_event foreign_tls_event_type = {};
 struct keylog_line_event keylog_line_event_type = {};
+struct shell_event shell_event_type = {};
+struct shell_settings shell_settings_type = {};
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

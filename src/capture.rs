@@ -39,7 +39,7 @@ use crate::target::foreign::ForeignTls;
 use crate::target::libpath;
 
 /// How long records may wait in the ring buffer when no wakeup came.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Wake the reader early once this share of the ring buffer is in use.
 const WAKEUP_FRACTION: u64 = 8;
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -87,16 +87,16 @@ struct Pipeline<'s> {
 /// Failed writes of output, reported at most once a second: a full disk
 /// fails every record, hundreds of thousands a second.
 #[derive(Default)]
-struct OutputFailures {
+pub(crate) struct OutputFailures {
     unreported: u64,
     last_report: Option<Instant>,
     /// The reader of a pipe we write to has gone (`ecapture | head`, a
     /// tshark that closed): the capture stops, as tcpdump does.
-    reader_gone: bool,
+    pub(crate) reader_gone: bool,
 }
 
 impl OutputFailures {
-    fn record(&mut self, err: &std::io::Error) {
+    pub(crate) fn record(&mut self, err: &std::io::Error) {
         if err.kind() == std::io::ErrorKind::BrokenPipe || self.reader_gone {
             self.reader_gone = true;
             return;
@@ -735,7 +735,7 @@ fn label_in_process(pid: u32, address: u64, len: u32) -> Option<String> {
 }
 
 /// A perf buffer of `pages` per CPU whose samples go to `on_sample`.
-fn perf_channel<'cb>(
+pub(crate) fn perf_channel<'cb>(
     map: &libbpf_rs::Map<'_>,
     pages: usize,
     on_sample: impl Fn(&[u8]) + 'cb,
@@ -749,7 +749,7 @@ fn perf_channel<'cb>(
 
 /// Per-CPU pages for the legacy programs' data: as many bytes in all as the
 /// ring buffer would have (perf wants a power of two).
-fn perf_pages(ring_buffer_bytes: u32) -> usize {
+pub(crate) fn perf_pages(ring_buffer_bytes: u32) -> usize {
     // SAFETY: sysconf has no memory effects.
     let (cpus, page) = unsafe {
         (

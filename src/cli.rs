@@ -67,7 +67,42 @@ pub enum ModuleCommand {
     /// Go's crypto/tls, in Go programs (stripped or not); text, keylog, pcap.
     #[command(visible_alias = "tlsgo")]
     Gotls(GotlsArgs),
+    /// Every command typed in interactive bash shells, with its exit status.
+    Bash(BashArgs),
+    /// Every command typed in interactive zsh shells, with its exit status.
+    Zsh(ZshArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct BashArgs {
+    /// The bash to hook (default: $SHELL when it is bash, else /bin/bash).
+    #[arg(long, value_name = "PATH")]
+    pub bash: Option<PathBuf>,
+    /// The libreadline bash reads lines with (default: bash's own, else the one it links).
+    #[arg(long, value_name = "PATH")]
+    pub readlineso: Option<PathBuf>,
+    #[command(flatten)]
+    pub status: StatusArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ZshArgs {
+    /// The zsh to hook (default: $SHELL when it is zsh, else /bin/zsh).
+    #[arg(long, value_name = "PATH")]
+    pub zsh: Option<PathBuf>,
+    #[command(flatten)]
+    pub status: StatusArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only show commands that exited with this status; 128 shows all.
+    #[arg(short = 'e', long, default_value_t = ALL_STATUSES, value_name = "N")]
+    pub errnumber: i32,
+}
+
+/// eCapture's `-e` value for "every command".
+const ALL_STATUSES: i32 = 128;
 
 #[derive(Debug, Args)]
 pub struct TlsArgs {
@@ -164,6 +199,8 @@ pub enum ModuleKind {
     GnuTls,
     Nss,
     GoTls,
+    Bash,
+    Zsh,
 }
 
 impl ModuleKind {
@@ -174,6 +211,8 @@ impl ModuleKind {
             ModuleKind::GnuTls => "gnutls",
             ModuleKind::Nss => "nss",
             ModuleKind::GoTls => "gotls",
+            ModuleKind::Bash => "bash",
+            ModuleKind::Zsh => "zsh",
         }
     }
 }
@@ -202,24 +241,76 @@ pub struct Config {
     pub filter: Option<String>,
     /// A version that overrides what is read from the library.
     pub ssl_version: Option<String>,
+    /// bash's libreadline, when named.
+    pub readline: Option<PathBuf>,
+    /// `-e N` of the shell modules: only commands that exited with N.
+    pub shell_status: Option<i32>,
 }
 
 impl Cli {
     pub fn into_config(self) -> Result<Config> {
         let global = self.global;
-        let (module, tls, library, keylog_name) = match self.module {
-            ModuleCommand::Tls(args) => (ModuleKind::Tls, args.capture, args.libssl, "ecapture_openssl_key.log"),
-            ModuleCommand::Gnutls(args) => (ModuleKind::GnuTls, args.capture, args.gnutls, "ecapture_gnutls_key.log"),
-            ModuleCommand::Nss(args) => (ModuleKind::Nss, args.capture, args.nspr, "ecapture_nss_key.log"),
-            ModuleCommand::Gotls(args) => (ModuleKind::GoTls, args.capture, args.elfpath, "ecapture_gotls_key.log"),
+        let mut readline = None;
+        let mut shell_status = None;
+        let (module, capture, library, keylog_name) = match self.module {
+            ModuleCommand::Tls(args) => (
+                ModuleKind::Tls,
+                Some(args.capture),
+                args.libssl,
+                "ecapture_openssl_key.log",
+            ),
+            ModuleCommand::Gnutls(args) => (
+                ModuleKind::GnuTls,
+                Some(args.capture),
+                args.gnutls,
+                "ecapture_gnutls_key.log",
+            ),
+            ModuleCommand::Nss(args) => (ModuleKind::Nss, Some(args.capture), args.nspr, "ecapture_nss_key.log"),
+            ModuleCommand::Gotls(args) => (
+                ModuleKind::GoTls,
+                Some(args.capture),
+                args.elfpath,
+                "ecapture_gotls_key.log",
+            ),
+            ModuleCommand::Bash(args) => {
+                readline = args.readlineso;
+                shell_status = args.status.only();
+                (ModuleKind::Bash, None, args.bash, "")
+            }
+            ModuleCommand::Zsh(args) => {
+                shell_status = args.status.only();
+                (ModuleKind::Zsh, None, args.zsh, "")
+            }
         };
-        let mode = Mode::parse(&tls.model)?;
-        if mode != Mode::Pcap && !tls.filter.is_empty() {
-            bail!(
-                "a pcap filter expression ({}) only applies to -m pcap",
-                tls.filter.join(" ")
-            );
-        }
+        let (mode, keylog_file, pcap_file, interface, filter, ssl_version) = match capture {
+            Some(capture) => {
+                let mode = Mode::parse(&capture.model)?;
+                if mode != Mode::Pcap && !capture.filter.is_empty() {
+                    bail!(
+                        "a pcap filter expression ({}) only applies to -m pcap",
+                        capture.filter.join(" ")
+                    );
+                }
+                (
+                    mode,
+                    match mode {
+                        Mode::Keylog => Some(capture.keylogfile.unwrap_or_else(|| PathBuf::from(keylog_name))),
+                        _ => capture.keylogfile,
+                    },
+                    capture.pcapfile.unwrap_or_else(|| {
+                        PathBuf::from(match module {
+                            ModuleKind::GoTls => "ecapture_gotls.pcapng",
+                            _ => "save.pcapng",
+                        })
+                    }),
+                    capture.ifname,
+                    (!capture.filter.is_empty()).then(|| capture.filter.join(" ")),
+                    capture.ssl_version,
+                )
+            }
+            // Commands and queries are shown as text.
+            None => (Mode::Text, None, PathBuf::new(), None, None, None),
+        };
         Ok(Config {
             module,
             pid: (global.pid != 0).then_some(global.pid),
@@ -237,20 +328,20 @@ impl Cli {
             debug: global.debug,
             library,
             mode,
-            keylog_file: match mode {
-                Mode::Keylog => Some(tls.keylogfile.unwrap_or_else(|| PathBuf::from(keylog_name))),
-                _ => tls.keylogfile,
-            },
-            pcap_file: tls.pcapfile.unwrap_or_else(|| {
-                PathBuf::from(match module {
-                    ModuleKind::GoTls => "ecapture_gotls.pcapng",
-                    _ => "save.pcapng",
-                })
-            }),
-            interface: tls.ifname,
-            filter: (!tls.filter.is_empty()).then(|| tls.filter.join(" ")),
-            ssl_version: tls.ssl_version,
+            keylog_file,
+            pcap_file,
+            interface,
+            filter,
+            ssl_version,
+            readline,
+            shell_status,
         })
+    }
+}
+
+impl StatusArgs {
+    fn only(&self) -> Option<i32> {
+        (self.errnumber != ALL_STATUSES).then_some(self.errnumber)
     }
 }
 
@@ -324,6 +415,22 @@ mod tests {
         assert_eq!(nss.pcap_file, PathBuf::from("save.pcapng"));
         let gnutls = config(&["ecapture", "gnu", "-m", "keylog"]).unwrap();
         assert_eq!(gnutls.keylog_file, Some(PathBuf::from("ecapture_gnutls_key.log")));
+        let bash = config(&[
+            "ecapture",
+            "bash",
+            "--bash",
+            "/bin/bash",
+            "--readlineso",
+            "/x/libreadline.so.8",
+        ])
+        .unwrap();
+        assert_eq!((bash.module, bash.shell_status), (ModuleKind::Bash, None));
+        assert_eq!(
+            bash.readline.as_deref(),
+            Some(std::path::Path::new("/x/libreadline.so.8"))
+        );
+        let zsh = config(&["ecapture", "zsh", "-e", "3"]).unwrap();
+        assert_eq!((zsh.module, zsh.shell_status), (ModuleKind::Zsh, Some(3)));
     }
 
     #[test]

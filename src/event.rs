@@ -256,7 +256,7 @@ fn socket_pair(
 }
 
 /// Wall-clock time at which CLOCK_MONOTONIC (bpf_ktime_get_ns) was zero.
-fn monotonic_epoch() -> SystemTime {
+pub fn monotonic_epoch() -> SystemTime {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };

@@ -2,6 +2,7 @@
 //! thin command line over these modules; the library is what the fuzz
 //! targets (and their corpus replay in the unit tests) reach into.
 
+pub mod audit;
 pub mod capture;
 pub mod cli;
 pub mod conn;

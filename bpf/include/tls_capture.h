@@ -14,6 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include "kernel_compat.h"
 #include "capture_settings.h"
+#include "traced_process.h"
 #include "tls_event.h"
 #include "socket_of_fd.h"
 #include "syscall_tracepoint.h"
@@ -28,7 +29,6 @@ static __always_inline __u64 library_transport(__u64 conn_id);
 /* The descriptor that object holds, or -1 when it holds none (a memory BIO). */
 static __always_inline int library_transport_fd(__u64 transport);
 
-DECLARE_SETTINGS(struct capture_settings, capture_settings);
 
 /* The 8-byte word at a user address, or 0 when it cannot be read. */
 static __always_inline __u64 read_user_word(__u64 address)
@@ -106,45 +106,6 @@ struct {
 
 EVENT_CHANNEL(events, 16 * 1024 * 1024); /* resized by userspace */
 RECORD_SLOT(events, struct data_event);
-
-/* Records, and their payload bytes, that the ring buffer could not take or
- * the kernel could not read; userspace sums the CPUs. */
-struct lost_counts {
-	__u64 records;
-	__u64 bytes;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct lost_counts);
-} lost_records SEC(".maps");
-
-static __always_inline bool process_is_traced(__u64 pid_tgid)
-{
-	__u32 target_pid = SETTING(capture_settings, target_pid);
-
-	if (target_pid && (__u32)(pid_tgid >> 32) != target_pid)
-		return false;
-	if (SETTING(capture_settings, filter_by_uid) &&
-	    (__u32)bpf_get_current_uid_gid() != SETTING(capture_settings, target_uid))
-		return false;
-	return true;
-}
-
-/* Atomic adds: on a preemptible kernel another task may run the same
- * program on this CPU in the middle of this one. */
-static __always_inline void count_lost(__u64 records, __u64 bytes)
-{
-	__u32 zero = 0;
-	struct lost_counts *lost = bpf_map_lookup_elem(&lost_records, &zero);
-
-	if (lost) {
-		__sync_fetch_and_add(&lost->records, records);
-		__sync_fetch_and_add(&lost->bytes, bytes);
-	}
-}
 
 /* A call's records: their common header, and where the bytes are. On the
  * program's stack, never in a per-CPU buffer: uprobe programs run with

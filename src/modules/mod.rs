@@ -2,17 +2,21 @@
 //! what to hook, and the events its probes send. The rest of the pipeline
 //! (connections, protocol parsers, sinks) is shared, and knows no module.
 //! Adding one: its `.bpf.c`, its folder here, and a line in `run_capture`.
+//! The audit modules (shells, databases) report commands and queries
+//! instead, through `crate::audit`.
 
 pub mod gnutls;
 pub mod gotls;
 pub mod nss;
 pub mod openssl;
+pub mod shell;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use crate::audit;
 use crate::capture::{self, Summary};
 use crate::cli::{Config, Mode, ModuleKind};
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
@@ -36,6 +40,8 @@ pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary
         ModuleKind::GnuTls => capture::run(&gnutls::GnuTls, config, sinks),
         ModuleKind::Nss => capture::run(&nss::Nss, config, sinks),
         ModuleKind::GoTls => capture::run(&gotls::GoTls::default(), config, sinks),
+        ModuleKind::Bash => audit::run(&shell::Shell::Bash, config, sinks),
+        ModuleKind::Zsh => audit::run(&shell::Shell::Zsh, config, sinks),
     }
 }
 

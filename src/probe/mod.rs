@@ -36,6 +36,10 @@ pub use shared_types::types::foreign_tls_event as RawForeignTls;
 pub use shared_types::types::keylog_line_event as RawKeylogLine;
 /// The session secrets record, generated from `bpf/include/tls_keys.h`.
 pub use shared_types::types::master_secret_event as RawMasterSecret;
+/// A line a shell read, or the end of a command, from `bpf/include/shell_event.h`.
+pub use shared_types::types::shell_event as RawShellEvent;
+/// Where a shell keeps its last exit status, relative to the probe that reads it.
+pub use shared_types::types::shell_settings as RawShellSettings;
 
 // SAFETY: C structs of integers and byte arrays; any bit pattern is valid.
 unsafe impl plain::Plain for RawDataHeader {}
@@ -43,6 +47,8 @@ unsafe impl plain::Plain for RawMasterSecret {}
 unsafe impl plain::Plain for RawForeignTls {}
 unsafe impl plain::Plain for RawCaptureSettings {}
 unsafe impl plain::Plain for RawKeylogLine {}
+unsafe impl plain::Plain for RawShellEvent {}
+unsafe impl plain::Plain for RawShellSettings {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -348,15 +354,19 @@ pub(crate) fn explain_bpf_error(err: libbpf_rs::Error) -> anyhow::Error {
 }
 
 impl LoadedProbes {
-    /// Takes a loaded TLS capture object (one that includes
-    /// `bpf/include/tls_capture.h`); a legacy one gets its settings now.
+    /// Takes a loaded capture object (one that includes
+    /// `bpf/include/traced_process.h`); a legacy one gets its settings now.
     pub fn new(skel: Box<dyn Skel<'static>>, settings: &ProbeSettings) -> Result<LoadedProbes> {
         let generation = settings.generation;
         if generation == Generation::Legacy {
             let object = skel.object();
             write_settings_map(object, "capture_settings", &settings.raw_capture_settings())?;
-            // A call's records past the first program's go out in tail calls.
-            let continuation = program_named(object, "emit_more_chunks")?;
+        }
+        // A TLS call's records past the first program's go out in tail calls.
+        if generation == Generation::Legacy
+            && let Ok(continuation) = program_named(skel.object(), "emit_more_chunks")
+        {
+            let object = skel.object();
             map_named(object, "chunk_continuation")?
                 .update(
                     &0u32.to_ne_bytes(),

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::text::utc_micros;
 use super::{Payload, Record, Sink};
+use crate::audit::{Activity, ShellCommand};
 use crate::capture::Summary;
 use crate::event::Direction;
 use crate::proto::http1::{HttpPart, StartLine};
@@ -86,6 +87,29 @@ struct KeylogLine<'a> {
     secret: &'a str,
 }
 
+/// A command an interactive shell ran.
+#[derive(Serialize)]
+struct CommandLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// When its first line was read.
+    time: String,
+    module: &'static str,
+    pid: u32,
+    uid: u32,
+    comm: String,
+    /// The lines as typed, joined by line breaks (invalid UTF-8 replaced).
+    line: String,
+    /// None when the command was still running, or the shell went away.
+    status: Option<i32>,
+    /// From its last line read until the shell asked for the next command.
+    duration_us: u64,
+    /// Whether part of the input could not be captured.
+    missing: bool,
+    /// Whether `-t` cut the line.
+    truncated: bool,
+}
+
 #[derive(Serialize)]
 struct SummaryLine<'a> {
     #[serde(rename = "type")]
@@ -111,6 +135,24 @@ impl<W: Write> JsonSink<W> {
         };
         self.write_line(&line)?;
         self.out.flush()
+    }
+
+    fn write_command(&mut self, command: &ShellCommand) -> io::Result<()> {
+        let shown = &command.line[..command.line.len().min(self.truncate.unwrap_or(usize::MAX))];
+        let line = CommandLine {
+            kind: "command",
+            time: utc_micros(command.time),
+            module: self.module,
+            pid: command.pid,
+            uid: command.uid,
+            comm: command.comm.to_string(),
+            line: String::from_utf8_lossy(shown).into_owned(),
+            status: command.status,
+            duration_us: u64::try_from(command.duration.as_micros()).unwrap_or(u64::MAX),
+            missing: command.missing,
+            truncated: shown.len() < command.line.len(),
+        };
+        self.write_line(&line)
     }
 
     fn write_line(&mut self, line: &impl Serialize) -> io::Result<()> {
@@ -153,6 +195,12 @@ impl<W: Write> Sink for JsonSink<W> {
             truncated: shown.len() < body.len(),
         };
         self.write_line(&line)
+    }
+
+    fn activity(&mut self, activity: &Activity) -> io::Result<()> {
+        match activity {
+            Activity::Command(command) => self.write_command(command),
+        }
     }
 
     fn secrets(&mut self, pid: u32, comm: &str, lines: &str) -> io::Result<()> {

@@ -12,6 +12,7 @@ use std::io::{self, BufWriter, Write};
 
 use self::direct_file::DirectFile;
 
+use crate::audit::Activity;
 use crate::event::BufferPool;
 use crate::event::EventMeta;
 use crate::proto::http1::HttpPart;
@@ -60,6 +61,8 @@ pub struct Record {
 
 pub trait Sink {
     fn emit(&mut self, record: &Record) -> io::Result<()>;
+    /// A command or query an audit module saw.
+    fn activity(&mut self, activity: &Activity) -> io::Result<()>;
     /// Key log lines (`LABEL CLIENT_RANDOM SECRET`, each ending in a line
     /// break) that process `pid` (`comm`) derived; the key log file has
     /// them already, and only some outputs show them too.

@@ -6,7 +6,8 @@ use std::io::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Payload, Record, Sink};
-use crate::event::{Direction, SocketPair};
+use crate::audit::{Activity, ShellCommand};
+use crate::event::{Comm, Direction, SocketPair};
 use crate::proto::http1::StartLine;
 
 pub struct TextSink<W: Write> {
@@ -71,6 +72,15 @@ impl Repeated {
         out.push(b'Z');
     }
 
+    /// "TIME PID:pid Comm:comm", how every header line starts.
+    fn write_process(&mut self, out: &mut Vec<u8>, time: SystemTime, pid: u32, comm: &Comm) {
+        self.write_time(out, time);
+        out.extend_from_slice(b" PID:");
+        push_integer(out, pid);
+        out.extend_from_slice(b" Comm:");
+        out.extend_from_slice(comm.as_bytes());
+    }
+
     /// " to REMOTE (local LOCAL)" or " from REMOTE (local LOCAL)".
     fn write_addresses(&mut self, out: &mut Vec<u8>, pair: SocketPair, direction: Direction) {
         if self.addresses.len() >= FORMATTED_CONNECTIONS {
@@ -104,8 +114,68 @@ impl<W: Write> Sink for TextSink<W> {
         )
     }
 
+    fn activity(&mut self, activity: &Activity) -> io::Result<()> {
+        match activity {
+            Activity::Command(command) => self.write_command(command),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+impl<W: Write> TextSink<W> {
+    /// "TIME PID:… Comm:… UID:… command, exit status N after T:" then the
+    /// lines as typed.
+    fn write_command(&mut self, command: &ShellCommand) -> io::Result<()> {
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        self.repeated
+            .write_process(scratch, command.time, command.pid, &command.comm);
+        scratch.extend_from_slice(b" UID:");
+        push_integer(scratch, command.uid);
+        match command.status {
+            Some(status) => {
+                scratch.extend_from_slice(b" command, exit status ");
+                push_integer(scratch, status);
+                let _ = write!(scratch, " after {}", Elapsed(command.duration));
+            }
+            None => scratch.extend_from_slice(b" command, still running or interrupted"),
+        }
+        scratch.extend_from_slice(b":\n");
+        let line = &command.line;
+        let shown = &line[..self.truncate.map_or(line.len(), |n| n.min(line.len()))];
+        if !self.force_hex && is_printable(shown) {
+            scratch.extend_from_slice(shown);
+        } else {
+            hexdump(scratch, shown);
+        }
+        if shown.len() < line.len() {
+            let _ = write!(scratch, "\n[{} more bytes not shown]", line.len() - shown.len());
+        }
+        if command.missing {
+            scratch.extend_from_slice(b"\n[part of this command's input could not be captured]");
+        }
+        if scratch.last() != Some(&b'\n') {
+            scratch.push(b'\n');
+        }
+        scratch.push(b'\n');
+        self.out.write_all(scratch)
+    }
+}
+
+/// A duration as people read it: "850 us", "12.3 ms", "4.02 s".
+struct Elapsed(std::time::Duration);
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        match micros {
+            0..1_000 => write!(f, "{micros} us"),
+            1_000..1_000_000 => write!(f, "{:.1} ms", micros as f64 / 1e3),
+            _ => write!(f, "{:.2} s", micros as f64 / 1e6),
+        }
     }
 }
 
@@ -133,11 +203,7 @@ fn write_record(
         },
         Payload::Raw(_) => "data",
     };
-    repeated.write_time(scratch, meta.timestamp);
-    scratch.extend_from_slice(b" PID:");
-    push_integer(scratch, meta.pid);
-    scratch.extend_from_slice(b" Comm:");
-    scratch.extend_from_slice(meta.comm.as_bytes());
+    repeated.write_process(scratch, meta.timestamp, meta.pid, &meta.comm);
     scratch.extend_from_slice(b" TID:");
     push_integer(scratch, meta.tid);
     scratch.extend_from_slice(b" UID:");

@@ -76,6 +76,16 @@ impl ElfImage {
         })
     }
 
+    /// The address of a defined variable, by name, in `.dynsym` or `.symtab`.
+    pub fn variable(&self, name: &str) -> Option<u64> {
+        let elf = self.parse().ok()?;
+        elf.dynamic_symbols()
+            .chain(elf.symbols())
+            .filter(|sym| sym.kind() == SymbolKind::Data && sym.is_definition() && sym.address() != 0)
+            .find(|sym| sym.name().is_ok_and(|n| n.split('@').next() == Some(name)))
+            .map(|sym| sym.address())
+    }
+
     /// The DT_NEEDED entries: the shared libraries this file links against.
     pub fn needed_libraries(&self) -> Vec<String> {
         let Ok(elf) = self.parse() else { return Vec::new() };

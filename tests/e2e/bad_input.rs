@@ -206,3 +206,25 @@ fn go_version_offset(program: &[u8]) -> Option<usize> {
     let version = header + 32 + 1;
     (program.get(version..version + 6)? == b"go1.19").then_some(version)
 }
+
+#[test]
+fn shells_that_are_missing_or_not_that_shell() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["bash", "--bash", "/nonexistent/bash"]),
+            "/nonexistent/bash: no such file; give --bash the path of the shell",
+        );
+        refused(
+            &mut ecapture(&["bash", "--bash", "/bin/ls"]),
+            "/bin/ls is not bash: it has no read_command function",
+        );
+        refused(
+            &mut ecapture(&["zsh", "--zsh", "/bin/bash"]),
+            "/bin/bash is not zsh: it has no zleentry function",
+        );
+        refused(
+            &mut ecapture(&["bash", "--readlineso", "/bin/ls"]),
+            "/bin/ls has no readline function; give --readlineso",
+        );
+    }
+}

@@ -13,5 +13,6 @@ mod keylog;
 mod memory_bio;
 mod nss;
 mod pcapng;
+mod shell;
 mod support;
 mod tls_text;
