@@ -11,6 +11,7 @@
 #include "foreign_tls.h"
 #include "keylog_line.h"
 #include "shell_event.h"
+#include "query_event.h"
 #include "tls_event.h"
 #include "tls_keys.h"
 
@@ -21,5 +22,6 @@ struct foreign_tls_event foreign_tls_event_type = {};
 struct keylog_line_event keylog_line_event_type = {};
 struct shell_event shell_event_type = {};
 struct shell_settings shell_settings_type = {};
+struct query_event query_event_type = {};
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -38,10 +38,68 @@ pub struct ShellCommand {
     pub duration: Duration,
 }
 
+/// A command a database server ran for a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseQuery {
+    /// When the server started it.
+    pub time: SystemTime,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: Comm,
+    /// The server's id of the session (MariaDB's thread id).
+    pub connection: Option<u64>,
+    pub user: Option<String>,
+    /// The client's address, as the server has it.
+    pub client: Option<String>,
+    pub database: Option<String>,
+    /// What the client asked for: "query", "prepare", "execute"...
+    pub kind: String,
+    /// Its text (a query's SQL), whole; binary arguments as sent.
+    pub text: Vec<u8>,
+    /// Bytes of the text that could not be captured.
+    pub missing: u64,
+    pub outcome: QueryOutcome,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryOutcome {
+    Ok,
+    /// The error the server sent back.
+    Error {
+        code: i32,
+        sqlstate: String,
+        message: String,
+    },
+    /// Still running when the capture ended, or its end was lost.
+    Unknown,
+}
+
 /// What an audit module saw happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activity {
     Command(ShellCommand),
+    Query(DatabaseQuery),
+}
+
+/// A record's fixed part, copied out to be read aligned, and the text after it.
+pub struct TextRecord<'a, T> {
+    pub header: T,
+    pub text: &'a [u8],
+}
+
+impl<'a, T: plain::Plain + Default> TextRecord<'a, T> {
+    /// The text is `length` bytes at `text_at`, as the fixed part says.
+    /// None when the record is shorter than either.
+    pub fn parse(bytes: &'a [u8], text_at: usize, length: impl Fn(&T) -> usize) -> Option<TextRecord<'a, T>> {
+        let mut header = T::default();
+        // SAFETY: a C struct of integers and byte arrays; any bit pattern is valid.
+        let fields = unsafe { plain::as_mut_bytes(&mut header) };
+        fields.get_mut(..text_at)?.copy_from_slice(bytes.get(..text_at)?);
+        let text = bytes.get(text_at..)?.get(..length(&header))?;
+        Some(TextRecord { header, text })
+    }
 }
 
 /// Turns one module's records into activities.
@@ -50,6 +108,17 @@ pub trait Assembler {
     fn on_record(&mut self, record: &[u8], out: &mut Vec<Activity>);
     /// The capture ends: what is still under way goes out as it stands.
     fn finish(&mut self, out: &mut Vec<Activity>);
+}
+
+/// What `assembler` makes of `records`, the capture ending after them.
+#[cfg(test)]
+pub fn assemble(mut assembler: impl Assembler, records: &[Vec<u8>]) -> Vec<Activity> {
+    let mut out = Vec::new();
+    for bytes in records {
+        assembler.on_record(bytes, &mut out);
+    }
+    assembler.finish(&mut out);
+    out
 }
 
 pub trait AuditModule {
@@ -104,6 +173,7 @@ impl Output<'_> {
             self.summary.events += 1;
             match &activity {
                 Activity::Command(command) => self.summary.bytes += command.line.len() as u64,
+                Activity::Query(query) => self.summary.bytes += query.text.len() as u64,
             }
             for sink in &mut self.sinks {
                 if let Err(err) = sink.activity(&activity) {

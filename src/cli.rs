@@ -71,6 +71,29 @@ pub enum ModuleCommand {
     Bash(BashArgs),
     /// Every command typed in interactive zsh shells, with its exit status.
     Zsh(ZshArgs),
+    /// Every command MariaDB or MySQL servers run: queries whole, with their errors and durations.
+    Mysqld(MysqldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MysqldArgs {
+    /// The server to hook (default: /usr/sbin/mariadbd, else mysqld on the path).
+    #[arg(short = 'm', long, value_name = "PATH")]
+    pub mysqld: Option<PathBuf>,
+    /// The address of the function to hook instead of dispatch_command (hex with 0x, or decimal).
+    #[arg(long, value_name = "ADDR", value_parser = parse_address)]
+    pub offset: Option<u64>,
+    /// The function to hook instead of dispatch_command (its symbol, as the binary names it).
+    #[arg(short = 'f', long, value_name = "NAME")]
+    pub funcname: Option<String>,
+}
+
+fn parse_address(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is not an address; write it as 0x1234 or 4660"))
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +224,7 @@ pub enum ModuleKind {
     GoTls,
     Bash,
     Zsh,
+    Mysqld,
 }
 
 impl ModuleKind {
@@ -213,6 +237,7 @@ impl ModuleKind {
             ModuleKind::GoTls => "gotls",
             ModuleKind::Bash => "bash",
             ModuleKind::Zsh => "zsh",
+            ModuleKind::Mysqld => "mysqld",
         }
     }
 }
@@ -245,6 +270,10 @@ pub struct Config {
     pub readline: Option<PathBuf>,
     /// `-e N` of the shell modules: only commands that exited with N.
     pub shell_status: Option<i32>,
+    /// The address (`--offset`) or name (`--funcname`) of the function a
+    /// database module hooks, instead of the one it finds.
+    pub offset: Option<u64>,
+    pub function: Option<String>,
 }
 
 impl Cli {
@@ -252,6 +281,8 @@ impl Cli {
         let global = self.global;
         let mut readline = None;
         let mut shell_status = None;
+        let mut offset = None;
+        let mut function = None;
         let (module, capture, library, keylog_name) = match self.module {
             ModuleCommand::Tls(args) => (
                 ModuleKind::Tls,
@@ -280,6 +311,11 @@ impl Cli {
             ModuleCommand::Zsh(args) => {
                 shell_status = args.status.only();
                 (ModuleKind::Zsh, None, args.zsh, "")
+            }
+            ModuleCommand::Mysqld(args) => {
+                offset = args.offset;
+                function = args.funcname;
+                (ModuleKind::Mysqld, None, args.mysqld, "")
             }
         };
         let (mode, keylog_file, pcap_file, interface, filter, ssl_version) = match capture {
@@ -335,6 +371,8 @@ impl Cli {
             ssl_version,
             readline,
             shell_status,
+            offset,
+            function,
         })
     }
 }
@@ -429,6 +467,20 @@ mod tests {
             bash.readline.as_deref(),
             Some(std::path::Path::new("/x/libreadline.so.8"))
         );
+        let mysqld = config(&[
+            "ecapture",
+            "mysqld",
+            "-m",
+            "/x/mariadbd",
+            "--offset",
+            "0x83a5d0",
+            "-f",
+            "f",
+        ])
+        .unwrap();
+        assert_eq!(mysqld.library.as_deref(), Some(std::path::Path::new("/x/mariadbd")));
+        assert_eq!((mysqld.offset, mysqld.function.as_deref()), (Some(0x83a5d0), Some("f")));
+        assert!(config(&["ecapture", "mysqld", "--offset", "12z"]).is_err());
         let zsh = config(&["ecapture", "zsh", "-e", "3"]).unwrap();
         assert_eq!((zsh.module, zsh.shell_status), (ModuleKind::Zsh, Some(3)));
     }

@@ -7,8 +7,10 @@
 
 pub mod gnutls;
 pub mod gotls;
+pub mod mysqld;
 pub mod nss;
 pub mod openssl;
+mod query_events;
 pub mod shell;
 
 use std::fmt;
@@ -42,6 +44,7 @@ pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary
         ModuleKind::GoTls => capture::run(&gotls::GoTls::default(), config, sinks),
         ModuleKind::Bash => audit::run(&shell::Shell::Bash, config, sinks),
         ModuleKind::Zsh => audit::run(&shell::Shell::Zsh, config, sinks),
+        ModuleKind::Mysqld => audit::run(&mysqld::Mysqld, config, sinks),
     }
 }
 

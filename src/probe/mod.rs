@@ -36,6 +36,8 @@ pub use shared_types::types::foreign_tls_event as RawForeignTls;
 pub use shared_types::types::keylog_line_event as RawKeylogLine;
 /// The session secrets record, generated from `bpf/include/tls_keys.h`.
 pub use shared_types::types::master_secret_event as RawMasterSecret;
+/// A piece of a database command, its error or its end, from `bpf/include/query_event.h`.
+pub use shared_types::types::query_event as RawQueryEvent;
 /// A line a shell read, or the end of a command, from `bpf/include/shell_event.h`.
 pub use shared_types::types::shell_event as RawShellEvent;
 /// Where a shell keeps its last exit status, relative to the probe that reads it.
@@ -48,6 +50,7 @@ unsafe impl plain::Plain for RawForeignTls {}
 unsafe impl plain::Plain for RawCaptureSettings {}
 unsafe impl plain::Plain for RawKeylogLine {}
 unsafe impl plain::Plain for RawShellEvent {}
+unsafe impl plain::Plain for RawQueryEvent {}
 unsafe impl plain::Plain for RawShellSettings {}
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";

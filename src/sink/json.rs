@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::text::utc_micros;
 use super::{Payload, Record, Sink};
-use crate::audit::{Activity, ShellCommand};
+use crate::audit::{Activity, DatabaseQuery, QueryOutcome, ShellCommand};
 use crate::capture::Summary;
 use crate::event::Direction;
 use crate::proto::http1::{HttpPart, StartLine};
@@ -21,17 +21,26 @@ pub struct JsonSink<W: Write> {
     truncate: Option<usize>,
 }
 
+/// The fields every event's object starts with.
 #[derive(Serialize)]
-struct RecordLine<'a> {
-    /// "http" for a parsed HTTP/1 message or part, "data" otherwise.
+struct Origin {
     #[serde(rename = "type")]
     kind: &'static str,
     time: String,
     module: &'static str,
     pid: u32,
-    tid: u32,
+    /// The thread, where the event is a thread's (not a shell's commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tid: Option<u32>,
     uid: u32,
     comm: String,
+}
+
+#[derive(Serialize)]
+struct RecordLine<'a> {
+    /// `type`: "http" for a parsed HTTP/1 message or part, "data" otherwise.
+    #[serde(flatten)]
+    origin: Origin,
     /// None when the socket is unknown.
     fd: Option<i32>,
     /// "sent" or "received", as the traced process saw it.
@@ -90,14 +99,9 @@ struct KeylogLine<'a> {
 /// A command an interactive shell ran.
 #[derive(Serialize)]
 struct CommandLine {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    /// When its first line was read.
-    time: String,
-    module: &'static str,
-    pid: u32,
-    uid: u32,
-    comm: String,
+    /// `time`: when its first line was read.
+    #[serde(flatten)]
+    origin: Origin,
     /// The lines as typed, joined by line breaks (invalid UTF-8 replaced).
     line: String,
     /// None when the command was still running, or the shell went away.
@@ -108,6 +112,42 @@ struct CommandLine {
     missing: bool,
     /// Whether `-t` cut the line.
     truncated: bool,
+}
+
+/// A command a database server ran.
+#[derive(Serialize)]
+struct QueryLine<'a> {
+    /// `time`: when the server started it.
+    #[serde(flatten)]
+    origin: Origin,
+    connection: Option<u64>,
+    user: Option<&'a str>,
+    client: Option<&'a str>,
+    database: Option<&'a str>,
+    /// "query", "prepare", "execute"...
+    command: &'a str,
+    /// The text, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    /// The text, hex-encoded, when it is not (binary arguments).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_hex: Option<String>,
+    /// Bytes of the text that could not be captured.
+    missing_bytes: u64,
+    /// "ok", "error", or "unknown" (still running, or its end was lost).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<QueryError<'a>>,
+    duration_us: u64,
+    /// Whether `-t` cut the text.
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+struct QueryError<'a> {
+    code: i32,
+    sqlstate: &'a str,
+    message: &'a str,
 }
 
 #[derive(Serialize)]
@@ -140,17 +180,68 @@ impl<W: Write> JsonSink<W> {
     fn write_command(&mut self, command: &ShellCommand) -> io::Result<()> {
         let shown = &command.line[..command.line.len().min(self.truncate.unwrap_or(usize::MAX))];
         let line = CommandLine {
-            kind: "command",
-            time: utc_micros(command.time),
-            module: self.module,
-            pid: command.pid,
-            uid: command.uid,
-            comm: command.comm.to_string(),
+            origin: Origin {
+                kind: "command",
+                time: utc_micros(command.time),
+                module: self.module,
+                pid: command.pid,
+                tid: None,
+                uid: command.uid,
+                comm: command.comm.to_string(),
+            },
             line: String::from_utf8_lossy(shown).into_owned(),
             status: command.status,
             duration_us: u64::try_from(command.duration.as_micros()).unwrap_or(u64::MAX),
             missing: command.missing,
             truncated: shown.len() < command.line.len(),
+        };
+        self.write_line(&line)
+    }
+
+    fn write_query(&mut self, query: &DatabaseQuery) -> io::Result<()> {
+        let shown = &query.text[..query.text.len().min(self.truncate.unwrap_or(usize::MAX))];
+        let (text, text_hex) = match std::str::from_utf8(shown) {
+            Ok(text) => (Some(text.to_string()), None),
+            Err(_) => (None, Some(hex::encode(shown))),
+        };
+        let (status, error) = match &query.outcome {
+            QueryOutcome::Ok => ("ok", None),
+            QueryOutcome::Error {
+                code,
+                sqlstate,
+                message,
+            } => (
+                "error",
+                Some(QueryError {
+                    code: *code,
+                    sqlstate,
+                    message,
+                }),
+            ),
+            QueryOutcome::Unknown => ("unknown", None),
+        };
+        let line = QueryLine {
+            origin: Origin {
+                kind: "query",
+                time: utc_micros(query.time),
+                module: self.module,
+                pid: query.pid,
+                tid: Some(query.tid),
+                uid: query.uid,
+                comm: query.comm.to_string(),
+            },
+            connection: query.connection,
+            user: query.user.as_deref(),
+            client: query.client.as_deref(),
+            database: query.database.as_deref(),
+            command: &query.kind,
+            text,
+            text_hex,
+            missing_bytes: query.missing,
+            status,
+            error,
+            duration_us: u64::try_from(query.duration.as_micros()).unwrap_or(u64::MAX),
+            truncated: shown.len() < query.text.len(),
         };
         self.write_line(&line)
     }
@@ -174,13 +265,15 @@ impl<W: Write> Sink for JsonSink<W> {
             Err(_) => (None, Some(hex::encode(shown))),
         };
         let line = RecordLine {
-            kind: if http.is_some() { "http" } else { "data" },
-            time: utc_micros(meta.timestamp),
-            module: self.module,
-            pid: meta.pid,
-            tid: meta.tid,
-            uid: meta.uid,
-            comm: meta.comm.to_string(),
+            origin: Origin {
+                kind: if http.is_some() { "http" } else { "data" },
+                time: utc_micros(meta.timestamp),
+                module: self.module,
+                pid: meta.pid,
+                tid: Some(meta.tid),
+                uid: meta.uid,
+                comm: meta.comm.to_string(),
+            },
             fd: (meta.fd >= 0).then_some(meta.fd),
             direction: match meta.direction {
                 Direction::Egress => "sent",
@@ -200,6 +293,7 @@ impl<W: Write> Sink for JsonSink<W> {
     fn activity(&mut self, activity: &Activity) -> io::Result<()> {
         match activity {
             Activity::Command(command) => self.write_command(command),
+            Activity::Query(query) => self.write_query(query),
         }
     }
 

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Payload, Record, Sink};
-use crate::audit::{Activity, ShellCommand};
+use crate::audit::{Activity, DatabaseQuery, QueryOutcome, ShellCommand};
 use crate::event::{Comm, Direction, SocketPair};
 use crate::proto::http1::StartLine;
 
@@ -117,6 +117,7 @@ impl<W: Write> Sink for TextSink<W> {
     fn activity(&mut self, activity: &Activity) -> io::Result<()> {
         match activity {
             Activity::Command(command) => self.write_command(command),
+            Activity::Query(query) => self.write_query(query),
         }
     }
 
@@ -144,18 +145,70 @@ impl<W: Write> TextSink<W> {
             None => scratch.extend_from_slice(b" command, still running or interrupted"),
         }
         scratch.extend_from_slice(b":\n");
-        let line = &command.line;
-        let shown = &line[..self.truncate.map_or(line.len(), |n| n.min(line.len()))];
+        let missing = command
+            .missing
+            .then_some("[part of this command's input could not be captured]");
+        self.write_text(&command.line, missing)
+    }
+
+    /// "TIME PID:… Comm:… TID:… UID:… query on connection N by USER from
+    /// CLIENT in DB, OK after T:" then its text.
+    fn write_query(&mut self, query: &DatabaseQuery) -> io::Result<()> {
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        self.repeated.write_process(scratch, query.time, query.pid, &query.comm);
+        scratch.extend_from_slice(b" TID:");
+        push_integer(scratch, query.tid);
+        scratch.extend_from_slice(b" UID:");
+        push_integer(scratch, query.uid);
+        scratch.push(b' ');
+        scratch.extend_from_slice(query.kind.as_bytes());
+        if let Some(connection) = query.connection {
+            scratch.extend_from_slice(b" on connection ");
+            push_integer(scratch, connection);
+        }
+        for (preposition, value) in [
+            (" by ", &query.user),
+            (" from ", &query.client),
+            (" in ", &query.database),
+        ] {
+            if let Some(value) = value {
+                scratch.extend_from_slice(preposition.as_bytes());
+                scratch.extend_from_slice(value.as_bytes());
+            }
+        }
+        let elapsed = Elapsed(query.duration);
+        let _ = match &query.outcome {
+            QueryOutcome::Ok => write!(scratch, ", OK after {elapsed}"),
+            QueryOutcome::Error {
+                code,
+                sqlstate,
+                message,
+            } => write!(scratch, ", ERROR {code} ({sqlstate}): {message}, after {elapsed}"),
+            QueryOutcome::Unknown => write!(scratch, ", still running or its end was lost"),
+        };
+        scratch.extend_from_slice(b":\n");
+        let missing =
+            (query.missing > 0).then(|| format!("[{} more bytes of its text could not be captured]", query.missing));
+        self.write_text(&query.text, missing.as_deref())
+    }
+
+    /// Ends the header in `scratch` with `text` (printable, or as a
+    /// hexdump), a note on what `-t` left out, and `missing`, then writes it all.
+    fn write_text(&mut self, text: &[u8], missing: Option<&str>) -> io::Result<()> {
+        let scratch = &mut self.scratch;
+        let shown = &text[..self.truncate.map_or(text.len(), |n| n.min(text.len()))];
         if !self.force_hex && is_printable(shown) {
             scratch.extend_from_slice(shown);
         } else {
             hexdump(scratch, shown);
         }
-        if shown.len() < line.len() {
-            let _ = write!(scratch, "\n[{} more bytes not shown]", line.len() - shown.len());
+        if shown.len() < text.len() {
+            let _ = write!(scratch, "\n[{} more bytes not shown]", text.len() - shown.len());
         }
-        if command.missing {
-            scratch.extend_from_slice(b"\n[part of this command's input could not be captured]");
+        if let Some(note) = missing {
+            scratch.push(b'\n');
+            scratch.extend_from_slice(note.as_bytes());
         }
         if scratch.last() != Some(&b'\n') {
             scratch.push(b'\n');

@@ -228,3 +228,25 @@ fn shells_that_are_missing_or_not_that_shell() {
         );
     }
 }
+
+#[test]
+fn database_servers_that_are_missing_or_not_that_server() {
+    if e2e_enabled() {
+        refused(
+            &mut ecapture(&["mysqld", "-m", "/nonexistent/mariadbd"]),
+            "/nonexistent/mariadbd: no such file; give -m/--mysqld the path",
+        );
+        refused(
+            &mut ecapture(&["mysqld", "-m", "/bin/ls"]),
+            "/bin/ls has no dispatch_command of a known signature",
+        );
+        refused(
+            &mut ecapture(&["mysqld", "-f", "no_such_function"]),
+            "has no function no_such_function",
+        );
+        refused(
+            &mut ecapture(&["mysqld", "--offset", "0x3"]),
+            "--offset 0x3 is not the start of a function",
+        );
+    }
+}

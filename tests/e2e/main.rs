@@ -5,6 +5,7 @@
 mod accounting;
 mod bad_input;
 mod bounded;
+mod database;
 mod gnutls;
 mod gotls;
 mod hostile;

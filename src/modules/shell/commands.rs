@@ -6,7 +6,7 @@ use std::mem::offset_of;
 use std::time::{Duration, SystemTime};
 
 use super::Shell;
-use crate::audit::{Activity, Assembler, ShellCommand};
+use crate::audit::{Activity, Assembler, ShellCommand, TextRecord};
 use crate::event::{Comm, monotonic_epoch};
 use crate::probe::RawShellEvent;
 
@@ -45,23 +45,7 @@ pub struct CommandAssembler {
     shells: HashMap<u32, PendingCommand>,
 }
 
-/// The fixed fields of a record, and its text.
-struct Record<'a> {
-    header: RawShellEvent,
-    text: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    fn parse(bytes: &'a [u8]) -> Option<Record<'a>> {
-        let text_at = offset_of!(RawShellEvent, text);
-        let mut header = RawShellEvent::default();
-        // SAFETY: a C struct of integers and byte arrays; any bit pattern is valid.
-        let fields = unsafe { plain::as_mut_bytes(&mut header) };
-        fields.get_mut(..text_at)?.copy_from_slice(bytes.get(..text_at)?);
-        let text = bytes.get(text_at..)?.get(..usize::from(header.length))?;
-        Some(Record { header, text })
-    }
-}
+type Record<'a> = TextRecord<'a, RawShellEvent>;
 
 impl CommandAssembler {
     pub fn new(shell: Shell, only_status: Option<i32>) -> CommandAssembler {
@@ -190,7 +174,9 @@ fn unmetafy(line: &[u8]) -> Vec<u8> {
 
 impl Assembler for CommandAssembler {
     fn on_record(&mut self, bytes: &[u8], out: &mut Vec<Activity>) {
-        let Some(record) = Record::parse(bytes) else {
+        let Some(record) = Record::parse(bytes, offset_of!(RawShellEvent, text), |header| {
+            usize::from(header.length)
+        }) else {
             return;
         };
         let header = &record.header;
@@ -238,13 +224,13 @@ mod tests {
     }
 
     fn commands(shell: Shell, only: Option<i32>, records: &[Vec<u8>]) -> Vec<ShellCommand> {
-        let mut assembler = CommandAssembler::new(shell, only);
-        let mut out = Vec::new();
-        for bytes in records {
-            assembler.on_record(bytes, &mut out);
-        }
-        assembler.finish(&mut out);
-        out.into_iter().map(|Activity::Command(command)| command).collect()
+        crate::audit::assemble(CommandAssembler::new(shell, only), records)
+            .into_iter()
+            .filter_map(|activity| match activity {
+                Activity::Command(command) => Some(command),
+                Activity::Query(_) => None,
+            })
+            .collect()
     }
 
     #[test]
