@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROBES: &[&str] = &["openssl", "gnutls", "nss", "gotls", "shell", "mysqld", "packets"];
+const PROBES: &[&str] = &[
+    "openssl", "gnutls", "nss", "gotls", "shell", "mysqld", "postgres", "packets",
+];
 /// Never loaded: it gives userspace the C types all modules share.
 const SHARED_TYPES: &str = "shared_types";
 const FLAVORS: &[&str] = &["core", "nocore"];

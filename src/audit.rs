@@ -66,9 +66,10 @@ pub struct DatabaseQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryOutcome {
     Ok,
-    /// The error the server sent back.
+    /// The error the server sent back: its number where the server has
+    /// one (MySQL's), its SQLSTATE and message.
     Error {
-        code: i32,
+        code: Option<i32>,
         sqlstate: String,
         message: String,
     },

@@ -73,6 +73,18 @@ pub enum ModuleCommand {
     Zsh(ZshArgs),
     /// Every command MariaDB or MySQL servers run: queries whole, with their errors and durations.
     Mysqld(MysqldArgs),
+    /// Every query PostgreSQL backends run, simple or extended (parse/bind/execute), with errors and durations.
+    Postgres(PostgresArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PostgresArgs {
+    /// The server to hook (default: the newest /usr/lib/postgresql/*/bin/postgres).
+    #[arg(short = 'm', long, value_name = "PATH")]
+    pub postgres: Option<PathBuf>,
+    /// Accepted for eCapture's sake: ecapture reads the protocol messages instead of one function.
+    #[arg(short = 'f', long, value_name = "NAME")]
+    pub funcname: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +237,7 @@ pub enum ModuleKind {
     Bash,
     Zsh,
     Mysqld,
+    Postgres,
 }
 
 impl ModuleKind {
@@ -238,6 +251,7 @@ impl ModuleKind {
             ModuleKind::Bash => "bash",
             ModuleKind::Zsh => "zsh",
             ModuleKind::Mysqld => "mysqld",
+            ModuleKind::Postgres => "postgres",
         }
     }
 }
@@ -316,6 +330,10 @@ impl Cli {
                 offset = args.offset;
                 function = args.funcname;
                 (ModuleKind::Mysqld, None, args.mysqld, "")
+            }
+            ModuleCommand::Postgres(args) => {
+                function = args.funcname;
+                (ModuleKind::Postgres, None, args.postgres, "")
             }
         };
         let (mode, keylog_file, pcap_file, interface, filter, ssl_version) = match capture {

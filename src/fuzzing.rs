@@ -6,13 +6,16 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::audit::{Activity, Assembler};
 use crate::cli::Mode;
 use crate::conn::ConnTracker;
 use crate::event::{BufferPool, Direction, EventData, EventMeta, Reassembler, RecordDecoder};
 use crate::modules::nss::{methods, secrets};
-use crate::modules::{gnutls, gotls, openssl};
+use crate::modules::shell::{CommandAssembler, Shell};
+use crate::modules::{gnutls, gotls, mysqld, openssl, postgres};
 use crate::probe::kernel_filter::{self, ClassicInstruction};
 use crate::proto::http1::{Http1Session, Parsed};
+use crate::sink::json::JsonSink;
 use crate::sink::text::TextSink;
 use crate::sink::{Payload, Record, Sink};
 use crate::target::elf::ElfImage;
@@ -26,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("records", records),
     ("pcap_filter", pcap_filter),
     ("elf", elf),
+    ("audit", audit),
 ];
 
 const SHOWN_BYTES: usize = 64 * 1024;
@@ -86,6 +90,48 @@ fn render(text: &mut TextSink<std::io::Sink>, parsed: &mut Vec<Parsed>, pool: &m
         };
         let _ = text.emit(&record);
         record.payload.recycle(pool);
+    }
+}
+
+/// The audit modules' records as their probes could send them, each
+/// prefixed by its length (two bytes), through every module's assembler
+/// (the shells', MySQL's and PostgreSQL's, whose protocol messages they
+/// carry) and both sinks; each record is also read as a PostgreSQL message
+/// and error response.
+pub fn audit(data: &[u8]) {
+    let mut assemblers: [Box<dyn Assembler>; 4] = [
+        Box::new(CommandAssembler::new(Shell::Bash, None)),
+        Box::new(CommandAssembler::new(Shell::Zsh, Some(1))),
+        mysqld::assembler(),
+        postgres::assembler(),
+    ];
+    let mut text = TextSink::new(std::io::sink(), false, Some(SHOWN_BYTES));
+    let mut json = JsonSink::new(std::io::sink(), "fuzz", None);
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let [high, low, after @ ..] = rest {
+        let take = usize::from(u16::from_be_bytes([*high, *low])).min(after.len());
+        let (record, next) = after.split_at(take);
+        rest = next;
+        if let Some((&kind, body)) = record.split_first() {
+            let _ = postgres::messages::parse(kind, body);
+        }
+        let _ = postgres::messages::error_fields(record);
+        for assembler in &mut assemblers {
+            assembler.on_record(record, &mut out);
+        }
+        show(&mut text, &mut json, &mut out);
+    }
+    for assembler in &mut assemblers {
+        assembler.finish(&mut out);
+    }
+    show(&mut text, &mut json, &mut out);
+}
+
+fn show(text: &mut TextSink<std::io::Sink>, json: &mut JsonSink<std::io::Sink>, activities: &mut Vec<Activity>) {
+    for activity in activities.drain(..) {
+        let _ = text.activity(&activity);
+        let _ = json.activity(&activity);
     }
 }
 

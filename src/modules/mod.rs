@@ -10,6 +10,7 @@ pub mod gotls;
 pub mod mysqld;
 pub mod nss;
 pub mod openssl;
+pub mod postgres;
 mod query_events;
 pub mod shell;
 
@@ -45,6 +46,7 @@ pub fn run_capture(config: &Config, sinks: Vec<&mut dyn Sink>) -> Result<Summary
         ModuleKind::Bash => audit::run(&shell::Shell::Bash, config, sinks),
         ModuleKind::Zsh => audit::run(&shell::Shell::Zsh, config, sinks),
         ModuleKind::Mysqld => audit::run(&mysqld::Mysqld, config, sinks),
+        ModuleKind::Postgres => audit::run(&postgres::Postgres, config, sinks),
     }
 }
 

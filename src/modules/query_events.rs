@@ -21,13 +21,37 @@ const MAX_THREADS: usize = 16384;
 /// Text kept for one command; the rest is counted as missing.
 const MAX_TEXT_BYTES: usize = 4 << 20;
 
+/// How a command shows: its name ("query", "execute"...) and its text.
+pub struct Shown {
+    pub kind: String,
+    pub text: Vec<u8>,
+}
+
+/// Who a server process serves, as far as it can be told from outside.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Session {
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub client: Option<String>,
+}
+
 /// What a module knows of its server's commands.
 pub trait Dialect: Send {
-    /// The name of command number `command` ("query", "prepare"...).
-    fn command_name(&self, command: u32) -> String;
-    /// The database process `pid` serves, when it can be told.
-    fn database(&mut self, _pid: u32) -> Option<String> {
-        None
+    /// How command number `command` of process `pid` shows, from its text as
+    /// captured; `failed` when the server sent an error for it. None hides
+    /// it (a protocol's bookkeeping).
+    fn present(&mut self, pid: u32, command: u32, text: Vec<u8>, failed: bool) -> Option<Shown>;
+    /// The outcome an error record tells: its code, SQLSTATE, and text.
+    fn error(&self, code: i32, sqlstate: String, text: &[u8]) -> QueryOutcome {
+        QueryOutcome::Error {
+            code: Some(code),
+            sqlstate,
+            message: String::from_utf8_lossy(text).into_owned(),
+        }
+    }
+    /// Who process `pid` serves, when the probes could not read it.
+    fn session(&mut self, _pid: u32) -> Session {
+        Session::default()
     }
 }
 
@@ -137,14 +161,10 @@ impl<D: Dialect> QueryAssembler<D> {
     fn on_error(&mut self, record: &Record<'_>, out: &mut Vec<Activity>) {
         let header = &record.header;
         let sqlstate = c_string(&header.sqlstate).unwrap_or_default();
-        let message = String::from_utf8_lossy(record.text).into_owned();
+        let error = self.dialect.error(header.code, sqlstate, record.text);
         let pending = self.pending(header, out);
         // The first error is the one the client got.
-        pending.error.get_or_insert(QueryOutcome::Error {
-            code: header.code,
-            sqlstate,
-            message,
-        });
+        pending.error.get_or_insert(error);
     }
 
     /// Writes the command of thread `tid` out; `done` is its end record, if any.
@@ -167,6 +187,14 @@ impl<D: Dialect> QueryAssembler<D> {
             (None, Some(_)) => QueryOutcome::Ok,
             (None, None) => QueryOutcome::Unknown,
         };
+        let failed = matches!(outcome, QueryOutcome::Error { .. });
+        let Some(shown) = self.dialect.present(origin.pid, origin.command, query.text, failed) else {
+            return;
+        };
+        let session = match (&origin.user, &origin.client) {
+            (Some(_), Some(_)) => Session::default(),
+            _ => self.dialect.session(origin.pid),
+        };
         out.push(Activity::Query(DatabaseQuery {
             time: self.epoch + Duration::from_nanos(started_ns),
             pid: origin.pid,
@@ -174,11 +202,11 @@ impl<D: Dialect> QueryAssembler<D> {
             uid: origin.uid,
             comm: origin.comm,
             connection: origin.connection,
-            user: origin.user,
-            client: origin.client,
-            database: self.dialect.database(origin.pid),
-            kind: self.dialect.command_name(origin.command),
-            text: query.text,
+            user: origin.user.or(session.user),
+            client: origin.client.or(session.client),
+            database: session.database,
+            kind: shown.kind,
+            text: shown.text,
             missing,
             outcome,
             duration: Duration::from_nanos(done.map_or(0, |done| done.duration_ns)),
@@ -224,8 +252,11 @@ mod tests {
     struct Numbers;
 
     impl Dialect for Numbers {
-        fn command_name(&self, command: u32) -> String {
-            format!("command {command}")
+        fn present(&mut self, _pid: u32, command: u32, text: Vec<u8>, _failed: bool) -> Option<Shown> {
+            Some(Shown {
+                kind: format!("command {command}"),
+                text,
+            })
         }
     }
 
@@ -276,7 +307,7 @@ mod tests {
         assert_eq!(
             got[1].outcome,
             QueryOutcome::Error {
-                code: 1146,
+                code: Some(1146),
                 sqlstate: "42S02".to_string(),
                 message: "no such table".to_string()
             }

@@ -147,6 +147,8 @@ fn legacy_objects_use_nothing_newer_than_linux_4_18() {
         bpf_nocore: "shell_nocore_legacy.bpf.o",
         bpf_core: "mysqld_core_legacy.bpf.o",
         bpf_nocore: "mysqld_nocore_legacy.bpf.o",
+        bpf_core: "postgres_core_legacy.bpf.o",
+        bpf_nocore: "postgres_nocore_legacy.bpf.o",
         bpf_core: "packets_core_legacy.bpf.o",
         bpf_nocore: "packets_nocore_legacy.bpf.o"
     );

@@ -145,7 +145,8 @@ struct QueryLine<'a> {
 
 #[derive(Serialize)]
 struct QueryError<'a> {
-    code: i32,
+    /// The server's error number; null where it has none (PostgreSQL).
+    code: Option<i32>,
     sqlstate: &'a str,
     message: &'a str,
 }

@@ -181,10 +181,15 @@ impl<W: Write> TextSink<W> {
         let _ = match &query.outcome {
             QueryOutcome::Ok => write!(scratch, ", OK after {elapsed}"),
             QueryOutcome::Error {
-                code,
+                code: Some(code),
                 sqlstate,
                 message,
             } => write!(scratch, ", ERROR {code} ({sqlstate}): {message}, after {elapsed}"),
+            QueryOutcome::Error {
+                code: None,
+                sqlstate,
+                message,
+            } => write!(scratch, ", ERROR {sqlstate}: {message}, after {elapsed}"),
             QueryOutcome::Unknown => write!(scratch, ", still running or its end was lost"),
         };
         scratch.extend_from_slice(b":\n");

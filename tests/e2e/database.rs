@@ -65,40 +65,39 @@ impl MariaDb {
     /// Runs `sql` through the mariadb client, past errors; returns what it
     /// printed, errors included.
     fn client(&self, sql: &str) -> String {
-        let mut client = Guard::spawn(
+        pipe_through(
             "mariadb",
             Command::new("mariadb")
                 .args(["--no-defaults", "-u", "root", "--force"])
-                .arg(format!("--socket={}", self.socket.display()))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
-        let mut stdin = client.child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut stdin, sql.as_bytes()).unwrap();
-        drop(stdin);
-        client.wait(PEER_TIMEOUT);
-        let mut printed = String::new();
-        for stream in [
-            client
-                .child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read>),
-            client
-                .child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let mut stream = stream;
-            std::io::Read::read_to_string(&mut stream, &mut printed).unwrap();
-        }
-        printed
+                .arg(format!("--socket={}", self.socket.display())),
+            sql,
+        )
     }
+}
+
+/// Runs `command` with `input` on its stdin, within PEER_TIMEOUT; returns
+/// its stdout and stderr.
+fn pipe_through(name: &str, command: &mut Command, input: &str) -> String {
+    let mut child = Guard::spawn(
+        name,
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = child.child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+    drop(stdin);
+    let streams = [
+        Lines::of(child.child.stdout.take().unwrap()),
+        Lines::of(child.child.stderr.take().unwrap()),
+    ];
+    child.wait(PEER_TIMEOUT);
+    streams
+        .iter()
+        .flat_map(|lines| lines.rest())
+        .map(|line| line + "\n")
+        .collect()
 }
 
 /// The record of the command whose header has every one of `header` and
@@ -192,4 +191,139 @@ fn mariadb_queries_in_json_lines() {
     assert_eq!(failed["error"]["code"], 1146);
     assert_eq!(failed["error"]["sqlstate"], "42S02");
     assert_eq!(failed["connection"], ok["connection"]);
+}
+
+/// A PostgreSQL server of its own, run as the `postgres` user (it refuses
+/// root), on a Unix socket only; killed and its data removed when dropped.
+struct PostgreSql {
+    _server: Guard,
+    socket_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl PostgreSql {
+    fn start() -> PostgreSql {
+        assert!(
+            Path::new(PG_BIN).join("postgres").exists(),
+            "{PG_BIN}/postgres is missing: scripts/install-deps.sh test installs it"
+        );
+        let dir = scratch_dir();
+        let chown = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
+        assert!(chown.success(), "chown postgres {}", dir.path().display());
+        let data = dir.path().join("data");
+        run_peer(
+            "initdb",
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(format!("{PG_BIN}/initdb"))
+                .args(["-A", "trust", "-U", "postgres", "-D"])
+                .arg(&data)
+                .stdout(Stdio::null()),
+        );
+        let server = Guard::spawn(
+            "postgres",
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(format!("{PG_BIN}/postgres"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-k")
+                .arg(dir.path())
+                .args(["-c", "listen_addresses="])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let socket = dir.path().join(".s.PGSQL.5432");
+        let deadline = Instant::now() + PEER_TIMEOUT;
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "postgres did not open its socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PostgreSql {
+            _server: server,
+            socket_dir: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+
+    /// Runs `sql` through psql, one statement at a time, past errors.
+    fn psql(&self, sql: &str) -> String {
+        pipe_through(
+            "psql",
+            Command::new("psql")
+                .arg("-h")
+                .arg(&self.socket_dir)
+                .args(["-U", "postgres", "-X", "-f", "-"]),
+            sql,
+        )
+    }
+
+    /// Runs Python code with psycopg 3 (Debian's, for the system Python),
+    /// which sends statements with parameters through the extended protocol;
+    /// `connection` is connected.
+    fn psycopg(&self, code: &str) -> String {
+        let script = format!(
+            "import psycopg\nconnection = psycopg.connect(host={:?}, user='postgres', dbname='postgres', autocommit=True)\n{code}\n",
+            self.socket_dir.display().to_string()
+        );
+        run_peer("psycopg", Command::new("/usr/bin/python3").args(["-c", &script]))
+    }
+}
+
+#[test]
+fn postgres_simple_and_extended_queries_are_shown_whole() {
+    if !e2e_enabled() {
+        return;
+    }
+    let server = PostgreSql::start();
+    let capture = Capture::start(&["postgres", "-m", &format!("{PG_BIN}/postgres")]);
+    let tag = marker("postgres").replace('-', "_");
+    let long = format!("SELECT length('{}') AS {tag}_long", "z".repeat(5000));
+    let printed = server.psql(&format!(
+        "SELECT 6 * 7 AS {tag}_answer;\nSELECT * FROM {tag}_missing;\nPREPARE {tag}_stmt AS SELECT $1::int * 2;\nEXECUTE {tag}_stmt(21);\n{long};\n"
+    ));
+    assert!(printed.contains("5000"), "{printed}");
+    let extended = server.psycopg(&format!(
+        "print(connection.execute('SELECT %s::int + 1 AS {tag}_bound, %s::text', (41, \"it's\")).fetchone())\n\
+         try:\n    connection.execute('SELECT * FROM {tag}_absent WHERE id = %s', (1,))\nexcept psycopg.Error as error:\n    print(error.sqlstate)"
+    ));
+    assert!(
+        extended.contains("(42, \"it's\")") && extended.contains("42P01"),
+        "{extended}"
+    );
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let session = " by postgres from [local] in postgres, ";
+    let ok = ["Comm:postgres", " query", session, "OK after "];
+    query_record(&out.stdout, &ok, &format!("SELECT 6 * 7 AS {tag}_answer;"));
+    query_record(
+        &out.stdout,
+        &[&format!(
+            "ERROR 42P01: relation \"{tag}_missing\" does not exist, after "
+        )],
+        &format!("SELECT * FROM {tag}_missing;"),
+    );
+    query_record(&out.stdout, &ok, &format!("PREPARE {tag}_stmt AS SELECT $1::int * 2;"));
+    query_record(&out.stdout, &ok, &format!("EXECUTE {tag}_stmt(21);"));
+    query_record(&out.stdout, &ok, &format!("{long};"));
+    let extended_text = format!("SELECT $1::int + 1 AS {tag}_bound, $2::text\n[parameters: $1 = ");
+    let execute = find_record(&out.stdout, &[" execute", session, "OK after ", &extended_text]);
+    assert!(execute.contains(", $2 = 'it''s']\n"), "{execute}");
+    query_record(
+        &out.stdout,
+        &[
+            " parse",
+            &format!("ERROR 42P01: relation \"{tag}_absent\" does not exist, after "),
+        ],
+        &format!("SELECT * FROM {tag}_absent WHERE id = $1"),
+    );
+    // What the backend skipped after the failed parse was not run.
+    assert_eq!(
+        out.stdout.matches(&format!("{tag}_absent")).count(),
+        2,
+        "{}",
+        out.stdout
+    );
 }

@@ -839,6 +839,19 @@ impl Lines {
         Lines(receiver)
     }
 
+    /// Every line until the output ends, within PEER_TIMEOUT.
+    pub fn rest(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.0.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines
+    }
+
     pub fn next(&self) -> String {
         self.0
             .recv_timeout(PEER_TIMEOUT)

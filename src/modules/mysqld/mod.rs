@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use tracing::{info, warn};
 
 use super::Hook;
-use super::query_events::{Dialect, QueryAssembler};
+use super::query_events::{Dialect, QueryAssembler, Shown};
 use crate::audit::{Assembler, AuditModule};
 use crate::cli::Config;
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
@@ -137,8 +137,13 @@ impl AuditModule for Mysqld {
     }
 
     fn assembler(&self, _config: &Config) -> Box<dyn Assembler> {
-        Box::new(QueryAssembler::new(MysqlCommands))
+        assembler()
     }
+}
+
+/// What makes queries of this module's records.
+pub fn assembler() -> Box<dyn Assembler> {
+    Box::new(QueryAssembler::new(MysqlCommands))
 }
 
 fn describe(hook: &Hook) -> String {
@@ -317,12 +322,13 @@ const COMMAND_NAMES: &[&str] = &[
 ];
 
 impl Dialect for MysqlCommands {
-    fn command_name(&self, command: u32) -> String {
-        match (command, COMMAND_NAMES.get(command as usize)) {
+    fn present(&mut self, _pid: u32, command: u32, text: Vec<u8>, _failed: bool) -> Option<Shown> {
+        let kind = match (command, COMMAND_NAMES.get(command as usize)) {
             (_, Some(name)) => name.to_string(),
             (250, None) => "bulk_execute".to_string(),
             (254, None) => "multi".to_string(),
             (other, None) => format!("command {other}"),
-        }
+        };
+        Some(Shown { kind, text })
     }
 }
