@@ -101,7 +101,7 @@ pub struct QueryAssembler<D> {
 type Record<'a> = TextRecord<'a, RawQueryEvent>;
 
 /// A NUL-terminated C string from a record, None when empty.
-fn c_string(bytes: &[std::ffi::c_char]) -> Option<String> {
+fn c_string(bytes: &[i8]) -> Option<String> {
     let bytes: Vec<u8> = bytes.iter().map(|&b| b as u8).take_while(|&b| b != 0).collect();
     (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
