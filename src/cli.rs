@@ -7,6 +7,11 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::probe::BtfMode;
+use crate::sink::remote::Destination;
+
+fn parse_destination(text: &str) -> Result<Destination, String> {
+    Destination::parse(text).map_err(|err| err.to_string())
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,9 +47,12 @@ pub struct GlobalArgs {
     /// Show at most this many bytes of each payload in text mode; 0 shows all.
     #[arg(short = 't', long, global = true, default_value_t = 0)]
     pub tsize: usize,
-    /// Also write events and logs to this file.
-    #[arg(short = 'l', long, global = true, value_name = "FILE")]
-    pub logaddr: Option<PathBuf>,
+    /// Also send logs, and events unless --eventaddr is given, to a file, tcp://HOST:PORT or ws://HOST:PORT/PATH.
+    #[arg(short = 'l', long, global = true, value_name = "ADDR", value_parser = parse_destination)]
+    pub logaddr: Option<Destination>,
+    /// Also send events to a file, tcp://HOST:PORT or ws://HOST:PORT/PATH (as text, or JSON lines with --json).
+    #[arg(long, global = true, value_name = "ADDR", value_parser = parse_destination)]
+    pub eventaddr: Option<Destination>,
     /// Ring buffer size in KiB per CPU.
     #[arg(long, global = true, default_value_t = 4096, value_name = "KIB")]
     pub mapsize: u32,
@@ -266,7 +274,10 @@ pub struct Config {
     pub hex: bool,
     pub json: bool,
     pub truncate: Option<usize>,
-    pub log_file: Option<PathBuf>,
+    /// Where logs go besides stderr (and events, without `event_destination`).
+    pub log_destination: Option<Destination>,
+    /// Where events go besides stdout.
+    pub event_destination: Option<Destination>,
     pub ring_buffer_bytes: u32,
     pub debug: bool,
     /// The library (or program) to hook, when named.
@@ -377,7 +388,8 @@ impl Cli {
             hex: global.hex,
             json: global.json,
             truncate: (global.tsize != 0).then_some(global.tsize),
-            log_file: global.logaddr,
+            log_destination: global.logaddr,
+            event_destination: global.eventaddr,
             ring_buffer_bytes: ring_buffer_bytes(global.mapsize)?,
             debug: global.debug,
             library,
@@ -443,6 +455,21 @@ mod tests {
         assert_eq!(c.uid, Some(0));
         assert_eq!(c.btf, BtfMode::NoCore);
         assert!(c.hex);
+        let remote = config(&[
+            "ecapture",
+            "bash",
+            "-l",
+            "log.txt",
+            "--eventaddr",
+            "ws://127.0.0.1:9000/e",
+        ])
+        .unwrap();
+        assert_eq!(
+            remote.log_destination,
+            Some(Destination::File(PathBuf::from("log.txt")))
+        );
+        assert!(matches!(remote.event_destination, Some(Destination::WebSocket { .. })));
+        assert!(config(&["ecapture", "bash", "--eventaddr", "tcp://nohost"]).is_err());
         assert_eq!(c.library.as_deref(), Some(std::path::Path::new("/x/libssl.so.3")));
         let alias = config(&[
             "ecapture",

@@ -1,21 +1,46 @@
-//! Logs go to stderr (events own stdout); with -l/--logaddr, to a file as well.
+//! Logs go to stderr (events own stdout); with -l/--logaddr, to a file or
+//! over the network as well.
 
 use std::fs::File;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
-pub fn init(debug: bool, log_file: Option<Arc<File>>) {
+use crate::sink::remote::{Remote, RemoteWriter};
+
+/// Where logs go besides stderr.
+pub enum LogCopy {
+    File(Arc<File>),
+    Remote(Arc<Remote>),
+}
+
+/// Each log line as one message.
+struct RemoteLines(Arc<Remote>);
+
+impl<'a> MakeWriter<'a> for RemoteLines {
+    type Writer = RemoteWriter;
+
+    fn make_writer(&'a self) -> RemoteWriter {
+        self.0.writer()
+    }
+}
+
+pub fn init(debug: bool, copy: Option<LogCopy>) {
     let level = if debug {
         tracing::Level::DEBUG
     } else {
         tracing::Level::INFO
     };
     let builder = tracing_subscriber::fmt().with_target(false).with_max_level(level);
-    match log_file {
-        Some(file) => builder
+    match copy {
+        Some(LogCopy::File(file)) => builder
             .with_writer(std::io::stderr.and(file).with_max_level(level))
+            .with_ansi(false)
+            .init(),
+        Some(LogCopy::Remote(remote)) => builder
+            .with_writer(std::io::stderr.and(RemoteLines(remote)).with_max_level(level))
             .with_ansi(false)
             .init(),
         None => builder.with_writer(std::io::stderr).with_ansi(colour_wanted()).init(),

@@ -10,8 +10,10 @@ use clap::Parser;
 use tracing::{info, warn};
 
 use ecapture::cli::{Cli, Mode};
+use ecapture::logging::LogCopy;
 use ecapture::sink::Sink;
 use ecapture::sink::json::JsonSink;
+use ecapture::sink::remote::{Destination, Remote};
 use ecapture::sink::text::TextSink;
 use ecapture::{logging, modules, preflight, sink};
 
@@ -28,15 +30,26 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let config = cli.into_config()?;
-    let log_file = match &config.log_file {
-        Some(path) => {
+    let log_remote = match &config.log_destination {
+        Some(destination @ (Destination::Tcp { .. } | Destination::WebSocket { .. })) => Some(
+            Remote::start(destination.clone()).with_context(|| format!("starting to send logs to {destination}"))?,
+        ),
+        _ => None,
+    };
+    let log_file = match &config.log_destination {
+        Some(Destination::File(path)) => {
             Some(Arc::new(File::create(path).with_context(|| {
                 format!("cannot create --logaddr file {}", path.display())
             })?))
         }
-        None => None,
+        _ => None,
     };
-    logging::init(config.debug, log_file.clone());
+    let log_copy = match (&log_file, &log_remote) {
+        (Some(file), _) => Some(LogCopy::File(Arc::clone(file))),
+        (None, Some(remote)) => Some(LogCopy::Remote(Arc::clone(remote))),
+        (None, None) => None,
+    };
+    logging::init(config.debug, log_copy);
     preflight::check()?;
 
     // Only text mode prints records; pcap mode may stream its file to stdout.
@@ -44,13 +57,40 @@ fn run(cli: Cli) -> Result<()> {
     let mut stdout_sink =
         (prints && !config.json).then(|| TextSink::new(sink::stdout_writer(), config.hex, config.truncate));
     // JSON lines show key log lines too.
-    let mut json_sink = (config.json && matches!(config.mode, Mode::Text | Mode::Keylog))
+    let json_modes = matches!(config.mode, Mode::Text | Mode::Keylog);
+    let mut json_sink = (config.json && json_modes)
         .then(|| JsonSink::new(sink::stdout_writer(), config.module.name(), config.truncate));
-    let mut file_sink = log_file.map(|file| TextSink::new(SharedFile(file), config.hex, config.truncate));
+    // Events go to --eventaddr, else with the logs to --logaddr.
+    let (event_remote, event_writer): (Option<Arc<Remote>>, Option<Box<dyn Write>>) = match &config.event_destination {
+        Some(Destination::File(path)) => {
+            let file =
+                File::create(path).with_context(|| format!("cannot create --eventaddr file {}", path.display()))?;
+            (None, Some(sink::file_writer(file)))
+        }
+        Some(destination) => {
+            let remote = Remote::start(destination.clone())
+                .with_context(|| format!("starting to send events to {destination}"))?;
+            let writer: Box<dyn Write> = Box::new(remote.writer());
+            (Some(remote), Some(writer))
+        }
+        None => match (&log_file, &log_remote) {
+            (Some(file), _) => (None, Some(Box::new(SharedFile(Arc::clone(file))) as Box<dyn Write>)),
+            (None, Some(remote)) => (None, Some(Box::new(remote.writer()) as Box<dyn Write>)),
+            (None, None) => (None, None),
+        },
+    };
+    // --json applies to --eventaddr; --logaddr's copy stays text.
+    let json_copy = config.json && json_modes && config.event_destination.is_some();
+    let (mut copy_text, mut copy_json) = match event_writer {
+        Some(writer) if json_copy => (None, Some(JsonSink::new(writer, config.module.name(), config.truncate))),
+        Some(writer) if prints => (Some(TextSink::new(writer, config.hex, config.truncate)), None),
+        _ => (None, None),
+    };
     let sinks: Vec<&mut dyn Sink> = [
         stdout_sink.as_mut().map(|sink| sink as &mut dyn Sink),
         json_sink.as_mut().map(|sink| sink as &mut dyn Sink),
-        file_sink.as_mut().map(|sink| sink as &mut dyn Sink),
+        copy_text.as_mut().map(|sink| sink as &mut dyn Sink),
+        copy_json.as_mut().map(|sink| sink as &mut dyn Sink),
     ]
     .into_iter()
     .flatten()
@@ -58,8 +98,15 @@ fn run(cli: Cli) -> Result<()> {
     let summary = modules::run_capture(&config, sinks)?;
     // Finishes writing the output before the summary says what was written.
     drop(stdout_sink);
-    if let Some(mut json) = json_sink.take() {
-        json.write_summary(&summary).context("writing the summary to stdout")?;
+    drop(copy_text);
+    for (json, output) in [(json_sink.take(), "stdout"), (copy_json.take(), "--eventaddr")] {
+        if let Some(mut json) = json {
+            json.write_summary(&summary)
+                .with_context(|| format!("writing the summary to {output}"))?;
+        }
+    }
+    if let Some(remote) = event_remote {
+        remote.finish();
     }
     info!(
         "stopped: {} events, {} bytes captured, {} sessions keyed, {} packets written, {} records lost, {} packets lost, {} calls incomplete, {} bytes lost",
@@ -77,6 +124,9 @@ fn run(cli: Cli) -> Result<()> {
             "{} records were lost to bugs in ecapture, caught and reported above: please report them",
             summary.internal_errors
         );
+    }
+    if let Some(remote) = log_remote {
+        remote.finish();
     }
     Ok(())
 }

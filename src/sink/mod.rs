@@ -5,6 +5,7 @@ pub mod direct_file;
 pub mod json;
 pub mod keylog;
 pub mod pcapng;
+pub mod remote;
 pub mod text;
 
 use std::fs::File;

@@ -14,6 +14,7 @@ mod keylog;
 mod memory_bio;
 mod nss;
 mod pcapng;
+mod remote;
 mod shell;
 mod support;
 mod tls_text;
