@@ -53,6 +53,9 @@ pub struct GlobalArgs {
     /// Also send events to a file, tcp://HOST:PORT or ws://HOST:PORT/PATH (as text, or JSON lines with --json).
     #[arg(long, global = true, value_name = "ADDR", value_parser = parse_destination)]
     pub eventaddr: Option<Destination>,
+    /// Serve logs and events to eCaptureQ clients: a WebSocket server streaming eCapture's LogEntry Protobuf messages.
+    #[arg(long, global = true, value_name = "ws://HOST:PORT/")]
+    pub ecaptureq: Option<String>,
     /// Ring buffer size in KiB per CPU.
     #[arg(long, global = true, default_value_t = 4096, value_name = "KIB")]
     pub mapsize: u32,
@@ -278,6 +281,8 @@ pub struct Config {
     pub log_destination: Option<Destination>,
     /// Where events go besides stdout.
     pub event_destination: Option<Destination>,
+    /// The eCaptureQ server's address, when one is served.
+    pub ecaptureq: Option<String>,
     pub ring_buffer_bytes: u32,
     pub debug: bool,
     /// The library (or program) to hook, when named.
@@ -390,6 +395,7 @@ impl Cli {
             truncate: (global.tsize != 0).then_some(global.tsize),
             log_destination: global.logaddr,
             event_destination: global.eventaddr,
+            ecaptureq: global.ecaptureq,
             ring_buffer_bytes: ring_buffer_bytes(global.mapsize)?,
             debug: global.debug,
             library,

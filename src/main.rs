@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use ecapture::cli::{Cli, Mode};
 use ecapture::logging::LogCopy;
 use ecapture::sink::Sink;
+use ecapture::sink::ecaptureq::EcaptureQ;
 use ecapture::sink::json::JsonSink;
 use ecapture::sink::remote::{Destination, Remote};
 use ecapture::sink::text::TextSink;
@@ -44,12 +45,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         _ => None,
     };
-    let log_copy = match (&log_file, &log_remote) {
-        (Some(file), _) => Some(LogCopy::File(Arc::clone(file))),
-        (None, Some(remote)) => Some(LogCopy::Remote(Arc::clone(remote))),
-        (None, None) => None,
-    };
-    logging::init(config.debug, log_copy);
+    let ecaptureq = config.ecaptureq.as_deref().map(EcaptureQ::start).transpose()?;
+    let log_copies = [
+        log_file.as_ref().map(|file| LogCopy::File(Arc::clone(file))),
+        log_remote.as_ref().map(|remote| LogCopy::Remote(Arc::clone(remote))),
+        ecaptureq.as_ref().map(|server| LogCopy::EcaptureQ(Arc::clone(server))),
+    ];
+    logging::init(config.debug, log_copies.into_iter().flatten().collect());
     preflight::check()?;
 
     // Only text mode prints records; pcap mode may stream its file to stdout.
@@ -86,7 +88,9 @@ fn run(cli: Cli) -> Result<()> {
         Some(writer) if prints => (Some(TextSink::new(writer, config.hex, config.truncate)), None),
         _ => (None, None),
     };
+    let mut ecaptureq_sink = ecaptureq.as_ref().map(|server| server.sink());
     let sinks: Vec<&mut dyn Sink> = [
+        ecaptureq_sink.as_mut().map(|sink| sink as &mut dyn Sink),
         stdout_sink.as_mut().map(|sink| sink as &mut dyn Sink),
         json_sink.as_mut().map(|sink| sink as &mut dyn Sink),
         copy_text.as_mut().map(|sink| sink as &mut dyn Sink),
@@ -127,6 +131,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     if let Some(remote) = log_remote {
         remote.finish();
+    }
+    if let Some(server) = ecaptureq {
+        server.finish();
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! rendering of the same `Record`.
 
 pub mod direct_file;
+pub mod ecaptureq;
 pub mod json;
 pub mod keylog;
 pub mod pcapng;

@@ -168,3 +168,84 @@ fn json_events_reach_a_websocket_receiver_with_the_summary() {
     assert_eq!(summary["type"], "summary");
     assert!(summary["events"].as_u64().unwrap() >= 2, "{summary}");
 }
+
+#[test]
+fn an_ecaptureq_client_decodes_logs_and_events_from_the_schema() {
+    if !e2e_enabled() {
+        return;
+    }
+    // The client's classes come from the schema, by protoc.
+    let generated = scratch_dir();
+    run_peer(
+        "protoc",
+        Command::new("protoc")
+            .arg(format!("--proto_path={}", peer_script("").display()))
+            .arg(format!("--python_out={}", generated.path().display()))
+            .arg(peer_script("ecaptureq.proto")),
+    );
+    let (_server, port) = start_https_server();
+    let url = format!("ws://127.0.0.1:{}/", free_port());
+    let capture = Capture::start(&["tls", "--ecaptureq", &url]);
+    let mut client = Guard::spawn(
+        "ecaptureq_client.py",
+        Command::new("/usr/bin/python3")
+            .arg(peer_script("ecaptureq_client.py"))
+            .arg(&url)
+            .arg(generated.path())
+            .arg("4")
+            .stdout(Stdio::piped()),
+    );
+    let lines = Lines::of(client.child.stdout.take().unwrap());
+    assert_eq!(lines.next(), r#"{"connected": true}"#);
+    let path = format!("/{}", marker("ecaptureq"));
+    curl_get(port, &path);
+    let entries: Vec<serde_json::Value> = lines
+        .rest()
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect();
+    client.wait(PEER_TIMEOUT);
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    // Logs from before the client came are kept for it.
+    assert!(
+        entries.iter().any(|entry| entry["log_type"] == "log"
+            && entry["run_log"]
+                .as_str()
+                .is_some_and(|log| log.contains("ready: module tls"))),
+        "{entries:?}"
+    );
+    let request = entries
+        .iter()
+        .find(|entry| {
+            entry["log_type"] == "event"
+                && entry["payload"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&format!("GET {path} HTTP/1.1\r\n")))
+        })
+        .unwrap_or_else(|| panic!("no request event in {entries:?}"));
+    assert_eq!(
+        (request["type"].as_u64(), request["pname"].as_str()),
+        (Some(1), Some("curl"))
+    );
+    assert_eq!(
+        (request["dst_ip"].as_str(), request["dst_port"].as_u64()),
+        (Some("127.0.0.1"), Some(u64::from(port)))
+    );
+    assert_eq!(request["src_ip"], "127.0.0.1");
+    let response = entries
+        .iter()
+        .find(|entry| entry["log_type"] == "event" && entry["type"] == 3 && entry["src_port"] == port)
+        .unwrap_or_else(|| panic!("no response event in {entries:?}"));
+    assert!(
+        response["payload"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("response-body-for {path}")),
+        "{response}"
+    );
+    assert!(
+        entries.iter().any(|entry| entry["log_type"] == "heartbeat"),
+        "a heartbeat: {entries:?}"
+    );
+}
