@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::event::{BufferPool, DataEvent, Direction, EventMeta, SocketPair};
 use crate::procnet;
-use crate::proto::http1::{Http1Session, Parsed};
+use crate::proto::{Parsed, SessionParser};
 use crate::sink::{Payload, Record};
 
 /// How long the records of a session whose socket is unknown wait for it.
@@ -31,7 +31,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 struct Session {
     /// The latest event's metadata; records completed at the end carry it.
     meta: EventMeta,
-    http: Http1Session,
+    /// Its protocol's parser, chosen by its first bytes.
+    parser: SessionParser,
     /// Records completed while the socket was unknown, the memory they hold,
     /// and since when.
     unnamed: Vec<Record>,
@@ -67,13 +68,17 @@ impl ConnTracker {
         }
         // A new session starts with its socket unknown, like one whose fd
         // is yet to be learned: both are named once, from the first fd seen.
+        let direction = match meta.direction {
+            Direction::Egress => 0,
+            Direction::Ingress => 1,
+        };
         let session = self.sessions.entry(key).or_insert_with(|| Session {
             meta: EventMeta {
                 fd: -1,
                 sockets: None,
                 ..meta
             },
-            http: Http1Session::default(),
+            parser: SessionParser::for_first_bytes(direction, data.as_slice()),
             unnamed: Vec::new(),
             unnamed_bytes: 0,
             unnamed_since: None,
@@ -83,12 +88,8 @@ impl ConnTracker {
         }
         meta.sockets = meta.sockets.or(session.meta.sockets);
         session.meta = meta;
-        let direction = match meta.direction {
-            Direction::Egress => 0,
-            Direction::Ingress => 1,
-        };
         session
-            .http
+            .parser
             .push(direction, data, meta.timestamp, pool, &mut self.parsed);
         let completed = self.parsed.drain(..).map(|p| record(meta, p));
         if meta.fd < 0 {
@@ -138,10 +139,11 @@ impl ConnTracker {
             {
                 self.holding -= usize::from(session.release_unnamed(out));
             }
-            session.http.release_parts(part_cutoff, pool, &mut self.parsed);
+            session.parser.release_parts(part_cutoff, pool, &mut self.parsed);
             out.extend(self.parsed.drain(..).map(|p| record(session.meta, p)));
             let quiet = now.duration_since(session.meta.timestamp).unwrap_or_default();
-            if quiet >= IDLE_ANYWAY || (quiet >= IDLE_AT_REST && session.http.at_rest() && session.unnamed.is_empty()) {
+            if quiet >= IDLE_ANYWAY || (quiet >= IDLE_AT_REST && session.parser.at_rest() && session.unnamed.is_empty())
+            {
                 idle.push(*key);
             }
         }
@@ -166,7 +168,7 @@ impl ConnTracker {
 
     fn finish(&mut self, mut session: Session, pool: &mut BufferPool, out: &mut Vec<Record>) {
         self.holding -= usize::from(session.release_unnamed(out));
-        session.http.finish(pool, &mut self.parsed);
+        session.parser.finish(pool, &mut self.parsed);
         out.extend(self.parsed.drain(..).map(|p| record(session.meta, p)));
     }
 }
@@ -184,6 +186,7 @@ impl Session {
 fn record(meta: EventMeta, parsed: Parsed) -> Record {
     let payload = match parsed {
         Parsed::Http(message) => Payload::Http(message),
+        Parsed::Postgres(messages) => Payload::Postgres(messages),
         Parsed::Raw(bytes) => Payload::Raw(bytes),
     };
     Record { meta, payload }

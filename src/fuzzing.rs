@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pcap_filter", pcap_filter),
     ("elf", elf),
     ("audit", audit),
+    ("postgres", postgres_stream),
 ];
 
 const SHOWN_BYTES: usize = 64 * 1024;
@@ -72,6 +73,7 @@ fn render(text: &mut TextSink<std::io::Sink>, parsed: &mut Vec<Parsed>, pool: &m
     for parsed in parsed.drain(..) {
         let payload = match parsed {
             Parsed::Http(part) => Payload::Http(part),
+            Parsed::Postgres(messages) => Payload::Postgres(messages),
             Parsed::Raw(bytes) => Payload::Raw(bytes),
         };
         let record = Record {
@@ -90,6 +92,25 @@ fn render(text: &mut TextSink<std::io::Sink>, parsed: &mut Vec<Parsed>, pool: &m
         };
         let _ = text.emit(&record);
         record.payload.recycle(pool);
+    }
+}
+
+/// Both directions of a PostgreSQL connection as its peers could send them
+/// (the first byte of each step picks the direction and how many of the
+/// following bytes go in), rendered as text; the first step is taken for
+/// the frontend's, as its StartupMessage would be.
+pub fn postgres_stream(data: &[u8]) {
+    let mut session = crate::proto::postgres::PostgresSession::new(0);
+    let mut text = TextSink::new(std::io::sink(), false, Some(SHOWN_BYTES));
+    let mut pool = BufferPool::default();
+    let mut parsed = Vec::new();
+    let mut rest = data;
+    while let Some((&control, after)) = rest.split_first() {
+        let take = (usize::from(control >> 1) * 5 + 1).min(after.len());
+        let (piece, next) = after.split_at(take);
+        rest = next;
+        session.push(usize::from(control & 1), piece, &mut parsed);
+        render(&mut text, &mut parsed, &mut pool);
     }
 }
 
@@ -114,9 +135,9 @@ pub fn audit(data: &[u8]) {
         let (record, next) = after.split_at(take);
         rest = next;
         if let Some((&kind, body)) = record.split_first() {
-            let _ = postgres::messages::parse(kind, body);
+            let _ = crate::proto::postgres_messages::parse(kind, body);
         }
-        let _ = postgres::messages::error_fields(record);
+        let _ = crate::proto::postgres_messages::error_fields(record);
         for assembler in &mut assemblers {
             assembler.on_record(record, &mut out);
         }

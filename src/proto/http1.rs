@@ -107,13 +107,7 @@ impl HttpPart {
     }
 }
 
-/// What a stream yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
-    Http(HttpPart),
-    /// Bytes that are not HTTP/1, as they arrived.
-    Raw(Vec<u8>),
-}
+pub use super::Parsed;
 
 /// Both directions of one connection.
 #[derive(Default)]
@@ -832,6 +826,7 @@ mod tests {
             .map(|p| match p {
                 Parsed::Http(m) => m,
                 Parsed::Raw(raw) => panic!("unexpected raw {:?}", String::from_utf8_lossy(&raw)),
+                Parsed::Postgres(messages) => panic!("unexpected PostgreSQL {messages:?}"),
             })
             .collect()
     }

@@ -49,6 +49,9 @@ struct RecordLine<'a> {
     remote: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     http: Option<HttpFields<'a>>,
+    /// PostgreSQL messages, one line each (the body has them too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<&'a [String]>,
     /// Bytes the record took on the wire.
     length: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,9 +259,14 @@ impl<W: Write> JsonSink<W> {
 impl<W: Write> Sink for JsonSink<W> {
     fn emit(&mut self, record: &Record) -> io::Result<()> {
         let meta = &record.meta;
-        let (body, http) = match &record.payload {
-            Payload::Http(part) => (part.body(), Some(http_fields(part))),
-            Payload::Raw(bytes) => (&bytes[..], None),
+        let joined;
+        let (body, http, postgres) = match &record.payload {
+            Payload::Http(part) => (part.body(), Some(http_fields(part)), None),
+            Payload::Postgres(messages) => {
+                joined = messages.text();
+                (joined.as_bytes(), None, Some(&messages.lines[..]))
+            }
+            Payload::Raw(bytes) => (&bytes[..], None, None),
         };
         let shown = &body[..body.len().min(self.truncate.unwrap_or(usize::MAX))];
         let (text, hex) = match std::str::from_utf8(shown) {
@@ -267,7 +275,11 @@ impl<W: Write> Sink for JsonSink<W> {
         };
         let line = RecordLine {
             origin: Origin {
-                kind: if http.is_some() { "http" } else { "data" },
+                kind: match (&http, postgres) {
+                    (Some(_), _) => "http",
+                    (None, Some(_)) => "postgres",
+                    (None, None) => "data",
+                },
                 time: utc_micros(meta.timestamp),
                 module: self.module,
                 pid: meta.pid,
@@ -283,6 +295,7 @@ impl<W: Write> Sink for JsonSink<W> {
             local: meta.sockets.map(|pair| pair.local.to_string()),
             remote: meta.sockets.map(|pair| pair.remote.to_string()),
             http,
+            postgres,
             length: record.payload.wire_len(),
             body: text,
             body_hex: hex,

@@ -259,6 +259,7 @@ fn write_record(
             StartLine::Request { .. } => "HTTP request",
             StartLine::Response { .. } => "HTTP response",
         },
+        Payload::Postgres(_) => "PostgreSQL messages",
         Payload::Raw(_) => "data",
     };
     repeated.write_process(scratch, meta.timestamp, meta.pid, &meta.comm);
@@ -288,6 +289,7 @@ fn write_record(
         repeated.write_addresses(scratch, pair, meta.direction);
     }
     scratch.extend_from_slice(b":\n");
+    let joined;
     let bytes = match &record.payload {
         Payload::Http(part) => {
             scratch.extend_from_slice(part.head());
@@ -295,6 +297,10 @@ fn write_record(
                 let _ = writeln!(scratch, "[body: {}]", part.notes.join("; "));
             }
             part.body()
+        }
+        Payload::Postgres(messages) => {
+            joined = messages.text();
+            joined.as_bytes()
         }
         Payload::Raw(bytes) => bytes,
     };

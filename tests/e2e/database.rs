@@ -198,13 +198,16 @@ fn mariadb_queries_in_json_lines() {
 struct PostgreSql {
     _server: Guard,
     socket_dir: PathBuf,
+    /// The loopback port it serves TLS on, when asked to.
+    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl PostgreSql {
-    fn start() -> PostgreSql {
+    /// Listens on its socket; with `tls`, on a loopback port with TLS too.
+    fn start(tls: bool) -> PostgreSql {
         assert!(
             Path::new(PG_BIN).join("postgres").exists(),
             "{PG_BIN}/postgres is missing: scripts/install-deps.sh test installs it"
@@ -222,20 +225,41 @@ impl PostgreSql {
                 .arg(&data)
                 .stdout(Stdio::null()),
         );
-        let server = Guard::spawn(
-            "postgres",
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(format!("{PG_BIN}/postgres"))
-                .arg("-D")
-                .arg(&data)
-                .arg("-k")
-                .arg(dir.path())
-                .args(["-c", "listen_addresses="])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        let socket = dir.path().join(".s.PGSQL.5432");
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/postgres"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir.path());
+        let tls_port = tls.then(free_port);
+        match tls_port {
+            Some(port) => {
+                // The server reads its key only when the key is its own and private.
+                let (cert, key) = certificate();
+                for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                    let to = dir.path().join(name);
+                    std::fs::copy(from, &to).unwrap();
+                    let owned = Command::new("chown").arg("postgres").arg(&to).status().unwrap();
+                    assert!(owned.success());
+                    std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                }
+                command
+                    .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+                    .arg("-p")
+                    .arg(port.to_string())
+                    .arg("-c")
+                    .arg(format!("ssl_cert_file={}", dir.path().join("server.crt").display()))
+                    .arg("-c")
+                    .arg(format!("ssl_key_file={}", dir.path().join("server.key").display()));
+            }
+            None => {
+                command.args(["-c", "listen_addresses="]);
+            }
+        }
+        let server = Guard::spawn("postgres", command.stdout(Stdio::null()).stderr(Stdio::null()));
+        let socket = dir.path().join(format!(".s.PGSQL.{}", tls_port.unwrap_or(5432)));
         let deadline = Instant::now() + PEER_TIMEOUT;
         while !socket.exists() {
             assert!(Instant::now() < deadline, "postgres did not open its socket");
@@ -244,6 +268,7 @@ impl PostgreSql {
         PostgreSql {
             _server: server,
             socket_dir: dir.path().to_path_buf(),
+            tls_port,
             _dir: dir,
         }
     }
@@ -277,7 +302,7 @@ fn postgres_simple_and_extended_queries_are_shown_whole() {
     if !e2e_enabled() {
         return;
     }
-    let server = PostgreSql::start();
+    let server = PostgreSql::start(false);
     let capture = Capture::start(&["postgres", "-m", &format!("{PG_BIN}/postgres")]);
     let tag = marker("postgres").replace('-', "_");
     let long = format!("SELECT length('{}') AS {tag}_long", "z".repeat(5000));
@@ -325,5 +350,63 @@ fn postgres_simple_and_extended_queries_are_shown_whole() {
         2,
         "{}",
         out.stdout
+    );
+}
+
+#[test]
+fn postgres_protocol_over_tls_is_shown_as_its_messages() {
+    if !e2e_enabled() {
+        return;
+    }
+    let server = PostgreSql::start(true);
+    let port = server.tls_port.unwrap();
+    let capture = Capture::start(&["tls"]);
+    let tag = marker("pgtls").replace('-', "_");
+    let printed = pipe_through(
+        "psql",
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require"
+            ))
+            .args(["-X", "-f", "-"]),
+        &format!("SELECT 6 * 7 AS {tag}_answer, NULL AS {tag}_nothing;\nSELECT * FROM {tag}_missing;\n"),
+    );
+    assert!(
+        printed.contains("42") && printed.contains("does not exist"),
+        "{printed}"
+    );
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let query = format!("Query: SELECT 6 * 7 AS {tag}_answer, NULL AS {tag}_nothing;");
+    let sent = find_record(&out.stdout, &["Comm:psql", "Sent", "PostgreSQL messages", &query]);
+    assert!(sent.contains(&format!("to 127.0.0.1:{port}")), "{sent}");
+    // The backend is traced too, and reads what psql sent.
+    find_record(
+        &out.stdout,
+        &["Comm:postgres", "Received", "PostgreSQL messages", &query],
+    );
+    let rows = find_record(
+        &out.stdout,
+        &[
+            "Comm:psql",
+            "Received",
+            &format!("RowDescription: {tag}_answer, {tag}_nothing\n"),
+        ],
+    );
+    assert!(
+        rows.contains("DataRow: '42', NULL\nCommandComplete: SELECT 1\n"),
+        "{rows}"
+    );
+    find_record(
+        &out.stdout,
+        &[
+            "Comm:psql",
+            "Received",
+            &format!("ErrorResponse 42P01: relation \"{tag}_missing\" does not exist"),
+        ],
+    );
+    find_record(
+        &out.stdout,
+        &["Comm:psql", "Sent", "StartupMessage user=postgres database=postgres"],
     );
 }

@@ -3,7 +3,6 @@
 //! extended protocol's executes shown with the statement they run and its
 //! parameters, each with the error the backend sent back and its duration.
 
-pub mod messages;
 mod object;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +19,7 @@ use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
 use crate::target::elf::ElfImage;
 use crate::target::libpath;
 
-use messages::Message;
+use crate::proto::postgres_messages::{self as messages, Message};
 
 pub struct Postgres;
 

@@ -1,6 +1,7 @@
-//! The frontend messages a PostgreSQL backend runs (Query, Parse, Bind,
+//! PostgreSQL's frontend messages that run something (Query, Parse, Bind,
 //! Execute) and its ErrorResponse, read from their bodies as the protocol
-//! lays them out. The bytes come from clients: every read is checked, and a
+//! lays them out: for the postgres module, and for connections the TLS
+//! modules capture. The bytes come from clients: every read is checked, and a
 //! body cut short (by the probe's bound) gives what it has.
 
 /// A Bind's parameter: None for SQL NULL.
