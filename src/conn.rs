@@ -78,7 +78,7 @@ impl ConnTracker {
                 sockets: None,
                 ..meta
             },
-            parser: SessionParser::for_first_bytes(direction, data.as_slice()),
+            parser: SessionParser::default(),
             unnamed: Vec::new(),
             unnamed_bytes: 0,
             unnamed_since: None,
@@ -186,7 +186,7 @@ impl Session {
 fn record(meta: EventMeta, parsed: Parsed) -> Record {
     let payload = match parsed {
         Parsed::Http(message) => Payload::Http(message),
-        Parsed::Postgres(messages) => Payload::Postgres(messages),
+        Parsed::Messages(messages) => Payload::Messages(messages),
         Parsed::Raw(bytes) => Payload::Raw(bytes),
     };
     Record { meta, payload }

@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("elf", elf),
     ("audit", audit),
     ("postgres", postgres_stream),
+    ("mysql", mysql_stream),
 ];
 
 const SHOWN_BYTES: usize = 64 * 1024;
@@ -73,7 +74,7 @@ fn render(text: &mut TextSink<std::io::Sink>, parsed: &mut Vec<Parsed>, pool: &m
     for parsed in parsed.drain(..) {
         let payload = match parsed {
             Parsed::Http(part) => Payload::Http(part),
-            Parsed::Postgres(messages) => Payload::Postgres(messages),
+            Parsed::Messages(messages) => Payload::Messages(messages),
             Parsed::Raw(bytes) => Payload::Raw(bytes),
         };
         let record = Record {
@@ -95,12 +96,23 @@ fn render(text: &mut TextSink<std::io::Sink>, parsed: &mut Vec<Parsed>, pool: &m
     }
 }
 
-/// Both directions of a PostgreSQL connection as its peers could send them
-/// (the first byte of each step picks the direction and how many of the
-/// following bytes go in), rendered as text; the first step is taken for
-/// the frontend's, as its StartupMessage would be.
+/// Both directions of a PostgreSQL connection as its peers could send
+/// them, rendered as text (see `two_directions`); the first step is taken
+/// for the frontend's, as its StartupMessage would be.
 pub fn postgres_stream(data: &[u8]) {
     let mut session = crate::proto::postgres::PostgresSession::new(0);
+    two_directions(data, |direction, piece, out| session.push(direction, piece, out));
+}
+
+/// Both directions of a MySQL connection, as `postgres_stream`.
+pub fn mysql_stream(data: &[u8]) {
+    let mut session = crate::proto::mysql::MysqlSession::new(0);
+    two_directions(data, |direction, piece, out| session.push(direction, piece, out));
+}
+
+/// Feeds `data` to `push` in steps: each step's first byte picks the
+/// direction (bit 0) and how many of the following bytes go in.
+fn two_directions(data: &[u8], mut push: impl FnMut(usize, &[u8], &mut Vec<Parsed>)) {
     let mut text = TextSink::new(std::io::sink(), false, Some(SHOWN_BYTES));
     let mut pool = BufferPool::default();
     let mut parsed = Vec::new();
@@ -109,7 +121,7 @@ pub fn postgres_stream(data: &[u8]) {
         let take = (usize::from(control >> 1) * 5 + 1).min(after.len());
         let (piece, next) = after.split_at(take);
         rest = next;
-        session.push(usize::from(control & 1), piece, &mut parsed);
+        push(usize::from(control & 1), piece, &mut parsed);
         render(&mut text, &mut parsed, &mut pool);
     }
 }

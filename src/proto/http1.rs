@@ -826,7 +826,7 @@ mod tests {
             .map(|p| match p {
                 Parsed::Http(m) => m,
                 Parsed::Raw(raw) => panic!("unexpected raw {:?}", String::from_utf8_lossy(&raw)),
-                Parsed::Postgres(messages) => panic!("unexpected PostgreSQL {messages:?}"),
+                Parsed::Messages(messages) => panic!("unexpected {messages:?}"),
             })
             .collect()
     }

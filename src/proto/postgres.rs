@@ -9,8 +9,8 @@
 //! length the protocol cannot have ends parsing for that direction, whose
 //! bytes are shown raw from there.
 
-use super::Parsed;
 use super::postgres_messages::{self as messages, Message};
+use super::{Messages, Parsed, Protocol, SHOWN_VALUES, lossy as text, show_value};
 
 /// Body bytes kept of one message; the rest is counted, not held.
 const KEPT_BODY: usize = 64 * 1024;
@@ -18,9 +18,6 @@ const KEPT_BODY: usize = 64 * 1024;
 const MAX_MESSAGE: usize = 1 << 30;
 /// Protocol 3.0, as a StartupMessage carries it.
 const PROTOCOL_3: [u8; 4] = [0, 3, 0, 0];
-/// Values shown of a DataRow, and bytes of each.
-const SHOWN_VALUES: usize = 64;
-const SHOWN_VALUE_BYTES: usize = 256;
 
 /// Whether `bytes` begin with a StartupMessage: a length, then protocol 3.0.
 pub fn is_startup(bytes: &[u8]) -> bool {
@@ -30,21 +27,6 @@ pub fn is_startup(bytes: &[u8]) -> bool {
             (8..=10_000).contains(&length)
         }
         _ => false,
-    }
-}
-
-/// The messages one call carried, one line each.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Messages {
-    pub lines: Vec<String>,
-    /// Bytes the call took on the wire.
-    pub wire_len: usize,
-}
-
-impl Messages {
-    /// The lines, one under the other.
-    pub fn text(&self) -> String {
-        self.lines.join("\n")
     }
 }
 
@@ -116,7 +98,11 @@ impl PostgresSession {
             }
         }
         if !lines.is_empty() {
-            out.push(Parsed::Postgres(Messages { lines, wire_len }));
+            out.push(Parsed::Messages(Messages {
+                protocol: Protocol::Postgres,
+                lines,
+                wire_len,
+            }));
         }
         if stream.raw && !bytes.is_empty() {
             out.push(Parsed::Raw(bytes.to_vec()));
@@ -180,10 +166,6 @@ impl Stream {
         self.body.clear();
         line
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// NUL-terminated strings, up to the empty one that ends a list.
@@ -334,12 +316,7 @@ fn data_row(body: &[u8]) -> String {
                     .get(at..at.saturating_add(length))
                     .unwrap_or(body.get(at..).unwrap_or_default());
                 at = at.saturating_add(length);
-                let shown = &bytes[..bytes.len().min(SHOWN_VALUE_BYTES)];
-                let more = if bytes.len() > shown.len() { "..." } else { "" };
-                match std::str::from_utf8(shown) {
-                    Ok(text) => format!("'{text}'{more}"),
-                    Err(_) => format!("0x{}{more}", hex::encode(shown)),
-                }
+                show_value(bytes)
             }
         };
         values.push(value);
@@ -368,13 +345,7 @@ mod tests {
     fn lines(session: &mut PostgresSession, direction: usize, bytes: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
         session.push(direction, bytes, &mut out);
-        out.into_iter()
-            .flat_map(|parsed| match parsed {
-                Parsed::Postgres(messages) => messages.lines,
-                Parsed::Raw(raw) => vec![format!("raw {}", raw.len())],
-                Parsed::Http(_) => vec!["http".into()],
-            })
-            .collect()
+        super::super::parsed_lines(out)
     }
 
     #[test]
@@ -398,13 +369,12 @@ mod tests {
         server.extend(message(b'Z', b"I"));
         for piece in [1, 3, 7, usize::MAX] {
             let mut session = PostgresSession::new(0);
-            let mut got = Vec::new();
-            for chunk in client.chunks(piece.min(client.len())) {
-                got.extend(lines(&mut session, 0, chunk));
-            }
-            for chunk in server.chunks(piece.min(server.len())) {
-                got.extend(lines(&mut session, 1, chunk));
-            }
+            let got = super::super::lines_in_pieces(
+                |direction, bytes, out| session.push(direction, bytes, out),
+                &client,
+                &server,
+                piece,
+            );
             assert_eq!(
                 got,
                 [

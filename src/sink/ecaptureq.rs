@@ -312,7 +312,7 @@ impl Sink for EcaptureQSink {
                 bytes.extend_from_slice(part.body());
                 (kind, bytes)
             }
-            Payload::Postgres(messages) => (TYPE_UNKNOWN, messages.text().into_bytes()),
+            Payload::Messages(messages) => (TYPE_UNKNOWN, messages.text().into_bytes()),
             Payload::Raw(bytes) => (TYPE_UNKNOWN, bytes.clone()),
         };
         // Source and destination as the bytes went: the traced process

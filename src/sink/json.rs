@@ -49,9 +49,9 @@ struct RecordLine<'a> {
     remote: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     http: Option<HttpFields<'a>>,
-    /// PostgreSQL messages, one line each (the body has them too).
+    /// A database protocol's messages, one line each (the body has them too).
     #[serde(skip_serializing_if = "Option::is_none")]
-    postgres: Option<&'a [String]>,
+    messages: Option<&'a [String]>,
     /// Bytes the record took on the wire.
     length: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -260,11 +260,11 @@ impl<W: Write> Sink for JsonSink<W> {
     fn emit(&mut self, record: &Record) -> io::Result<()> {
         let meta = &record.meta;
         let joined;
-        let (body, http, postgres) = match &record.payload {
+        let (body, http, messages) = match &record.payload {
             Payload::Http(part) => (part.body(), Some(http_fields(part)), None),
-            Payload::Postgres(messages) => {
+            Payload::Messages(messages) => {
                 joined = messages.text();
-                (joined.as_bytes(), None, Some(&messages.lines[..]))
+                (joined.as_bytes(), None, Some(messages))
             }
             Payload::Raw(bytes) => (&bytes[..], None, None),
         };
@@ -275,9 +275,9 @@ impl<W: Write> Sink for JsonSink<W> {
         };
         let line = RecordLine {
             origin: Origin {
-                kind: match (&http, postgres) {
+                kind: match (&http, messages) {
                     (Some(_), _) => "http",
-                    (None, Some(_)) => "postgres",
+                    (None, Some(messages)) => messages.protocol.key(),
                     (None, None) => "data",
                 },
                 time: utc_micros(meta.timestamp),
@@ -295,7 +295,7 @@ impl<W: Write> Sink for JsonSink<W> {
             local: meta.sockets.map(|pair| pair.local.to_string()),
             remote: meta.sockets.map(|pair| pair.remote.to_string()),
             http,
-            postgres,
+            messages: messages.map(|messages| &messages.lines[..]),
             length: record.payload.wire_len(),
             body: text,
             body_hex: hex,

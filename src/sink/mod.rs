@@ -17,15 +17,15 @@ use self::direct_file::DirectFile;
 use crate::audit::Activity;
 use crate::event::BufferPool;
 use crate::event::EventMeta;
+use crate::proto::Messages;
 use crate::proto::http1::HttpPart;
-use crate::proto::postgres::Messages as PostgresMessages;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     /// An HTTP message, or a part of one too large or slow to hold whole.
     Http(HttpPart),
-    /// PostgreSQL protocol messages, one line each.
-    Postgres(PostgresMessages),
+    /// A database protocol's messages, one line each.
+    Messages(Messages),
     /// Bytes of one call that are not a protocol we parse.
     Raw(Vec<u8>),
 }
@@ -35,7 +35,7 @@ impl Payload {
     pub fn wire_len(&self) -> usize {
         match self {
             Payload::Http(part) => part.wire_len(),
-            Payload::Postgres(messages) => messages.wire_len,
+            Payload::Messages(messages) => messages.wire_len,
             Payload::Raw(bytes) => bytes.len(),
         }
     }
@@ -45,7 +45,7 @@ impl Payload {
     pub fn held_bytes(&self) -> usize {
         let buffer = match self {
             Payload::Http(part) => part.wire_len(),
-            Payload::Postgres(messages) => messages.lines.iter().map(String::capacity).sum(),
+            Payload::Messages(messages) => messages.lines.iter().map(String::capacity).sum(),
             Payload::Raw(bytes) => bytes.capacity(),
         };
         buffer + std::mem::size_of::<Record>()
@@ -55,7 +55,7 @@ impl Payload {
     pub fn recycle(self, pool: &mut BufferPool) {
         match self {
             Payload::Http(part) => part.recycle(pool),
-            Payload::Postgres(_) => {}
+            Payload::Messages(_) => {}
             Payload::Raw(bytes) => pool.recycle(bytes),
         }
     }

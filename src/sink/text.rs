@@ -259,7 +259,7 @@ fn write_record(
             StartLine::Request { .. } => "HTTP request",
             StartLine::Response { .. } => "HTTP response",
         },
-        Payload::Postgres(_) => "PostgreSQL messages",
+        Payload::Messages(messages) => messages.protocol.messages(),
         Payload::Raw(_) => "data",
     };
     repeated.write_process(scratch, meta.timestamp, meta.pid, &meta.comm);
@@ -298,7 +298,7 @@ fn write_record(
             }
             part.body()
         }
-        Payload::Postgres(messages) => {
+        Payload::Messages(messages) => {
             joined = messages.text();
             joined.as_bytes()
         }

@@ -2,6 +2,7 @@
 //! the tests (their own data directory and socket), queried through their
 //! own clients; every command shown whole, with its outcome.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,13 +14,16 @@ use crate::support::*;
 struct MariaDb {
     _server: Guard,
     socket: PathBuf,
+    /// The loopback port it serves TLS on, when asked to.
+    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
 const MARIADBD: &str = "/usr/sbin/mariadbd";
 
 impl MariaDb {
-    fn start() -> MariaDb {
+    /// Listens on its socket; with `tls`, on a loopback port with TLS too.
+    fn start(tls: bool) -> MariaDb {
         assert!(
             Path::new(MARIADBD).exists(),
             "{MARIADBD} is missing: scripts/install-deps.sh test installs it"
@@ -39,25 +43,39 @@ impl MariaDb {
                 .stdout(Stdio::null()),
         );
         let socket = dir.path().join("socket");
-        let server = Guard::spawn(
-            "mariadbd",
-            Command::new(MARIADBD)
-                .args(["--no-defaults", "--skip-networking", "--user=root"])
-                .arg(format!("--datadir={}", data.display()))
-                .arg(format!("--socket={}", socket.display()))
-                .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-                .arg(format!("--log-error={}", dir.path().join("error.log").display()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
+        let mut command = Command::new(MARIADBD);
+        command
+            .args(["--no-defaults", "--user=root"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg(format!("--log-error={}", dir.path().join("error.log").display()));
+        let tls_port = tls.then(free_port);
+        match tls_port {
+            Some(port) => {
+                let (cert, key) = certificate();
+                command
+                    .args(["--bind-address=127.0.0.1", &format!("--port={port}")])
+                    .arg(format!("--ssl-cert={}", cert.display()))
+                    .arg(format!("--ssl-key={}", key.display()));
+            }
+            None => {
+                command.arg("--skip-networking");
+            }
+        }
+        let server = Guard::spawn("mariadbd", command.stdout(Stdio::null()).stderr(Stdio::null()));
         let deadline = Instant::now() + PEER_TIMEOUT;
         while !socket.exists() {
             assert!(Instant::now() < deadline, "mariadbd did not open its socket");
             std::thread::sleep(Duration::from_millis(50));
         }
+        if let Some(port) = tls_port {
+            wait_until_listening(port, "mariadbd");
+        }
         MariaDb {
             _server: server,
             socket,
+            tls_port,
             _dir: dir,
         }
     }
@@ -114,7 +132,7 @@ fn mariadb_queries_are_shown_whole_with_their_errors() {
     if !e2e_enabled() {
         return;
     }
-    let server = MariaDb::start();
+    let server = MariaDb::start(false);
     let capture = Capture::start(&["mysqld", "-m", MARIADBD]);
     let tag = marker("mysqld");
     let long = format!("SELECT LENGTH('{}') AS `{tag}-long`", "y".repeat(5000));
@@ -162,7 +180,7 @@ fn mariadb_queries_in_json_lines() {
     if !e2e_enabled() {
         return;
     }
-    let server = MariaDb::start();
+    let server = MariaDb::start(false);
     let capture = Capture::start(&["--json", "mysqld"]);
     let tag = marker("mysqld-json");
     let failing = format!("SELECT * FROM nowhere.`{tag}`");
@@ -194,7 +212,7 @@ fn mariadb_queries_in_json_lines() {
 }
 
 /// A PostgreSQL server of its own, run as the `postgres` user (it refuses
-/// root), on a Unix socket only; killed and its data removed when dropped.
+/// root); killed and its data removed when dropped.
 struct PostgreSql {
     _server: Guard,
     socket_dir: PathBuf,
@@ -204,6 +222,18 @@ struct PostgreSql {
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The `postgres` user's uid and gid: the server refuses to run as root.
+fn postgres_user() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a postgres user")
+    };
+    (id("-u"), id("-g"))
+}
 
 impl PostgreSql {
     /// Listens on its socket; with `tls`, on a loopback port with TLS too.
@@ -216,23 +246,19 @@ impl PostgreSql {
         let chown = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
         assert!(chown.success(), "chown postgres {}", dir.path().display());
         let data = dir.path().join("data");
+        let (uid, gid) = postgres_user();
         run_peer(
             "initdb",
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(format!("{PG_BIN}/initdb"))
+            Command::new(format!("{PG_BIN}/initdb"))
+                .uid(uid)
+                .gid(gid)
                 .args(["-A", "trust", "-U", "postgres", "-D"])
                 .arg(&data)
                 .stdout(Stdio::null()),
         );
-        let mut command = Command::new("runuser");
-        command
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path());
+        // Run as that user directly, so that the guard's kill reaches the server itself.
+        let mut command = Command::new(format!("{PG_BIN}/postgres"));
+        command.uid(uid).gid(gid).arg("-D").arg(&data).arg("-k").arg(dir.path());
         let tls_port = tls.then(free_port);
         match tls_port {
             Some(port) => {
@@ -272,7 +298,22 @@ impl PostgreSql {
             _dir: dir,
         }
     }
+}
 
+/// Asks the server to stop (a fast shutdown), so that it ends its backends
+/// itself; the guard kills what is still there after EXIT_TIMEOUT.
+impl Drop for PostgreSql {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self._server.pid() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while Instant::now() < deadline && matches!(self._server.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl PostgreSql {
     /// Runs `sql` through psql, one statement at a time, past errors.
     fn psql(&self, sql: &str) -> String {
         pipe_through(
@@ -409,4 +450,48 @@ fn postgres_protocol_over_tls_is_shown_as_its_messages() {
         &out.stdout,
         &["Comm:psql", "Sent", "StartupMessage user=postgres database=postgres"],
     );
+}
+
+#[test]
+fn mysql_protocol_over_tls_is_shown_as_its_packets() {
+    if !e2e_enabled() {
+        return;
+    }
+    let server = MariaDb::start(true);
+    let port = server.tls_port.unwrap();
+    let capture = Capture::start(&["tls"]);
+    let tag = marker("mytls").replace('-', "_");
+    let printed = pipe_through(
+        "mariadb",
+        Command::new("mariadb")
+            .args(["--no-defaults", "-u", "root", "--force", "--ssl", "-h", "127.0.0.1"])
+            .arg(format!("--port={port}")),
+        &format!("SELECT 6 * 7 AS {tag}_answer, NULL AS {tag}_nothing;\nSELECT * FROM nowhere.{tag}_missing;\n"),
+    );
+    assert!(printed.contains("42") && printed.contains("ERROR 1146"), "{printed}");
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let query = format!("Query: SELECT 6 * 7 AS {tag}_answer, NULL AS {tag}_nothing");
+    let sent = find_record(&out.stdout, &["Comm:mariadb", "Sent", "MySQL packets", &query]);
+    assert!(sent.contains(&format!("to 127.0.0.1:{port}")), "{sent}");
+    // The server is traced too, and reads what the client sent.
+    find_record(&out.stdout, &["Comm:mariadbd", "Received", "MySQL packets", &query]);
+    let rows = find_record(
+        &out.stdout,
+        &[
+            "Comm:mariadb",
+            "Received",
+            &format!("Columns: {tag}_answer, {tag}_nothing\n"),
+        ],
+    );
+    assert!(rows.contains("Row: '42', NULL\nEnd of rows (1 rows)"), "{rows}");
+    find_record(
+        &out.stdout,
+        &[
+            "Comm:mariadb",
+            "Received",
+            &format!("ERR 1146 (42S02): Table 'nowhere.{tag}_missing' doesn't exist"),
+        ],
+    );
+    find_record(&out.stdout, &["Comm:mariadb", "Sent", "HandshakeResponse user=root"]);
 }
