@@ -5,15 +5,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use libbpf_rs::{PerfBuffer, RingBuffer, RingBufferBuilder};
 use tracing::{info, warn};
 
-use crate::capture::{OutputFailures, POLL_INTERVAL, Summary, perf_channel, perf_pages};
+use crate::capture::{OutputFailures, POLL_INTERVAL, Summary, perf_channel, perf_pages, stop_on_signals};
 use crate::cli::Config;
 use crate::event::Comm;
 use crate::probe::{self, Flavor, Generation, LoadedProbes, ProbeSettings};
@@ -203,10 +202,7 @@ pub fn run(module: &dyn AuditModule, config: &Config, sinks: Vec<&mut dyn Sink>)
         wakeup_bytes: 0,
     };
     let mut probes = module.start(config, flavor, &settings)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
-    }
+    let stop = stop_on_signals()?;
 
     let assembler = RefCell::new(module.assembler(config));
     let finished = RefCell::new(Vec::new());

@@ -391,10 +391,7 @@ where
     };
     let mut tls = load_tls_objects(module, config, flavor, generation, &targets)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
-    }
+    let stop = stop_on_signals()?;
 
     // Only the CO-RE build names connections in the kernel.
     let proc_owners = (config.mode == Mode::Pcap && flavor == Flavor::NoCore).then(ProcOwners::default);
@@ -645,6 +642,15 @@ where
     pipeline.summary.lost_bytes = lost.bytes;
     pipeline.summary.lost_packets = lost_packets.get();
     Ok(pipeline.summary)
+}
+
+/// The flag SIGINT and SIGTERM set: the capture ends at the next round.
+pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    Ok(stop)
 }
 
 /// A process did a TLS handshake through a library this module does not

@@ -135,16 +135,20 @@ pub struct HookTarget<L> {
     pub layouts: L,
 }
 
+/// "NAME at ADDRESS (SITE)": where the probe went, and what it costs.
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {:#x}", self.symbol.name, self.symbol.address)?;
+        match &self.site {
+            Some(site) => write!(f, " ({site})"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl<L: fmt::Display> fmt::Display for HookTarget<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<String> = self
-            .hooks
-            .iter()
-            .map(|h| match &h.site {
-                Some(site) => format!("{} at {:#x} ({site})", h.symbol.name, h.symbol.address),
-                None => format!("{} at {:#x}", h.symbol.name, h.symbol.address),
-            })
-            .collect();
+        let names: Vec<String> = self.hooks.iter().map(Hook::to_string).collect();
         write!(
             f,
             "{} ({}): {}{}",

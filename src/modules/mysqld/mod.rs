@@ -127,10 +127,8 @@ impl AuditModule for Mysqld {
         info!(
             "hooking {} ({flavour} signature): {}{}{}",
             server.display(),
-            describe(&entry),
-            error_hook
-                .map(|hook| format!(", {}", describe(&hook)))
-                .unwrap_or_default(),
+            entry,
+            error_hook.map(|hook| format!(", {hook}")).unwrap_or_default(),
             identity.describe()
         );
         Ok(probes)
@@ -144,13 +142,6 @@ impl AuditModule for Mysqld {
 /// What makes queries of this module's records.
 pub fn assembler() -> Box<dyn Assembler> {
     Box::new(QueryAssembler::new(MysqlCommands))
-}
-
-fn describe(hook: &Hook) -> String {
-    match &hook.site {
-        Some(site) => format!("{} at {:#x} ({site})", hook.symbol.name, hook.symbol.address),
-        None => format!("{} at {:#x}", hook.symbol.name, hook.symbol.address),
-    }
 }
 
 /// `/usr/sbin/mariadbd`, else `mysqld` or `mariadbd` on the path.

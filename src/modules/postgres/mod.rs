@@ -72,10 +72,7 @@ impl AuditModule for Postgres {
             if let Some(program) = entry {
                 let hook = Hook::new(&image, function.clone(), program, None);
                 probes.attach_uprobe(program, &server, hook.symbol.file_offset, false, config.pid)?;
-                hooked.push(match &hook.site {
-                    Some(site) => format!("{name} at {:#x} ({site})", hook.symbol.address),
-                    None => format!("{name} at {:#x}", hook.symbol.address),
-                });
+                hooked.push(hook.to_string());
             }
             // A return probe goes on the first instruction, where the return
             // address is on top of the stack.

@@ -140,15 +140,9 @@ impl AuditModule for Shell {
         // return address is on top of the stack.
         probes.attach_uprobe(line_program, &line_file, line_function.file_offset, true, config.pid)?;
         probes.attach_pending_uprobes()?;
-        let site = |hook: &Hook| match &hook.site {
-            Some(site) => format!("{} at {:#x} ({site})", hook.symbol.name, hook.symbol.address),
-            None => format!("{} at {:#x}", hook.symbol.name, hook.symbol.address),
-        };
         info!(
-            "hooking {}: {}, {}; lines from {} in {}",
+            "hooking {}: {next_command}, {exit}; lines from {} in {}",
             shell.display(),
-            site(&next_command),
-            site(&exit),
             line_function.name,
             line_file.display()
         );
