@@ -68,10 +68,6 @@ impl ConnTracker {
         }
         // A new session starts with its socket unknown, like one whose fd
         // is yet to be learned: both are named once, from the first fd seen.
-        let direction = match meta.direction {
-            Direction::Egress => 0,
-            Direction::Ingress => 1,
-        };
         let session = self.sessions.entry(key).or_insert_with(|| Session {
             meta: EventMeta {
                 fd: -1,
@@ -88,6 +84,10 @@ impl ConnTracker {
         }
         meta.sockets = meta.sockets.or(session.meta.sockets);
         session.meta = meta;
+        let direction = match meta.direction {
+            Direction::Egress => 0,
+            Direction::Ingress => 1,
+        };
         session
             .parser
             .push(direction, data, meta.timestamp, pool, &mut self.parsed);
