@@ -31,7 +31,7 @@ endif
 TARGET_FLAG := $(if $(RUST_TARGET),--target $(RUST_TARGET))
 RELEASE_DIR := target/$(if $(RUST_TARGET),$(RUST_TARGET)/)release
 
-FUZZ_TARGETS := http1 records pcap_filter elf audit postgres mysql
+FUZZ_TARGETS := http1 records pcap_filter elf audit postgres mysql http2 hpack
 FUZZ_SECONDS ?= 60
 
 SOAK_SECONDS ?= 300

@@ -7,7 +7,7 @@ build_pkgs=(clang llvm gcc libc6-dev libelf-dev zlib1g-dev libpcap-dev pkg-confi
 cross_pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross linux-libc-dev-arm64-cross qemu-user-static)
 cross_arm64_libs=(libelf-dev:arm64 zlib1g-dev:arm64 libpcap-dev:arm64)
 # The arm64 libssl, libgnutls and NSS builds: the AArch64 decoder's unit tests read their code.
-test_pkgs=(curl openssl libssl-dev python3 android-libboringssl android-libboringssl-dev
+test_pkgs=(curl openssl libssl-dev python3 python3-grpcio android-libboringssl android-libboringssl-dev
            tshark nginx wrk bpftrace bpftool iproute2 procps perl wget gnutls-bin libnss3-dev libnss3-tools nodejs golang-go openjdk-17-jdk-headless zsh mariadb-server mariadb-client postgresql python3-psycopg2 python3-psycopg python3-websockets python3-protobuf protobuf-compiler libssl3:arm64 android-libboringssl:arm64 libgnutls30:arm64 libnss3:arm64)
 
 # build: `make`; cross: `CROSS_ARCH=arm64 make`; test: `make test` and `make bench`; fuzz: `make fuzz`

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::event::{BufferPool, DataEvent, Direction, EventMeta, SocketPair};
 use crate::procnet;
 use crate::proto::{Parsed, SessionParser};
-use crate::sink::{Payload, Record};
+use crate::sink::Record;
 
 /// How long the records of a session whose socket is unknown wait for it.
 /// A program with its own BIO has its socket named only once the syscall
@@ -183,12 +183,15 @@ impl Session {
     }
 }
 
-fn record(meta: EventMeta, parsed: Parsed) -> Record {
-    let payload = match parsed {
-        Parsed::Http(message) => Payload::Http(message),
-        Parsed::Messages(messages) => Payload::Messages(messages),
-        Parsed::Raw(bytes) => Payload::Raw(bytes),
-    };
+/// A record of what the parser made; an HTTP/2 message says which way it went.
+fn record(mut meta: EventMeta, payload: Parsed) -> Record {
+    if let Parsed::Http2(part) = &payload {
+        meta.direction = if part.direction == 0 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+    }
     Record { meta, payload }
 }
 
@@ -255,9 +258,9 @@ mod tests {
         );
         assert_eq!(flushed.len(), 2);
         assert!(
-            matches!(&flushed[0].payload, Payload::Http(part) if part.body() == b"abc" && part.notes[0].starts_with("incomplete"))
+            matches!(&flushed[0].payload, Parsed::Http(part) if part.body() == b"abc" && part.notes[0].starts_with("incomplete"))
         );
-        assert!(matches!(&flushed[1].payload, Payload::Http(_)));
+        assert!(matches!(&flushed[1].payload, Parsed::Http(_)));
     }
 
     #[test]
@@ -280,7 +283,7 @@ mod tests {
         assert!(
             flushed
                 .iter()
-                .all(|r| matches!(&r.payload, Payload::Http(_)) && r.meta.fd == 7)
+                .all(|r| matches!(&r.payload, Parsed::Http(_)) && r.meta.fd == 7)
         );
     }
 

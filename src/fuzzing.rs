@@ -17,7 +17,7 @@ use crate::probe::kernel_filter::{self, ClassicInstruction};
 use crate::proto::http1::{Http1Session, Parsed};
 use crate::sink::json::JsonSink;
 use crate::sink::text::TextSink;
-use crate::sink::{Payload, Record, Sink};
+use crate::sink::{Record, Sink};
 use crate::target::elf::ElfImage;
 
 /// A fuzz target: any bytes in, no panic out.
@@ -32,6 +32,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("audit", audit),
     ("postgres", postgres_stream),
     ("mysql", mysql_stream),
+    ("http2", http2_stream),
+    ("hpack", hpack_blocks),
 ];
 
 const SHOWN_BYTES: usize = 64 * 1024;
@@ -71,12 +73,7 @@ pub fn http1(data: &[u8]) {
 }
 
 fn render(text: &mut TextSink<std::io::Sink>, parsed: &mut Vec<Parsed>, pool: &mut BufferPool) {
-    for parsed in parsed.drain(..) {
-        let payload = match parsed {
-            Parsed::Http(part) => Payload::Http(part),
-            Parsed::Messages(messages) => Payload::Messages(messages),
-            Parsed::Raw(bytes) => Payload::Raw(bytes),
-        };
+    for payload in parsed.drain(..) {
         let record = Record {
             meta: EventMeta {
                 timestamp: SystemTime::UNIX_EPOCH,
@@ -108,6 +105,32 @@ pub fn postgres_stream(data: &[u8]) {
 pub fn mysql_stream(data: &[u8]) {
     let mut session = crate::proto::mysql::MysqlSession::new(0);
     two_directions(data, |direction, piece, out| session.push(direction, piece, out));
+}
+
+/// Both directions of an HTTP/2 connection, as `postgres_stream`; steps
+/// whose length is a multiple of 7 also release the parts held.
+pub fn http2_stream(data: &[u8]) {
+    let mut session = crate::proto::http2::Http2Session::default();
+    let later = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+    two_directions(data, |direction, piece, out| {
+        session.push(direction, piece, SystemTime::UNIX_EPOCH, out);
+        if piece.len() % 7 == 0 {
+            session.release_parts(later, out);
+        }
+    });
+}
+
+/// Header blocks, each prefixed by its length (one byte), through one
+/// HPACK decoder.
+pub fn hpack_blocks(data: &[u8]) {
+    let mut decoder = crate::proto::hpack::HeaderDecoder::default();
+    let mut rest = data;
+    while let Some((&length, after)) = rest.split_first() {
+        let (block, next) = after.split_at(usize::from(length).min(after.len()));
+        rest = next;
+        let decoded = decoder.decode(block);
+        let _ = decoded.notes();
+    }
 }
 
 /// Feeds `data` to `push` in steps: each step's first byte picks the

@@ -26,7 +26,7 @@ const MAX_TRAILERS: usize = 64 * 1024;
 pub const PART_BYTES: usize = 256 * 1024;
 /// Body bytes taken per step, between checks of the part's size: bounds
 /// what one step of decoding can add.
-const BODY_STEP: usize = 16 * 1024;
+pub(super) const BODY_STEP: usize = 16 * 1024;
 /// Compressed bytes handed to the inflater at a time (at most about 1 MiB
 /// once inflated, whatever the input).
 const INFLATE_SLICE: usize = 1024;
@@ -660,7 +660,7 @@ fn content_encoding(headers: &[httparse::Header<'_>]) -> Option<String> {
 }
 
 /// A body's content encoding, undone as the body streams.
-struct Inflater {
+pub(super) struct Inflater {
     name: &'static str,
     state: Inflate,
     compressed: u64,
@@ -680,7 +680,7 @@ enum Inflate {
 }
 
 impl Inflater {
-    fn for_encoding(encoding: String) -> Option<Inflater> {
+    pub(super) fn for_encoding(encoding: String) -> Option<Inflater> {
         let (name, state) = match encoding.as_str() {
             "gzip" | "x-gzip" => ("gzip", Inflate::Gzip(MultiGzDecoder::new(Vec::new()))),
             "deflate" => ("deflate", Inflate::Undecided(None)),
@@ -696,7 +696,7 @@ impl Inflater {
 
     /// Inflates `input` onto `out`, in slices whose output is bounded;
     /// returns a note when decoding stops.
-    fn inflate(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<String> {
+    pub(super) fn inflate(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<String> {
         let mut note = None;
         for slice in input.chunks(INFLATE_SLICE) {
             match &mut self.state {
@@ -759,7 +759,7 @@ impl Inflater {
     }
 
     /// The body ended: says what decoding made of it.
-    fn finish(mut self, out: &mut Vec<u8>) -> String {
+    pub(super) fn finish(mut self, out: &mut Vec<u8>) -> String {
         let finished = match &mut self.state {
             Inflate::Gzip(d) => d.try_finish().map(|()| d.get_mut()),
             Inflate::Zlib(d) => d.try_finish().map(|()| d.get_mut()),
@@ -826,7 +826,7 @@ mod tests {
             .map(|p| match p {
                 Parsed::Http(m) => m,
                 Parsed::Raw(raw) => panic!("unexpected raw {:?}", String::from_utf8_lossy(&raw)),
-                Parsed::Messages(messages) => panic!("unexpected {messages:?}"),
+                other => panic!("unexpected {other:?}"),
             })
             .collect()
     }

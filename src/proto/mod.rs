@@ -1,7 +1,9 @@
 //! Protocol parsers: turn a connection's byte streams into messages. A
 //! connection's protocol is chosen by its first bytes.
 
+pub mod hpack;
 pub mod http1;
+pub mod http2;
 pub mod mysql;
 pub mod postgres;
 pub mod postgres_messages;
@@ -10,6 +12,7 @@ use std::time::SystemTime;
 
 use crate::event::{BufferPool, EventData};
 use http1::{Http1Session, HttpPart};
+use http2::{Http2Part, Http2Session};
 use mysql::MysqlSession;
 use postgres::PostgresSession;
 
@@ -99,19 +102,55 @@ fn parsed_lines(out: Vec<Parsed>) -> Vec<String> {
         .flat_map(|parsed| match parsed {
             Parsed::Messages(messages) => messages.lines,
             Parsed::Raw(raw) => vec![format!("raw {}", raw.len())],
-            Parsed::Http(_) => vec!["http".into()],
+            Parsed::Http(_) | Parsed::Http2(_) => vec!["http".into()],
         })
         .collect()
 }
 
-/// What a stream yields.
+/// What a stream yields: what each output shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
+    /// An HTTP/1 message, or a part of one too large or slow to hold whole.
     Http(HttpPart),
-    /// A database protocol's messages.
+    /// An HTTP/2 stream's message, or a part of one.
+    Http2(Http2Part),
+    /// A database protocol's messages, one line each.
     Messages(Messages),
-    /// Bytes that are no protocol we parse, as they arrived.
+    /// Bytes of one call that are not a protocol we parse.
     Raw(Vec<u8>),
+}
+
+impl Parsed {
+    /// Bytes this took on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Parsed::Http(part) => part.wire_len(),
+            Parsed::Http2(part) => part.wire_len,
+            Parsed::Messages(messages) => messages.wire_len,
+            Parsed::Raw(bytes) => bytes.len(),
+        }
+    }
+
+    /// The memory it holds: a raw payload's buffer may be a recycled one,
+    /// larger than what it carries.
+    pub fn held_bytes(&self) -> usize {
+        let buffer = match self {
+            Parsed::Http(part) => part.wire_len(),
+            Parsed::Http2(part) => part.held_bytes(),
+            Parsed::Messages(messages) => messages.lines.iter().map(String::capacity).sum(),
+            Parsed::Raw(bytes) => bytes.capacity(),
+        };
+        buffer + std::mem::size_of::<crate::sink::Record>()
+    }
+
+    /// Its buffers, for the next events.
+    pub fn recycle(self, pool: &mut BufferPool) {
+        match self {
+            Parsed::Http(part) => part.recycle(pool),
+            Parsed::Http2(_) | Parsed::Messages(_) => {}
+            Parsed::Raw(bytes) => pool.recycle(bytes),
+        }
+    }
 }
 
 /// The parser of one connection. Most are HTTP/1's, the larger variant:
@@ -124,6 +163,7 @@ pub enum SessionParser {
         first: Vec<u8>,
     },
     Http1(Http1Session),
+    Http2(Http2Session),
     Postgres(PostgresSession),
     Mysql(MysqlSession),
 }
@@ -141,7 +181,9 @@ impl Default for SessionParser {
 impl SessionParser {
     /// The parser for a connection whose first bytes, in `direction`, are `first`.
     fn for_first_bytes(direction: usize, first: &[u8]) -> SessionParser {
-        if postgres::is_startup(first) {
+        if http2::is_http2(first) {
+            SessionParser::Http2(Http2Session::default())
+        } else if postgres::is_startup(first) {
             SessionParser::Postgres(PostgresSession::new(direction))
         } else if mysql::is_handshake_response(first) {
             SessionParser::Mysql(MysqlSession::new(direction))
@@ -195,6 +237,10 @@ impl SessionParser {
         match self {
             SessionParser::Undecided { .. } => unreachable!("decided above"),
             SessionParser::Http1(session) => session.push(direction, data, time, pool, out),
+            SessionParser::Http2(session) => {
+                session.push(direction, data.as_slice(), time, out);
+                data.release(pool);
+            }
             SessionParser::Postgres(session) => {
                 session.push(direction, data.as_slice(), out);
                 data.release(pool);
@@ -213,8 +259,10 @@ impl SessionParser {
         {
             self.decide(cutoff, pool, out);
         }
-        if let SessionParser::Http1(session) = self {
-            session.release_parts(cutoff, pool, out);
+        match self {
+            SessionParser::Http1(session) => session.release_parts(cutoff, pool, out),
+            SessionParser::Http2(session) => session.release_parts(cutoff, out),
+            _ => {}
         }
     }
 
@@ -223,6 +271,7 @@ impl SessionParser {
         match self {
             SessionParser::Undecided { first, .. } => first.is_empty(),
             SessionParser::Http1(session) => session.at_rest(),
+            SessionParser::Http2(session) => session.at_rest(),
             SessionParser::Postgres(session) => session.at_rest(),
             SessionParser::Mysql(session) => session.at_rest(),
         }
@@ -231,8 +280,10 @@ impl SessionParser {
     /// The connection has ended: what is held goes out.
     pub fn finish(&mut self, pool: &mut BufferPool, out: &mut Vec<Parsed>) {
         self.decide(SystemTime::now(), pool, out);
-        if let SessionParser::Http1(session) = self {
-            session.finish(pool, out);
+        match self {
+            SessionParser::Http1(session) => session.finish(pool, out),
+            SessionParser::Http2(session) => session.finish(out),
+            _ => {}
         }
     }
 }

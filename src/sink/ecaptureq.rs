@@ -22,10 +22,12 @@ use anyhow::{Context, Result, bail};
 use prost::Message;
 use tracing::warn;
 
+use super::text::write_http2;
 use super::{Payload, Record, Sink};
 use crate::audit::Activity;
 use crate::event::Direction;
 use crate::proto::http1::StartLine;
+use crate::proto::http2::Kind;
 
 /// `LogType`.
 const LOG_TYPE_HEARTBEAT: i32 = 0;
@@ -35,7 +37,9 @@ const LOG_TYPE_EVENT: i32 = 2;
 /// `Event.type`: what the payload is.
 const TYPE_UNKNOWN: u32 = 0;
 const TYPE_HTTP1_REQUEST: u32 = 1;
+const TYPE_HTTP2_REQUEST: u32 = 2;
 const TYPE_HTTP1_RESPONSE: u32 = 3;
+const TYPE_HTTP2_RESPONSE: u32 = 4;
 
 /// `message Event`.
 #[derive(Clone, PartialEq, Message)]
@@ -311,6 +315,16 @@ impl Sink for EcaptureQSink {
                 let mut bytes = part.head().to_vec();
                 bytes.extend_from_slice(part.body());
                 (kind, bytes)
+            }
+            Payload::Http2(part) => {
+                let kind = match part.kind {
+                    Kind::Request { .. } => TYPE_HTTP2_REQUEST,
+                    Kind::Response { .. } => TYPE_HTTP2_RESPONSE,
+                    Kind::Unknown => TYPE_UNKNOWN,
+                };
+                let mut text = Vec::new();
+                write_http2(&mut text, part, false, None);
+                (kind, text)
             }
             Payload::Messages(messages) => (TYPE_UNKNOWN, messages.text().into_bytes()),
             Payload::Raw(bytes) => (TYPE_UNKNOWN, bytes.clone()),

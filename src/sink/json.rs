@@ -14,6 +14,7 @@ use crate::audit::{Activity, DatabaseQuery, QueryOutcome, ShellCommand};
 use crate::capture::Summary;
 use crate::event::Direction;
 use crate::proto::http1::{HttpPart, StartLine};
+use crate::proto::http2::{Http2Part, Kind};
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -65,24 +66,49 @@ struct RecordLine<'a> {
 
 #[derive(Serialize)]
 struct HttpFields<'a> {
-    /// "request" or "response".
+    /// "request" or "response"; "unknown" for an HTTP/2 stream whose
+    /// headers went by before the capture.
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    method: Option<&'static str>,
+    method: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
-    /// Name and value pairs in the order sent; empty past the first part.
+    /// Name and value pairs in the order sent (HTTP/2's pseudo-header
+    /// fields first); empty past the first part.
     headers: Vec<(String, String)>,
+    /// The HTTP/2 stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<u32>,
+    /// HTTP/2 trailer fields, in the last part.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    trailers: &'a [(String, String)],
+    /// A gRPC body's messages completed in this part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc: Option<Vec<GrpcLine>>,
     /// 1 for the part with the head; a message too large or slow to hold
     /// whole comes in numbered parts.
     part: u32,
     last: bool,
     /// How the body was decoded (chunked, gzip...), or why it is incomplete.
     notes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct GrpcLine {
+    compressed: bool,
+    /// As its length prefix says.
+    length: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    /// The message, hex-encoded, when it is not UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_hex: Option<String>,
+    /// Whether what is here is less than its length (kept or `-t`).
+    truncated: bool,
 }
 
 #[derive(Serialize)]
@@ -262,6 +288,7 @@ impl<W: Write> Sink for JsonSink<W> {
         let joined;
         let (body, http, messages) = match &record.payload {
             Payload::Http(part) => (part.body(), Some(http_fields(part)), None),
+            Payload::Http2(part) => (&part.body[..], Some(http2_fields(part, self.truncate)), None),
             Payload::Messages(messages) => {
                 joined = messages.text();
                 (joined.as_bytes(), None, Some(messages))
@@ -269,10 +296,7 @@ impl<W: Write> Sink for JsonSink<W> {
             Payload::Raw(bytes) => (&bytes[..], None, None),
         };
         let shown = &body[..body.len().min(self.truncate.unwrap_or(usize::MAX))];
-        let (text, hex) = match std::str::from_utf8(shown) {
-            Ok(text) => (Some(text.to_string()), None),
-            Err(_) => (None, Some(hex::encode(shown))),
-        };
+        let (text, hex) = text_or_hex(shown);
         let line = RecordLine {
             origin: Origin {
                 kind: match (&http, messages) {
@@ -337,6 +361,47 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 }
 
+/// Bytes as UTF-8 text, or else as hex.
+fn text_or_hex(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (None, Some(hex::encode(bytes))),
+    }
+}
+
+fn http2_fields(part: &Http2Part, truncate: Option<usize>) -> HttpFields<'_> {
+    let (kind, method, path, status) = match &part.kind {
+        Kind::Request { method, path } => ("request", Some(method.as_str()), Some(path.clone()), None),
+        Kind::Response { status } => ("response", None, None, Some(*status)),
+        Kind::Unknown => ("unknown", None, None, None),
+    };
+    let grpc = part.grpc.iter().map(|message| {
+        let shown = &message.data[..message.data.len().min(truncate.unwrap_or(usize::MAX))];
+        let (data, data_hex) = text_or_hex(shown);
+        GrpcLine {
+            compressed: message.compressed,
+            length: message.length,
+            data,
+            data_hex,
+            truncated: shown.len() < message.length as usize,
+        }
+    });
+    HttpFields {
+        kind,
+        method,
+        path,
+        status,
+        version: Some("HTTP/2".into()),
+        headers: part.headers.clone(),
+        stream: Some(part.stream),
+        trailers: &part.trailers,
+        grpc: (!part.grpc.is_empty()).then(|| grpc.collect()),
+        part: part.number,
+        last: part.last,
+        notes: &part.notes,
+    }
+}
+
 /// The start line and headers of a message's first part, as httparse reads
 /// them; the parser already took the head, so it parses.
 fn http_fields(part: &HttpPart) -> HttpFields<'_> {
@@ -347,6 +412,9 @@ fn http_fields(part: &HttpPart) -> HttpFields<'_> {
         status: None,
         version: None,
         headers: Vec::new(),
+        stream: None,
+        trailers: &[],
+        grpc: None,
         part: part.number,
         last: part.last,
         notes: &part.notes,

@@ -15,51 +15,10 @@ use std::io::{self, BufWriter, Write};
 use self::direct_file::DirectFile;
 
 use crate::audit::Activity;
-use crate::event::BufferPool;
 use crate::event::EventMeta;
-use crate::proto::Messages;
-use crate::proto::http1::HttpPart;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Payload {
-    /// An HTTP message, or a part of one too large or slow to hold whole.
-    Http(HttpPart),
-    /// A database protocol's messages, one line each.
-    Messages(Messages),
-    /// Bytes of one call that are not a protocol we parse.
-    Raw(Vec<u8>),
-}
-
-impl Payload {
-    /// Bytes this payload took on the wire.
-    pub fn wire_len(&self) -> usize {
-        match self {
-            Payload::Http(part) => part.wire_len(),
-            Payload::Messages(messages) => messages.wire_len,
-            Payload::Raw(bytes) => bytes.len(),
-        }
-    }
-
-    /// The memory it holds: a raw payload's buffer may be a recycled one,
-    /// larger than what it carries.
-    pub fn held_bytes(&self) -> usize {
-        let buffer = match self {
-            Payload::Http(part) => part.wire_len(),
-            Payload::Messages(messages) => messages.lines.iter().map(String::capacity).sum(),
-            Payload::Raw(bytes) => bytes.capacity(),
-        };
-        buffer + std::mem::size_of::<Record>()
-    }
-
-    /// Its buffers, for the next events.
-    pub fn recycle(self, pool: &mut BufferPool) {
-        match self {
-            Payload::Http(part) => part.recycle(pool),
-            Payload::Messages(_) => {}
-            Payload::Raw(bytes) => pool.recycle(bytes),
-        }
-    }
-}
+/// What a record carries: what a connection's parser made of its bytes.
+pub use crate::proto::Parsed as Payload;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

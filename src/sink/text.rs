@@ -9,6 +9,7 @@ use super::{Payload, Record, Sink};
 use crate::audit::{Activity, DatabaseQuery, QueryOutcome, ShellCommand};
 use crate::event::{Comm, Direction, SocketPair};
 use crate::proto::http1::StartLine;
+use crate::proto::http2::{Http2Part, Kind};
 
 pub struct TextSink<W: Write> {
     out: W,
@@ -202,15 +203,7 @@ impl<W: Write> TextSink<W> {
     /// hexdump), a note on what `-t` left out, and `missing`, then writes it all.
     fn write_text(&mut self, text: &[u8], missing: Option<&str>) -> io::Result<()> {
         let scratch = &mut self.scratch;
-        let shown = &text[..self.truncate.map_or(text.len(), |n| n.min(text.len()))];
-        if !self.force_hex && is_printable(shown) {
-            scratch.extend_from_slice(shown);
-        } else {
-            hexdump(scratch, shown);
-        }
-        if shown.len() < text.len() {
-            let _ = write!(scratch, "\n[{} more bytes not shown]", text.len() - shown.len());
-        }
+        write_shown(scratch, text, self.force_hex, self.truncate);
         if let Some(note) = missing {
             scratch.push(b'\n');
             scratch.extend_from_slice(note.as_bytes());
@@ -237,6 +230,57 @@ impl std::fmt::Display for Elapsed {
     }
 }
 
+/// `bytes` as shown: printable text as it is, anything else as a hexdump;
+/// cut at `truncate`, saying so.
+fn write_shown(scratch: &mut Vec<u8>, bytes: &[u8], force_hex: bool, truncate: Option<usize>) {
+    let shown = &bytes[..truncate.map_or(bytes.len(), |n| n.min(bytes.len()))];
+    if !force_hex && is_printable(shown) {
+        scratch.extend_from_slice(shown);
+    } else {
+        hexdump(scratch, shown);
+    }
+    if shown.len() < bytes.len() {
+        let _ = write!(scratch, "\n[{} more bytes not shown]", bytes.len() - shown.len());
+    }
+}
+
+/// An HTTP/2 message: its header fields one per line as HTTP/1 shows
+/// them, the body, each gRPC message, the trailers.
+pub(crate) fn write_http2(scratch: &mut Vec<u8>, part: &Http2Part, force_hex: bool, truncate: Option<usize>) {
+    let fields = |scratch: &mut Vec<u8>, fields: &[(String, String)]| {
+        for (name, value) in fields {
+            let _ = writeln!(scratch, "{name}: {value}");
+        }
+    };
+    fields(scratch, &part.headers);
+    if !part.notes.is_empty() {
+        let _ = writeln!(scratch, "[{}]", part.notes.join("; "));
+    }
+    if !part.headers.is_empty() || !part.notes.is_empty() {
+        scratch.push(b'\n');
+    }
+    write_shown(scratch, &part.body, force_hex, truncate);
+    for message in &part.grpc {
+        if scratch.last().is_some_and(|&last| last != b'\n') {
+            scratch.push(b'\n');
+        }
+        let compressed = if message.compressed { ", compressed" } else { "" };
+        let _ = writeln!(scratch, "[gRPC message: {} bytes{compressed}]", message.length);
+        write_shown(scratch, &message.data, force_hex, truncate);
+        let cut = message.length as usize - message.data.len().min(message.length as usize);
+        if cut > 0 {
+            let _ = write!(scratch, "\n[{cut} more bytes not kept]");
+        }
+    }
+    if !part.trailers.is_empty() {
+        if scratch.last().is_some_and(|&last| last != b'\n') {
+            scratch.push(b'\n');
+        }
+        scratch.extend_from_slice(b"[trailers]\n");
+        fields(scratch, &part.trailers);
+    }
+}
+
 /// Writes `record` to `out`: the header line, then the payload. Printable
 /// payloads go straight from the record to `out`; the rest of the text is
 /// built in `scratch`, so nothing is allocated per record.
@@ -259,6 +303,11 @@ fn write_record(
             StartLine::Request { .. } => "HTTP request",
             StartLine::Response { .. } => "HTTP response",
         },
+        Payload::Http2(part) => match part.kind {
+            Kind::Request { .. } => "HTTP/2 request",
+            Kind::Response { .. } => "HTTP/2 response",
+            Kind::Unknown => "HTTP/2 message",
+        },
         Payload::Messages(messages) => messages.protocol.messages(),
         Payload::Raw(_) => "data",
     };
@@ -275,12 +324,19 @@ fn write_record(
     push_integer(scratch, record.payload.wire_len());
     scratch.extend_from_slice(b" bytes ");
     scratch.extend_from_slice(kind.as_bytes());
-    if let Payload::Http(part) = &record.payload
-        && !part.is_whole()
-    {
+    if let Payload::Http2(part) = &record.payload {
+        scratch.extend_from_slice(b" on stream ");
+        push_integer(scratch, part.stream);
+    }
+    let part = match &record.payload {
+        Payload::Http(part) if !part.is_whole() => Some((part.number, part.last)),
+        Payload::Http2(part) if !part.is_whole() => Some((part.number, part.last)),
+        _ => None,
+    };
+    if let Some((number, last)) = part {
         scratch.extend_from_slice(b" (part ");
-        push_integer(scratch, part.number);
-        if part.last {
+        push_integer(scratch, number);
+        if last {
             scratch.extend_from_slice(b", end");
         }
         scratch.push(b')');
@@ -303,6 +359,10 @@ fn write_record(
             joined.as_bytes()
         }
         Payload::Raw(bytes) => bytes,
+        Payload::Http2(part) => {
+            write_http2(scratch, part, force_hex, truncate);
+            &[]
+        }
     };
     let shown = &bytes[..truncate.map_or(bytes.len(), |n| n.min(bytes.len()))];
     let mut last = scratch.last().copied();

@@ -186,11 +186,7 @@ fn mariadb_queries_in_json_lines() {
     let failing = format!("SELECT * FROM nowhere.`{tag}`");
     server.client(&format!("SELECT 1 AS `{tag}`; {failing}"));
     let out = capture.stop();
-    let objects: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
-        .collect();
+    let objects = json_lines(&out.stdout);
     let query = |text: &str| {
         objects
             .iter()

@@ -3,8 +3,6 @@
 
 use std::process::Command;
 
-use serde_json::Value;
-
 use crate::support::*;
 
 /// curl against the Python server: the request and the response as JSON
@@ -27,11 +25,7 @@ fn json_lines_carry_the_parsed_exchange_and_end_with_the_summary() {
     assert_eq!(body, format!("response-body-for {path}\n"));
     let out = capture.stop();
     assert!(out.status.success(), "{}", out.stderr);
-    let lines: Vec<Value> = out
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
-        .collect();
+    let lines = json_lines(&out.stdout);
     let curl = |direction: &str| {
         lines
             .iter()
@@ -88,11 +82,7 @@ fn json_lines_carry_the_key_log_lines() {
     assert!(out.status.success(), "{}", out.stderr);
     let file = std::fs::read_to_string(&keys).unwrap();
     assert!(!file.is_empty(), "{}", out.stderr);
-    let lines: Vec<Value> = out
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
-        .collect();
+    let lines = json_lines(&out.stdout);
     let printed: Vec<String> = lines
         .iter()
         .filter(|line| line["type"] == "keylog")

@@ -9,6 +9,7 @@ mod database;
 mod gnutls;
 mod gotls;
 mod hostile;
+mod http2;
 mod json;
 mod keylog;
 mod memory_bio;

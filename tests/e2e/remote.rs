@@ -142,9 +142,7 @@ fn json_events_reach_a_websocket_receiver_with_the_summary() {
     while !objects.iter().any(|object| object["type"] == "summary") {
         let message = socket.read().expect("a message within PEER_TIMEOUT");
         if let tungstenite::Message::Text(text) = message {
-            for line in text.lines() {
-                objects.push(serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")));
-            }
+            objects.extend(json_lines(&text));
         }
         // Once the request is in, stopping ecapture sends the summary.
         let request_seen = objects
@@ -199,11 +197,10 @@ fn an_ecaptureq_client_decodes_logs_and_events_from_the_schema() {
     assert_eq!(lines.next(), r#"{"connected": true}"#);
     let path = format!("/{}", marker("ecaptureq"));
     curl_get(port, &path);
-    let entries: Vec<serde_json::Value> = lines
-        .rest()
-        .iter()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
-        .collect();
+    let entries = json_lines(&lines.rest().join(
+        "
+",
+    ));
     client.wait(PEER_TIMEOUT);
     let out = capture.stop();
     assert!(out.status.success(), "{}", out.stderr);

@@ -159,11 +159,7 @@ fn json_lines_carry_each_command_and_its_status() {
     }
     let session = Session::new("json");
     let (out, shell_pid) = capture_session(&["--json", "bash"], "bash", &session, false);
-    let objects: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
-        .collect();
+    let objects = json_lines(&out.stdout);
     let commands: Vec<(String, i64)> = objects
         .iter()
         .filter(|object| object["type"] == "command")

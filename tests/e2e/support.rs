@@ -681,6 +681,22 @@ pub fn find_record<'a>(stdout: &'a str, needles: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("no record contains all of {needles:?}; got:\n{}", truncate(stdout)))
 }
 
+/// Each line of `text` as JSON, failing at the first that is not.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect()
+}
+
+/// The number right after the first `word` in `text`.
+pub fn number_after(text: &str, word: &str) -> u64 {
+    let at = text.find(word).unwrap_or_else(|| panic!("no {word:?} in:\n{text}")) + word.len();
+    let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {word:?} in:\n{text}"))
+}
+
 pub fn truncate(text: &str) -> &str {
     &text[..text.len().min(6000)]
 }

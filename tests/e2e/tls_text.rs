@@ -66,14 +66,7 @@ fn curl_request_and_gzip_chunked_response_are_whole_messages() {
 /// or the remote one ("from 127.0.0.1:PORT").
 fn header_port(record: &str, before: &str) -> u16 {
     let header = record.lines().next().unwrap_or_default();
-    let start = header
-        .find(before)
-        .unwrap_or_else(|| panic!("no {before:?} in {header}"))
-        + before.len();
-    let digits: String = header[start..].chars().take_while(char::is_ascii_digit).collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("no port after {before:?} in {header}"))
+    u16::try_from(number_after(header, before)).expect("a port")
 }
 
 #[test]

@@ -1,7 +1,8 @@
 // Go's own TLS (crypto/tls): once a line arrives on stdin, GETs the URL
 // given as the argument, certificate unchecked, and prints the body; then
 // waits for stdin to close. GO_TLS_MAX=1.2 keeps it to TLS 1.2; GO_KEYLOG
-// names a file for crypto/tls's own key log.
+// names a file for crypto/tls's own key log; GO_HTTP2=1 offers HTTP/2 by
+// ALPN, which a custom TLS configuration otherwise turns off.
 package main
 
 import (
@@ -30,7 +31,8 @@ func main() {
 		}
 		config.KeyLogWriter = keylog
 	}
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: config}}
+	transport := &http.Transport{TLSClientConfig: config, ForceAttemptHTTP2: os.Getenv("GO_HTTP2") == "1"}
+	client := &http.Client{Transport: transport}
 	response, err := client.Get(os.Args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
