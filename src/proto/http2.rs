@@ -254,8 +254,8 @@ struct Reader {
 
 #[derive(Default)]
 enum ReadState {
-    /// Before the direction's first bytes: the preface, or (the connection
-    /// was told HTTP/2 by its first bytes) a frame.
+    /// Before the direction's first bytes: the preface, or frames. Fewer
+    /// bytes than a frame header are taken for the start of one.
     #[default]
     Start,
     /// After bytes that could not be followed: a read or write that starts
@@ -299,8 +299,12 @@ impl Reader {
         if matches!(self.state, ReadState::Start) && !bytes.is_empty() {
             self.state = if bytes.starts_with(PREFACE) || PREFACE.starts_with(bytes) {
                 ReadState::Preface(0)
-            } else {
+            } else if bytes.len() < FRAME_HEADER_LEN {
                 ReadState::Header
+            } else {
+                // The other direction told HTTP/2; this one's first read may
+                // still begin inside a frame, in a capture started midway.
+                ReadState::Unsynced
             };
         }
         if matches!(self.state, ReadState::Unsynced) {
@@ -1092,9 +1096,8 @@ mod tests {
         let mut encoder = Encoder::new();
         let mut session = Http2Session::default();
         let mut out = Vec::new();
-        let mut first = settings();
-        first.extend(frame(SETTINGS, 0xff, 3, &[1]));
-        session.push(0, &first, SystemTime::UNIX_EPOCH, &mut out);
+        session.push(0, &settings(), SystemTime::UNIX_EPOCH, &mut out);
+        session.push(0, &frame(SETTINGS, 0xff, 3, &[1]), SystemTime::UNIX_EPOCH, &mut out);
         session.push(0, b"not frames at all", SystemTime::UNIX_EPOCH, &mut out);
         let next = headers(&mut encoder, END_STREAM, 7, &[(":method", "GET"), (":path", "/")]);
         session.push(0, &next, SystemTime::UNIX_EPOCH, &mut out);
@@ -1110,6 +1113,14 @@ mod tests {
             .collect();
         assert_eq!(raw, [9, 1, 17]);
         assert!(matches!(out.last(), Some(Parsed::Http2(part)) if part.stream == 7));
+        // A direction whose first read starts inside a frame waits for frames.
+        let mut mid_frame = vec![0x17];
+        mid_frame.extend(frame(DATA, END_STREAM, 9, b"after"));
+        let mut out = Vec::new();
+        session.push(1, &mid_frame, SystemTime::UNIX_EPOCH, &mut out);
+        session.push(1, &mid_frame[1..], SystemTime::UNIX_EPOCH, &mut out);
+        assert!(matches!(&out[0], Parsed::Raw(raw) if raw.len() == mid_frame.len()));
+        assert!(matches!(&out[1], Parsed::Http2(part) if part.body == b"after"));
     }
 
     #[test]
