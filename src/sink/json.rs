@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::text::utc_micros;
+use super::text::UtcClock;
 use super::{Payload, Record, Sink};
 use crate::audit::{Activity, DatabaseQuery, QueryOutcome, ShellCommand};
 use crate::capture::Summary;
@@ -20,6 +20,7 @@ pub struct JsonSink<W: Write> {
     out: W,
     module: &'static str,
     truncate: Option<usize>,
+    clock: UtcClock,
 }
 
 /// The fields every event's object starts with.
@@ -192,14 +193,19 @@ struct SummaryLine<'a> {
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W, module: &'static str, truncate: Option<usize>) -> Self {
-        JsonSink { out, module, truncate }
+        JsonSink {
+            out,
+            module,
+            truncate,
+            clock: UtcClock::default(),
+        }
     }
 
     /// Ends the stream with the capture's summary.
     pub fn write_summary(&mut self, summary: &Summary) -> io::Result<()> {
         let line = SummaryLine {
             kind: "summary",
-            time: utc_micros(SystemTime::now()),
+            time: self.clock.format(SystemTime::now()),
             module: self.module,
             summary,
         };
@@ -212,7 +218,7 @@ impl<W: Write> JsonSink<W> {
         let line = CommandLine {
             origin: Origin {
                 kind: "command",
-                time: utc_micros(command.time),
+                time: self.clock.format(command.time),
                 module: self.module,
                 pid: command.pid,
                 tid: None,
@@ -253,7 +259,7 @@ impl<W: Write> JsonSink<W> {
         let line = QueryLine {
             origin: Origin {
                 kind: "query",
-                time: utc_micros(query.time),
+                time: self.clock.format(query.time),
                 module: self.module,
                 pid: query.pid,
                 tid: Some(query.tid),
@@ -304,7 +310,7 @@ impl<W: Write> Sink for JsonSink<W> {
                     (None, Some(messages)) => messages.protocol.key(),
                     (None, None) => "data",
                 },
-                time: utc_micros(meta.timestamp),
+                time: self.clock.format(meta.timestamp),
                 module: self.module,
                 pid: meta.pid,
                 tid: Some(meta.tid),
@@ -343,7 +349,7 @@ impl<W: Write> Sink for JsonSink<W> {
             };
             let line = KeylogLine {
                 kind: "keylog",
-                time: utc_micros(SystemTime::now()),
+                time: self.clock.format(SystemTime::now()),
                 module: self.module,
                 pid,
                 comm,

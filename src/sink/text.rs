@@ -37,16 +37,22 @@ impl<W: Write> TextSink<W> {
 /// records, formatting headers was a quarter of ecapture's time.
 #[derive(Default)]
 struct Repeated {
-    second: Option<(u64, Vec<u8>)>,
+    clock: UtcClock,
     addresses: HashMap<(SocketPair, Direction), Vec<u8>>,
 }
 
 /// Connections whose addresses are kept formatted; past that the table starts over.
 const FORMATTED_CONNECTIONS: usize = 4096;
 
-impl Repeated {
-    /// UTC time with microseconds, like "2026-11-25T13:45:06.123456Z".
-    fn write_time(&mut self, out: &mut Vec<u8>, time: SystemTime) {
+/// Writes times as UTC with microseconds, like "2026-11-25T13:45:06.123456Z",
+/// the date and time to the second formatted once per second.
+#[derive(Default)]
+pub struct UtcClock {
+    second: Option<(u64, Vec<u8>)>,
+}
+
+impl UtcClock {
+    fn write(&mut self, out: &mut Vec<u8>, time: SystemTime) {
         let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = since.as_secs();
         if self.second.as_ref().is_none_or(|(cached, _)| *cached != secs) {
@@ -73,9 +79,17 @@ impl Repeated {
         out.push(b'Z');
     }
 
+    pub fn format(&mut self, time: SystemTime) -> String {
+        let mut text = Vec::with_capacity(27);
+        self.write(&mut text, time);
+        String::from_utf8(text).expect("ASCII")
+    }
+}
+
+impl Repeated {
     /// "TIME PID:pid Comm:comm", how every header line starts.
     fn write_process(&mut self, out: &mut Vec<u8>, time: SystemTime, pid: u32, comm: &Comm) {
-        self.write_time(out, time);
+        self.clock.write(out, time);
         out.extend_from_slice(b" PID:");
         push_integer(out, pid);
         out.extend_from_slice(b" Comm:");
@@ -487,13 +501,6 @@ fn hexdump(out: &mut Vec<u8>, bytes: &[u8]) {
         );
         out.extend_from_slice(b"|\n");
     }
-}
-
-/// UTC time with microseconds, like "2026-11-25T13:45:06.123456Z".
-pub fn utc_micros(time: SystemTime) -> String {
-    let mut text = Vec::new();
-    Repeated::default().write_time(&mut text, time);
-    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
