@@ -7,6 +7,7 @@ mod object;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tracing::info;
@@ -120,6 +121,9 @@ fn newest_server() -> Result<PathBuf> {
 /// Backends with statements and portals remembered; past this, the table
 /// starts over (a backend's next execute may then show without its text).
 const MAX_BACKENDS: usize = 4096;
+/// A backend's session (its user, database and client) stays for its life;
+/// its title is read again after this, in case its pid now names another.
+const SESSION_REREAD: Duration = Duration::from_secs(1);
 /// Statements or portals remembered per backend.
 const MAX_NAMES: usize = 1024;
 
@@ -138,7 +142,8 @@ struct Backends {
     skipping: HashSet<u32>,
     statements: Named<Vec<u8>>,
     portals: Named<Portal>,
-    sessions: HashMap<u32, Session>,
+    /// Each backend's session, and when its title was read.
+    sessions: HashMap<u32, (Session, Instant)>,
 }
 
 impl Backends {
@@ -240,6 +245,11 @@ impl Dialect for Backends {
 
     /// From the backend's process title: "postgres: [CLUSTER: ]USER DATABASE CLIENT ACTIVITY".
     fn session(&mut self, pid: u32) -> Session {
+        if let Some((session, read)) = self.sessions.get(&pid)
+            && read.elapsed() < SESSION_REREAD
+        {
+            return session.clone();
+        }
         if let Some(title) = std::fs::read(format!("/proc/{pid}/cmdline"))
             .ok()
             .and_then(|cmdline| session_from_title(&String::from_utf8_lossy(&cmdline)))
@@ -247,10 +257,13 @@ impl Dialect for Backends {
             if self.sessions.len() >= MAX_BACKENDS {
                 self.sessions.clear();
             }
-            self.sessions.insert(pid, title);
+            self.sessions.insert(pid, (title, Instant::now()));
         }
         // A backend gone by now is named from what was read before.
-        self.sessions.get(&pid).cloned().unwrap_or_default()
+        self.sessions
+            .get(&pid)
+            .map(|(session, _)| session.clone())
+            .unwrap_or_default()
     }
 }
 
