@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use loona_hpack::huffman::HuffmanDecoder;
+use super::huffman;
 
 /// RFC 7541 Appendix A.
 const STATIC_TABLE: [(&str, &str); 61] = [
@@ -152,9 +152,6 @@ pub struct HeaderDecoder {
     table: VecDeque<Entry>,
     size: usize,
     max_size: usize,
-    /// Built at the first Huffman-coded string: most connections have one,
-    /// and most sessions are not HTTP/2.
-    huffman: Option<HuffmanDecoder>,
 }
 
 impl Default for HeaderDecoder {
@@ -163,7 +160,6 @@ impl Default for HeaderDecoder {
             table: VecDeque::new(),
             size: 0,
             max_size: INITIAL_TABLE_SIZE,
-            huffman: None,
         }
     }
 }
@@ -303,7 +299,7 @@ impl HeaderDecoder {
     /// A string literal at `at`: its length, then its bytes, Huffman-coded
     /// when the length's first bit says so.
     fn string(&mut self, block: &[u8], at: &mut usize) -> Result<Vec<u8>, &'static str> {
-        let huffman = *block.get(*at).ok_or("a block ends before a string")? & 0x80 != 0;
+        let coded = *block.get(*at).ok_or("a block ends before a string")? & 0x80 != 0;
         let length = integer(block, at, 7)?;
         let end = at
             .checked_add(length)
@@ -311,13 +307,12 @@ impl HeaderDecoder {
             .ok_or("a string runs past its block")?;
         let bytes = &block[*at..end];
         *at = end;
-        if !huffman {
+        if !coded {
             return Ok(bytes.to_vec());
         }
-        self.huffman
-            .get_or_insert_with(HuffmanDecoder::new)
-            .decode(bytes)
-            .map_err(|_| "a Huffman-coded string is invalid")
+        let mut decoded = Vec::with_capacity(bytes.len() * 8 / 5);
+        huffman::decode(bytes, &mut decoded)?;
+        Ok(decoded)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+mod huffman;
 pub mod mysql;
 pub mod postgres;
 pub mod postgres_messages;
