@@ -453,6 +453,20 @@ pub fn probe_site(image: &ElfImage, symbol: &FunctionSymbol) -> Option<ProbeSite
     }
 }
 
+/// The addresses of `function`'s return instructions.
+pub fn return_instructions(image: &ElfImage, function: &FunctionSymbol) -> Vec<u64> {
+    let end = function.address + function.size;
+    match image.architecture() {
+        Some(object::Architecture::X86_64) => decode(image, function.address, end)
+            .iter()
+            .filter(|instruction| instruction.mnemonic() == iced_x86::Mnemonic::Ret)
+            .map(|instruction| instruction.ip())
+            .collect(),
+        Some(object::Architecture::Aarch64) => super::aarch64::return_instructions(image, function.address, end),
+        _ => Vec::new(),
+    }
+}
+
 /// Instructions a probe may be moved past.
 const MAX_SKIPPED: usize = 4;
 

@@ -17,11 +17,11 @@ use tracing::{debug, info, warn};
 use super::{Hook, HookTarget, Module, Tracepoints};
 use crate::cli::{Config, Mode};
 use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
+use crate::target::disasm;
 use crate::target::elf::{ElfImage, FunctionSymbol};
 use crate::target::foreign;
 use crate::target::golang::{self, GoVersion};
 use crate::target::libpath;
-use crate::target::{aarch64, disasm};
 
 /// Every secret crypto/tls derives goes through it, with its label.
 const KEY_LOG_FUNCTION: &str = "crypto/tls.(*Config).writeKeyLog";
@@ -271,7 +271,7 @@ fn read_data_hooks(image: &ElfImage, read: &FunctionSymbol) -> Result<Vec<Hook>>
         image.path().display(),
         copies.len()
     );
-    let returns: Vec<Hook> = return_instructions(image, read)
+    let returns: Vec<Hook> = disasm::return_instructions(image, read)
         .into_iter()
         .filter_map(|ret| Hook::at_instruction(image, read, ret, "gotls_read_return"))
         .collect();
@@ -282,19 +282,6 @@ fn read_data_hooks(image: &ElfImage, read: &FunctionSymbol) -> Result<Vec<Hook>>
         );
     }
     Ok(returns)
-}
-
-/// The addresses of `function`'s return instructions.
-fn return_instructions(image: &ElfImage, function: &FunctionSymbol) -> Vec<u64> {
-    let end = function.address + function.size;
-    match image.architecture() {
-        Some(::object::Architecture::Aarch64) => aarch64::return_instructions(image, function.address, end),
-        _ => disasm::decode(image, function.address, end)
-            .iter()
-            .filter(|instruction| instruction.mnemonic() == iced_x86::Mnemonic::Ret)
-            .map(|instruction| instruction.ip())
-            .collect(),
-    }
 }
 
 #[cfg(test)]
@@ -379,7 +366,7 @@ mod tests {
     fn read_is_probed_at_each_return_when_it_copies_otherwise() {
         let go = ElfImage::open(Path::new("/usr/lib/go-1.19/bin/go")).unwrap();
         let read = golang::function(&go, READ_FUNCTION).unwrap();
-        let returns = return_instructions(&go, &read);
+        let returns = disasm::return_instructions(&go, &read);
         assert!(!returns.is_empty());
         for ret in &returns {
             assert_eq!(go.code_between(*ret, ret + 1), Some(&[0xc3u8][..]));
