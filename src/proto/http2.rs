@@ -8,9 +8,9 @@
 //! start of a read or write that begins with plausible frames, and shows
 //! the header fields its HPACK tables can decode. Bytes that cannot be
 //! followed are shown raw, and the frames after them are looked for again.
-//! DATA streams into its message; other frames are kept up to a bound; the
-//! bodies held in a connection stay under PART_BYTES, whatever the number
-//! of streams.
+//! DATA streams into its message; other frames are kept up to a bound; what
+//! a connection's messages hold (header fields and bodies) stays under
+//! PART_BYTES, whatever the number of streams.
 
 use std::time::SystemTime;
 
