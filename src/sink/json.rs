@@ -521,6 +521,36 @@ mod tests {
     }
 
     #[test]
+    fn http2_messages_carry_their_stream_trailers_and_grpc_messages() {
+        let record = Record {
+            meta: meta(Direction::Ingress),
+            payload: crate::sink::text::tests::grpc_response(),
+        };
+        for (truncate, hello) in [(None, "hello"), (Some(2), "he")] {
+            let lines = lines(std::slice::from_ref(&record), truncate);
+            let http = &lines[0]["http"];
+            assert_eq!(
+                (&lines[0]["type"], &lines[0]["body"]),
+                (&Value::from("http"), &Value::from(""))
+            );
+            assert_eq!(
+                (&http["version"], &http["kind"], &http["status"]),
+                (&Value::from("HTTP/2"), &Value::from("response"), &Value::from(200))
+            );
+            assert_eq!(http["stream"], 3);
+            assert_eq!(http["headers"][0], serde_json::json!([":status", "200"]));
+            assert_eq!(http["trailers"], serde_json::json!([["grpc-status", "0"]]));
+            assert_eq!(
+                http["grpc"],
+                serde_json::json!([
+                    {"compressed": false, "length": 5, "data": hello, "truncated": truncate.is_some()},
+                    {"compressed": true, "length": 3, "data_hex": if truncate.is_some() { "ff00" } else { "ff0001" }, "truncated": truncate.is_some()},
+                ])
+            );
+        }
+    }
+
+    #[test]
     fn requests_responses_and_raw_bytes_are_one_object_each() {
         let records = [
             Record {

@@ -520,6 +520,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 pub(super) mod tests {
     use super::*;
     use crate::event::EventMeta;
+    use crate::proto::http2::GrpcMessage;
 
     /// curl's write at 2025-11-25T13:45:06.123456Z on a named connection.
     pub fn meta() -> EventMeta {
@@ -544,6 +545,53 @@ pub(super) mod tests {
         let record = Record { meta: meta(), payload };
         write_record(&mut out, &mut scratch, &mut Repeated::default(), &record, hex, truncate).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    /// The last part of a gRPC response: a text message, a compressed
+    /// binary one, the status.
+    pub fn grpc_response() -> Payload {
+        let fields = |pairs: &[(&str, &str)]| pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        Payload::Http2(Http2Part {
+            stream: 3,
+            direction: 0,
+            kind: Kind::Response { status: 200 },
+            headers: fields(&[(":status", "200"), ("content-type", "application/grpc")]),
+            trailers: fields(&[("grpc-status", "0")]),
+            body: Vec::new(),
+            grpc: vec![
+                GrpcMessage {
+                    compressed: false,
+                    length: 5,
+                    data: b"hello".to_vec(),
+                },
+                GrpcMessage {
+                    compressed: true,
+                    length: 3,
+                    data: vec![0xff, 0x00, 0x01],
+                },
+            ],
+            notes: Vec::new(),
+            number: 1,
+            last: true,
+            wire_len: 60,
+        })
+    }
+
+    #[test]
+    fn http2_messages_show_their_fields_grpc_messages_and_trailers() {
+        let text = rendered(grpc_response(), false, None);
+        let (header, rest) = text.split_once('\n').unwrap();
+        assert!(
+            header.ends_with("Sent 60 bytes HTTP/2 response on stream 3 to 127.0.0.1:8443 (local 127.0.0.1:40000):")
+        );
+        let binary = format!("00000000  ff 00 01 {}  |...|\n", " ".repeat(13 * 3));
+        assert_eq!(
+            rest,
+            format!(
+                ":status: 200\ncontent-type: application/grpc\n\n[gRPC message: 5 bytes]\nhello\n\
+                 [gRPC message: 3 bytes, compressed]\n{binary}[trailers]\ngrpc-status: 0\n\n"
+            )
+        );
     }
 
     #[test]
