@@ -183,10 +183,12 @@ impl Session {
     }
 }
 
-/// A record of what the parser made; an HTTP/2 message says which way it went.
+/// A record of what the parser made. An HTTP message goes the way it was
+/// sent, which need not be the way of the latest call: a part released by
+/// time or at the connection's end, another stream's on HTTP/2.
 fn record(mut meta: EventMeta, payload: Parsed) -> Record {
-    if let Parsed::Http2(part) = &payload {
-        meta.direction = if part.direction == 0 {
+    if let Some(direction) = payload.direction() {
+        meta.direction = if direction == 0 {
             Direction::Egress
         } else {
             Direction::Ingress
@@ -212,6 +214,7 @@ mod tests {
     use std::time::SystemTime;
 
     use crate::event::EventData;
+    use crate::proto::http1::StartLine;
 
     #[test]
     fn procfs_names_our_own_tcp_connection() {
@@ -261,6 +264,49 @@ mod tests {
             matches!(&flushed[0].payload, Parsed::Http(part) if part.body() == b"abc" && part.notes[0].starts_with("incomplete"))
         );
         assert!(matches!(&flushed[1].payload, Parsed::Http(_)));
+    }
+
+    #[test]
+    fn a_message_flushed_after_a_call_the_other_way_keeps_its_direction() {
+        let mut tracker = ConnTracker::default();
+        let mut flushed = Vec::new();
+        let mut pool = BufferPool::default();
+        tracker.on_event(
+            event(3, Direction::Egress, b"GET /a HTTP/1.1\r\n\r\n"),
+            &mut pool,
+            &mut flushed,
+        );
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+        tracker.on_event(event(3, Direction::Ingress, response), &mut pool, &mut flushed);
+        tracker.on_event(
+            event(3, Direction::Egress, b"GET /b HTTP/1.1\r\n\r\n"),
+            &mut pool,
+            &mut flushed,
+        );
+        // A new fd ends the session, after a call that went out.
+        tracker.on_event(
+            event(4, Direction::Egress, b"GET /c HTTP/1.1\r\n\r\n"),
+            &mut pool,
+            &mut flushed,
+        );
+        let directions: Vec<_> = flushed
+            .iter()
+            .map(|record| match &record.payload {
+                Parsed::Http(part) => (part.start, record.meta.direction),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let get = StartLine::Request { method: "GET" };
+        let ok = StartLine::Response { status: 200 };
+        assert_eq!(
+            directions,
+            [
+                (get, Direction::Egress),
+                (get, Direction::Egress),
+                (ok, Direction::Ingress),
+                (get, Direction::Egress)
+            ]
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub enum StartLine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPart {
     pub start: StartLine,
+    /// The direction (0 or 1) it was sent in.
+    pub direction: usize,
     /// The part exactly as sent: the buffer it arrived in, not a copy.
     wire: Vec<u8>,
     /// The head's length, in a message's first part; 0 in the others.
@@ -110,11 +112,23 @@ impl HttpPart {
 pub use super::Parsed;
 
 /// Both directions of one connection.
-#[derive(Default)]
 pub struct Http1Session {
     streams: [Stream; 2],
     /// For each request still unanswered: was it HEAD (whose response has no body)?
     unanswered: VecDeque<bool>,
+}
+
+impl Default for Http1Session {
+    fn default() -> Http1Session {
+        let toward = |direction| Stream {
+            direction,
+            ..Stream::default()
+        };
+        Http1Session {
+            streams: [toward(0), toward(1)],
+            unanswered: VecDeque::new(),
+        }
+    }
 }
 
 impl Http1Session {
@@ -173,6 +187,8 @@ impl Http1Session {
 
 #[derive(Default)]
 struct Stream {
+    /// Which of the connection's directions (0 or 1) this is.
+    direction: usize,
     /// Wire bytes not handed out yet: the part in progress, then bytes not
     /// parsed yet.
     buf: Vec<u8>,
@@ -501,6 +517,7 @@ impl Stream {
         self.used = 0;
         let part = HttpPart {
             start: message.start,
+            direction: self.direction,
             wire: std::mem::replace(&mut self.buf, rest),
             head_len: std::mem::take(&mut message.head_len),
             decoded: if last {

@@ -132,6 +132,16 @@ impl Parsed {
         }
     }
 
+    /// The direction (0 or 1) an HTTP message was sent in. The rest is
+    /// handed out by the call that brought it, and goes its way.
+    pub fn direction(&self) -> Option<usize> {
+        match self {
+            Parsed::Http(part) => Some(part.direction),
+            Parsed::Http2(part) => Some(part.direction),
+            Parsed::Messages(_) | Parsed::Raw(_) => None,
+        }
+    }
+
     /// The memory it holds: a raw payload's buffer may be a recycled one,
     /// larger than what it carries.
     pub fn held_bytes(&self) -> usize {
