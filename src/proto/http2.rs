@@ -543,6 +543,8 @@ fn data_bytes(payload: &mut FrameInProgress, mut bytes: &[u8], context: &mut Con
 #[derive(Default)]
 struct Streams {
     messages: Vec<Message>,
+    /// What the messages hold, the sum of their `held`.
+    held: usize,
 }
 
 struct Message {
@@ -562,6 +564,10 @@ struct Message {
     part: u32,
     /// When the oldest content not handed out arrived.
     since: Option<SystemTime>,
+    /// Bytes of header fields, body and gRPC messages it holds, counted as
+    /// they come: counting them again at every frame would cost a peer's
+    /// one-byte frames a pass over every message's fields.
+    held: usize,
 }
 
 impl Message {
@@ -581,6 +587,7 @@ impl Message {
             wire_len: 0,
             part: 1,
             since: None,
+            held: 0,
         }
     }
 
@@ -589,8 +596,9 @@ impl Message {
         !(self.headers.is_empty() && self.body.is_empty() && self.grpc_done.is_empty() && self.notes.is_empty())
     }
 
-    /// Memory its headers and body hold.
-    fn held(&self) -> usize {
+    /// What `held` counts, counted again.
+    #[cfg(test)]
+    fn counted(&self) -> usize {
         fields_len(&self.headers)
             + fields_len(&self.trailers)
             + self.body.len()
@@ -602,10 +610,12 @@ impl Message {
             + self.grpc.as_ref().map_or(0, |grpc| grpc.current.data.len())
     }
 
-    /// Body bytes, decoded as its headers say.
-    fn take_body(&mut self, bytes: &[u8]) {
+    /// Body bytes, decoded as its headers say; returns how much more it holds.
+    fn take_body(&mut self, bytes: &[u8]) -> usize {
+        let (body, messages) = (self.body.len(), self.grpc_done.len());
+        let mut kept = 0;
         if let Some(grpc) = &mut self.grpc {
-            grpc.take(bytes, &mut self.grpc_done);
+            kept = grpc.take(bytes, &mut self.grpc_done);
         } else if let Some(inflater) = &mut self.inflater {
             if let Some(note) = inflater.inflate(bytes, &mut self.body) {
                 self.notes.push(note);
@@ -613,6 +623,9 @@ impl Message {
         } else {
             self.body.extend_from_slice(bytes);
         }
+        let added = kept + (self.body.len() - body) + (self.grpc_done.len() - messages) * size_of::<GrpcMessage>();
+        self.held += added;
+        added
     }
 }
 
@@ -661,6 +674,9 @@ impl Streams {
         if pushed {
             message.notes.push("promised by the server (PUSH_PROMISE)".into());
         }
+        let added = fields_len(&block.fields);
+        message.held += added;
+        self.held += added;
         if message.headers_seen || !message.body.is_empty() || !message.grpc_done.is_empty() {
             message.trailers.extend(block.fields);
         } else {
@@ -686,8 +702,7 @@ impl Streams {
     /// When the messages hold PART_BYTES, message `at` (the one that just
     /// grew) hands out what it holds.
     fn bound_held(&mut self, at: usize, out: &mut Vec<Parsed>) {
-        let held: usize = self.messages.iter().map(Message::held).sum();
-        if held >= PART_BYTES {
+        if self.held >= PART_BYTES {
             self.emit(at, false, out);
         }
     }
@@ -709,7 +724,7 @@ impl Streams {
             let message = &mut self.messages[at];
             message.since.get_or_insert(time);
             message.wire_len += step.len();
-            message.take_body(step);
+            self.held += message.take_body(step);
             self.bound_held(at, out);
         }
     }
@@ -766,7 +781,12 @@ impl Streams {
         };
         message.part += 1;
         message.since = None;
+        // A gRPC message under way stays.
+        let kept = message.grpc.as_ref().map_or(0, |grpc| grpc.current.data.len());
+        self.held -= message.held - kept;
+        message.held = kept;
         if last {
+            self.held -= kept;
             self.messages.remove(at);
         }
         out.push(Parsed::Http2(part));
@@ -828,7 +848,9 @@ struct GrpcReader {
 }
 
 impl GrpcReader {
-    fn take(&mut self, mut bytes: &[u8], done: &mut Vec<GrpcMessage>) {
+    /// Takes body bytes; returns how many of them it keeps.
+    fn take(&mut self, mut bytes: &[u8], done: &mut Vec<GrpcMessage>) -> usize {
+        let mut kept = 0;
         while !bytes.is_empty() {
             if self.prefix_len < GRPC_PREFIX_LEN {
                 let n = bytes.len().min(GRPC_PREFIX_LEN - self.prefix_len);
@@ -836,7 +858,7 @@ impl GrpcReader {
                 self.prefix_len += n;
                 bytes = &bytes[n..];
                 if self.prefix_len < GRPC_PREFIX_LEN {
-                    return;
+                    return kept;
                 }
                 let length = u32::from_be_bytes(self.prefix[1..].try_into().expect("4 bytes"));
                 self.current = GrpcMessage {
@@ -849,6 +871,7 @@ impl GrpcReader {
             let n = bytes.len().min(self.remaining);
             let room = SHOWN_GRPC_BYTES.saturating_sub(self.current.data.len());
             self.current.data.extend_from_slice(&bytes[..n.min(room)]);
+            kept += n.min(room);
             self.remaining -= n;
             bytes = &bytes[n..];
             if self.remaining == 0 {
@@ -856,6 +879,7 @@ impl GrpcReader {
                 self.prefix_len = 0;
             }
         }
+        kept
     }
 
     /// The body ended; a message cut short goes out with a note.
@@ -1055,7 +1079,14 @@ mod tests {
         bytes.extend(frame(DATA, 0, 1, &body[7..]));
         bytes.extend(headers(&mut encoder, END_STREAM, 1, &[("grpc-status", "0")]));
         let mut session = Http2Session::default();
-        let parts = parts(fed(&mut session, &[(1, &bytes)], 3));
+        assert!(fed(&mut session, &[(1, &bytes[..bytes.len() - 20])], 3).is_empty());
+        let message = &session.streams.messages[0];
+        assert_eq!(
+            (session.streams.held, message.held),
+            (message.counted(), message.counted())
+        );
+        let parts = parts(fed(&mut session, &[(1, &bytes[bytes.len() - 20..])], 3));
+        assert_eq!(session.streams.held, 0);
         assert_eq!(parts.len(), 1);
         let grpc: Vec<_> = parts[0]
             .grpc
@@ -1132,16 +1163,18 @@ mod tests {
         for stream in (1..2 * MAX_MESSAGES as u32).step_by(2) {
             let bytes = headers(&mut encoder, 0, stream, &[(":method", "POST"), ("x-large", &large)]);
             session.push(0, &bytes, SystemTime::UNIX_EPOCH, &mut out);
-            let held: usize = session.streams.messages.iter().map(Message::held).sum();
+            let held: usize = session.streams.messages.iter().map(Message::counted).sum();
             assert!(held < PART_BYTES, "{held} held");
+            assert_eq!(session.streams.held, held);
         }
         let chunk = vec![b'z'; 16 * 1024];
         for round in 0..40u32 {
             for stream in (1..2 * MAX_MESSAGES as u32 + 40).step_by(2) {
                 let bytes = frame(DATA, 0, stream, &chunk[..(round as usize * 997) % chunk.len() + 1]);
                 session.push(0, &bytes, SystemTime::UNIX_EPOCH, &mut out);
-                let held: usize = session.streams.messages.iter().map(Message::held).sum();
+                let held: usize = session.streams.messages.iter().map(Message::counted).sum();
                 assert!(held < PART_BYTES, "{held} held");
+                assert_eq!(session.streams.held, held);
                 assert!(session.streams.messages.len() <= MAX_MESSAGES);
             }
         }
