@@ -87,6 +87,7 @@ static __always_inline int library_transport_fd(__u64 tcp_conn)
 typedef struct pt_regs go_regs;
 /* The running goroutine's g, in a register of its own. */
 #define GO_G(ctx) ((ctx)->r14)
+#define GO_SP(ctx) ((ctx)->rsp)
 /* At the JBE of a function's stack-bound check: true when it jumps (CF or
  * ZF), to grow the stack and enter the function again. */
 #define GO_STACK_GROWS(ctx) (((ctx)->eflags & 0x41) != 0)
@@ -99,6 +100,7 @@ typedef struct pt_regs go_regs;
 	}
 typedef struct user_pt_regs go_regs;
 #define GO_G(ctx) ((ctx)->regs[28])
+#define GO_SP(ctx) ((ctx)->sp)
 /* At the B.LS of a function's stack-bound check: C clear or Z set. */
 #define GO_STACK_GROWS(ctx) (!((ctx)->pstate & (1ULL << 29)) || ((ctx)->pstate & (1ULL << 30)))
 #else
@@ -260,5 +262,27 @@ int gotls_read_copy(void *ctx)
 
 	return emit_read(ctx, regs, (__s64)arguments[2], arguments[1]);
 }
+
+#ifndef ECAPTURE_LEGACY_KERNEL
+/* On Read's copy, as gotls_read_copy, where Read's receiver stays in the
+ * stack slot its prologue spilled it to (src/target/golang.rs): the
+ * attachment's cookie is that slot's offset from the stack pointer. One
+ * probe hit per Read rather than two, and no map. Cookies came with Linux
+ * 5.15; userspace loads this program only where the kernel has them. */
+SEC("uprobe")
+int gotls_read_copy_by_cookie(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	go_regs *regs = ctx;
+	__u64 arguments[9] = GO_ARGUMENTS(regs);
+	__u64 conn = read_user_word(GO_SP(regs) + bpf_get_attach_cookie(ctx));
+	__s64 n = arguments[2];
+
+	if (!process_is_traced(pid_tgid) || !conn || n <= 0 || n > (1LL << 31))
+		return 0;
+	ask_for_transport(ctx, pid_tgid);
+	return emit_session_data(ctx, pid_tgid, conn, arguments[1], n, DIRECTION_INGRESS, bpf_ktime_get_ns());
+}
+#endif
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -999,7 +999,7 @@ fn watch_library_loads(probes: &mut LoadedProbes, config: &Config) -> Result<()>
 fn attach_target<L>(probes: &mut LoadedProbes, target: &HookTarget<L>, pid: Option<u32>) -> Result<()> {
     for hook in &target.hooks {
         let offset = hook.symbol.file_offset;
-        probes.attach_uprobe(hook.entry_program, &target.binary, offset, false, pid)?;
+        probes.attach_uprobe_with_cookie(hook.entry_program, &target.binary, offset, false, pid, hook.cookie)?;
         if let Some(return_program) = hook.return_program {
             probes.attach_uprobe(return_program, &target.binary, offset, true, pid)?;
         }

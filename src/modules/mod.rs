@@ -60,6 +60,8 @@ pub struct Hook {
     pub entry_program: &'static str,
     /// None where the entry alone sees all it needs, sparing a uretprobe.
     pub return_program: Option<&'static str>,
+    /// What the entry program reads through bpf_get_attach_cookie.
+    pub cookie: u64,
 }
 
 impl Hook {
@@ -83,6 +85,7 @@ impl Hook {
             site,
             entry_program,
             return_program,
+            cookie: 0,
         }
     }
 }
@@ -107,6 +110,7 @@ impl Hook {
             site: disasm::site_at(image, address, offset),
             entry_program,
             return_program: None,
+            cookie: 0,
         })
     }
 
@@ -118,6 +122,7 @@ impl Hook {
             site: None,
             entry_program,
             return_program,
+            cookie: 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -163,6 +164,7 @@ struct PendingUprobes {
     retprobe: bool,
     pid: i32,
     offsets: Vec<usize>,
+    cookies: Vec<u64>,
 }
 
 /// Opens a generated skeleton, lets `$configure` fill its read-only data
@@ -286,11 +288,43 @@ macro_rules! load_module_object {
 }
 pub(crate) use load_module_object;
 
-/// Loads the uprobe programs for uprobe_multi links where the kernel has them.
+/// Loads the uprobe programs for uprobe_multi links where the kernel has
+/// them; programs named `*_by_cookie` only where it has attachment cookies.
 pub(crate) fn prepare_uprobes(object: &mut OpenObject) {
     if uprobe_multi::supported() {
         uprobe_multi::prepare(object);
     }
+    if !kernel_has_attach_cookies() {
+        for mut program in object.progs_mut() {
+            if program.name().to_string_lossy().ends_with(COOKIE_PROGRAM_SUFFIX) {
+                program.set_autoload(false);
+            }
+        }
+    }
+}
+
+/// The name's ending of programs that read their attachment's cookie.
+pub const COOKIE_PROGRAM_SUFFIX: &str = "_by_cookie";
+
+/// Whether uprobes can be given cookies here: the programs of the current
+/// generation are loaded, and the kernel has attachment cookies.
+pub fn uprobe_cookies() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| Generation::choose() == Generation::Current && kernel_has_attach_cookies())
+}
+
+/// Whether uprobe programs may read their attachment's cookie (Linux 5.15
+/// and later), probed once.
+fn kernel_has_attach_cookies() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    // SAFETY: libbpf loads a tiny probe program; a null opts is allowed.
+    *HAS.get_or_init(|| unsafe {
+        libbpf_sys::libbpf_probe_bpf_helper(
+            libbpf_sys::BPF_PROG_TYPE_KPROBE,
+            libbpf_sys::BPF_FUNC_get_attach_cookie,
+            std::ptr::null(),
+        ) == 1
+    })
 }
 
 /// Copies `source` into `target`, the same C struct as generated into
@@ -415,9 +449,24 @@ impl LoadedProbes {
         retprobe: bool,
         pid: Option<u32>,
     ) -> Result<()> {
+        self.attach_uprobe_with_cookie(program, binary, file_offset, retprobe, pid, 0)
+    }
+
+    /// `attach_uprobe`, with a cookie the program reads through
+    /// bpf_get_attach_cookie, where `uprobe_cookies` says they work.
+    pub fn attach_uprobe_with_cookie(
+        &mut self,
+        program: &str,
+        binary: &Path,
+        file_offset: u64,
+        retprobe: bool,
+        pid: Option<u32>,
+        cookie: u64,
+    ) -> Result<()> {
         let pid = pid.map_or(-1, |pid| pid as i32);
         let opts = UprobeOpts {
             retprobe,
+            cookie,
             ..Default::default()
         };
         let offset = usize::try_from(file_offset)?;
@@ -426,13 +475,17 @@ impl LoadedProbes {
                 group.program == program && group.binary == binary && group.retprobe == retprobe && group.pid == pid
             };
             match self.pending.iter_mut().find(same) {
-                Some(group) => group.offsets.push(offset),
+                Some(group) => {
+                    group.offsets.push(offset);
+                    group.cookies.push(cookie);
+                }
                 None => self.pending.push(PendingUprobes {
                     program: program.to_string(),
                     binary: binary.to_path_buf(),
                     retprobe,
                     pid,
                     offsets: vec![offset],
+                    cookies: vec![cookie],
                 }),
             }
             return Ok(());
@@ -450,8 +503,16 @@ impl LoadedProbes {
     /// and kind of probe.
     pub fn attach_pending_uprobes(&mut self) -> Result<()> {
         for group in std::mem::take(&mut self.pending) {
+            // Cookies only where a program reads them: the kernel copies
+            // the array for every link.
+            let cookies = if group.cookies.iter().any(|&cookie| cookie != 0) {
+                group.cookies.clone()
+            } else {
+                Vec::new()
+            };
             let opts = UprobeMultiOpts {
                 offsets: group.offsets.clone(),
+                cookies,
                 retprobe: group.retprobe,
                 ..Default::default()
             };

@@ -61,6 +61,19 @@ enum Op {
 /// The zero register or sp, by context; never tracked.
 const SP_OR_ZERO: u8 = 31;
 
+impl Op {
+    /// The registers the instruction may write (31 standing for none).
+    fn written(&self) -> Vec<u8> {
+        match *self {
+            Op::Memory { loaded, .. } => loaded.map(|(register, _)| register).into_iter().collect(),
+            Op::Pair { loaded, .. } => loaded.map_or(Vec::new(), |(first, second, _)| vec![first, second]),
+            Op::AddImmediate { dest, .. } | Op::Move { dest, .. } => vec![dest],
+            Op::Other { written } => written.to_vec(),
+            Op::Return | Op::Branch(_) | Op::ConditionalBranch(_) | Op::Call(_) | Op::Stop | Op::Nothing => Vec::new(),
+        }
+    }
+}
+
 fn bits(word: u32, low: u32, count: u32) -> u32 {
     (word >> low) & ((1 << count) - 1)
 }
@@ -206,21 +219,15 @@ pub fn loads_first_argument_field(image: &ElfImage, start: u64, end: u64, field:
         return false;
     };
     for (pc, word) in words(code, start) {
-        let written: Vec<u8> = match decode(word, pc) {
+        match decode(word, pc) {
             Op::Memory {
                 base: 0,
                 offset,
                 loaded: Some(_),
             } if offset == field => return true,
-            Op::Memory { loaded, .. } => loaded.map(|(register, _)| register).into_iter().collect(),
-            Op::Pair { loaded, .. } => loaded.map_or(Vec::new(), |(first, second, _)| vec![first, second]),
-            Op::AddImmediate { dest, .. } | Op::Move { dest, .. } => vec![dest],
             Op::Call(_) | Op::Stop | Op::Return => return false,
-            Op::Other { written } => written.to_vec(),
-            Op::Branch(_) | Op::ConditionalBranch(_) | Op::Nothing => Vec::new(),
-        };
-        if written.contains(&0) {
-            return false;
+            op if op.written().contains(&0) => return false,
+            _ => {}
         }
     }
     false
@@ -299,20 +306,7 @@ pub fn constant_flow(image: &ElfImage, start: u64, end: u64) -> ConstantFlow {
         }
         let simd = bits(word, 26, 1) == 1;
         let op = decode(word, pc);
-        let written: Vec<u8> = match &op {
-            Op::Memory {
-                loaded: Some((register, _)),
-                ..
-            } => vec![*register],
-            Op::Pair {
-                loaded: Some((first, second, _)),
-                ..
-            } => vec![*first, *second],
-            Op::AddImmediate { dest, .. } | Op::Move { dest, .. } => vec![*dest],
-            Op::Other { written } => written.to_vec(),
-            _ => Vec::new(),
-        };
-        for register in written.into_iter().filter(|&register| register < 32) {
+        for register in op.written().into_iter().filter(|&register| register < 32) {
             written_at[usize::from(register)] = index;
         }
         match op {
@@ -725,6 +719,166 @@ pub fn go_stack_check_branch(image: &ElfImage, function: &FunctionSymbol) -> Opt
     None
 }
 
+/// Where a Go function's receiver stays for its whole body: see
+/// `disasm::go_receiver_spill`. The prologue saves the link register as it
+/// makes the frame (`str x30, [sp, #-N]!`), and the receiver's slot is the
+/// first above the frame, as on x86-64.
+pub fn go_receiver_spill(image: &ElfImage, function: &FunctionSymbol) -> Option<u64> {
+    let code = image.code_between(function.address, function.address.checked_add(function.size)?)?;
+    let stack_check = go_stack_check_branch(image, function)?;
+    receiver_spill_in(&words(code, function.address).collect::<Vec<_>>(), stack_check)
+}
+
+/// How far a prologue instruction moves sp down to make a frame:
+/// `str x30, [sp, #-N]!`, `stp x29, x30, [sp, #-N]!` or `sub sp, sp, #N`.
+fn stack_allocation(word: u32) -> Option<u64> {
+    let down = |offset: u64| {
+        (offset as i64)
+            .checked_neg()
+            .filter(|bytes| *bytes > 0)
+            .map(|bytes| bytes as u64)
+    };
+    let from_sp = bits(word, 5, 5) == u32::from(SP_OR_ZERO);
+    if word & 0xFFE0_0C00 == 0xF800_0C00 && from_sp {
+        return down(signed(bits(word, 12, 9), 9, 1));
+    }
+    if word & 0xFFC0_0000 == 0xA980_0000 && from_sp {
+        return down(signed(bits(word, 15, 7), 7, 8));
+    }
+    match decode(word, 0) {
+        Op::AddImmediate {
+            dest: SP_OR_ZERO,
+            source: SP_OR_ZERO,
+            addend,
+        } => down(addend),
+        _ => None,
+    }
+}
+
+/// Whether `word` writes sp: a load or store that writes its base back, or
+/// an ADD/SUB (immediate or extended register) into sp.
+fn writes_sp(word: u32) -> bool {
+    let base_sp = bits(word, 5, 5) == u32::from(SP_OR_ZERO);
+    let dest_sp = bits(word, 0, 5) == u32::from(SP_OR_ZERO);
+    let indexed = word & 0x3B20_0400 == 0x3800_0400;
+    let pair_indexed = word & 0x3A80_0000 == 0x2880_0000;
+    let sets_flags = bits(word, 29, 1) == 1;
+    let add_immediate = word & 0x1F80_0000 == 0x1100_0000;
+    let add_extended = word & 0x1FE0_0000 == 0x0B20_0000;
+    ((indexed || pair_indexed) && base_sp) || ((add_immediate || add_extended) && dest_sp && !sets_flags)
+}
+
+/// The bytes a store at [sp + offset] may write, as (offset, size); None for
+/// loads and for any other base. A writeback form, which stores at sp or at
+/// sp + offset, counts as both.
+fn sp_store(word: u32) -> Option<(i64, u64)> {
+    if bits(word, 5, 5) != u32::from(SP_OR_ZERO) {
+        return None;
+    }
+    let simd = bits(word, 26, 1) == 1;
+    let opc = bits(word, 22, 2);
+    let (offset, size, writeback) = if word & 0x3A00_0000 == 0x2800_0000 {
+        if bits(word, 22, 1) == 1 {
+            return None;
+        }
+        let element = if simd {
+            4u64 << bits(word, 30, 2)
+        } else {
+            4 << bits(word, 31, 1)
+        };
+        let offset = signed(bits(word, 15, 7), 7, element as i64) as i64;
+        (offset, 2 * element, bits(word, 23, 1) == 1)
+    } else if word & 0x3A00_0000 == 0x3800_0000 {
+        let store = if simd { opc & 1 == 0 } else { opc == 0 };
+        if !store {
+            return None;
+        }
+        let size = if simd && opc & 2 != 0 {
+            16
+        } else {
+            1u64 << bits(word, 30, 2)
+        };
+        if word & 0x3B00_0000 == 0x3900_0000 {
+            ((u64::from(bits(word, 10, 12)) * size) as i64, size, false)
+        } else if bits(word, 21, 1) == 1 {
+            // At sp plus a register: anywhere.
+            return Some((-(1 << 40), 1 << 41));
+        } else {
+            (signed(bits(word, 12, 9), 9, 1) as i64, size, bits(word, 10, 1) == 1)
+        }
+    } else {
+        return None;
+    };
+    if writeback {
+        return Some((offset.min(0), size + offset.unsigned_abs()));
+    }
+    Some((offset, size))
+}
+
+fn receiver_spill_in(code: &[(u64, u32)], stack_check: u64) -> Option<u64> {
+    let mut frame = 0u64;
+    let mut spill = None;
+    for (index, &(pc, word)) in code.iter().enumerate() {
+        if pc == stack_check {
+            continue;
+        }
+        if let Some(bytes) = stack_allocation(word) {
+            frame = frame.checked_add(bytes)?;
+            continue;
+        }
+        // str x0, [sp, #slot]
+        if word & 0xFFC0_03FF == 0xF900_03E0 {
+            let slot = u64::from(bits(word, 10, 12)) * 8;
+            if Some(slot) == frame.checked_add(8) {
+                spill = Some((index, slot));
+                break;
+            }
+        }
+        let op = decode(word, pc);
+        let flows_on = matches!(
+            op,
+            Op::Memory { .. }
+                | Op::Pair { .. }
+                | Op::AddImmediate { .. }
+                | Op::Move { .. }
+                | Op::Other { .. }
+                | Op::Nothing
+        );
+        if !flows_on || op.written().contains(&0) || writes_sp(word) {
+            return None;
+        }
+    }
+    let (spill_index, slot) = spill?;
+    let slot_bytes = slot as i128..slot as i128 + 8;
+    let overlaps_slot = |start: i64, size: u64| {
+        let (start, end) = (i128::from(start), i128::from(start) + i128::from(size.max(1)));
+        start < slot_bytes.end && end > slot_bytes.start
+    };
+    for (index, &(pc, word)) in code.iter().enumerate().skip(spill_index + 1) {
+        if sp_store(word).is_some_and(|(offset, size)| overlaps_slot(offset, size)) {
+            return None;
+        }
+        if let Op::AddImmediate {
+            dest,
+            source: SP_OR_ZERO,
+            addend,
+        } = decode(word, pc)
+            && dest != SP_OR_ZERO
+            && overlaps_slot(addend as i64, 1)
+        {
+            return None;
+        }
+        let epilogue = code[index + 1..]
+            .iter()
+            .take(2)
+            .any(|&(next_pc, next)| matches!(decode(next, next_pc), Op::Return | Op::Branch(_)));
+        if writes_sp(word) && !epilogue {
+            return None;
+        }
+    }
+    Some(slot)
+}
+
 /// The addresses of `function`'s BL instructions to `callee`.
 pub fn calls_of(image: &ElfImage, function: &FunctionSymbol, callee: u64) -> Vec<u64> {
     let Some(code) = image.code_between(function.address, function.address.saturating_add(function.size)) else {
@@ -883,6 +1037,54 @@ mod tests {
                 bio_method: 0,
                 bio_num: 0x18,
             })
+        );
+    }
+
+    #[test]
+    fn finds_where_a_go_function_keeps_its_receiver() {
+        // Go 1.19's Read: stack check, `str x30, [sp, #-112]!`, the frame
+        // pointer, the spill at 120; a call, and an epilogue.
+        const PROLOGUE: [u32; 6] = [
+            0xF940_0B90,
+            0xEB30_63FF,
+            0x5400_1B89,
+            0xF819_0FFE,
+            0xF81F_83FD,
+            0xD100_23FD,
+        ];
+        const SPILL: u32 = 0xF900_3FE0; // str x0, [sp, #120]
+        const CALL: u32 = 0x9400_0000;
+        const EPILOGUE: [u32; 4] = [0xF940_3FE0, 0xA97F_FBFD, 0x9101_C3FF, 0xD65F_03C0];
+        let b_ls = 0x1008;
+        let code = |middle: &[u32], before_spill: &[u32]| -> Vec<(u64, u32)> {
+            let words = [&PROLOGUE[..], before_spill, &[SPILL], middle, &EPILOGUE[..]].concat();
+            words
+                .into_iter()
+                .enumerate()
+                .map(|(index, word)| (0x1000 + 4 * index as u64, word))
+                .collect()
+        };
+        assert_eq!(receiver_spill_in(&code(&[CALL], &[]), b_ls), Some(120));
+        // Stores beside the slot, as of the other arguments, are fine.
+        let neighbours = [0xF900_47E2, 0xF900_43E1, 0xA904_7FFF, CALL];
+        assert_eq!(receiver_spill_in(&code(&neighbours, &[]), b_ls), Some(120));
+        for (middle, before_spill) in [
+            (&[CALL, 0xF900_3FE1][..], &[][..]), // str x1, [sp, #120]
+            (&[0xA907_FFFF, CALL], &[]),         // stp xzr, xzr, [sp, #112]
+            (&[0x9101_E3E1, CALL], &[]),         // add x1, sp, #120
+            (&[0xD100_43FF, CALL], &[]),         // sub sp, sp, #16
+            (&[CALL], &[0xAA03_03E0]),           // mov x0, x3 before the spill
+        ] {
+            assert_eq!(
+                receiver_spill_in(&code(middle, before_spill), b_ls),
+                None,
+                "{middle:x?} {before_spill:x?}"
+            );
+        }
+        assert_eq!(
+            receiver_spill_in(&code(&[CALL], &[]), 0x1004),
+            None,
+            "no stack check there"
         );
     }
 }

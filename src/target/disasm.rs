@@ -554,6 +554,106 @@ pub fn go_stack_check_branch(image: &ElfImage, function: &FunctionSymbol) -> Opt
     None
 }
 
+/// Where a Go function's receiver (its first integer argument) can be read
+/// anywhere in its body: the offset from the stack pointer, as the prologue
+/// leaves it, of the slot Go's register ABI reserves for spilling it, the
+/// first above the return address. Go code moves the stack pointer only in
+/// prologues and epilogues, so one offset serves every instruction between.
+/// None unless the prologue stores the argument there untouched, nothing
+/// else writes that slot or takes its address, and the stack pointer moves
+/// nowhere but right before a return or tail jump.
+pub fn go_receiver_spill(image: &ElfImage, function: &FunctionSymbol) -> Option<u64> {
+    let end = function.address.checked_add(function.size)?;
+    let instructions = decode(image, function.address, end);
+    if instructions.last()?.next_ip() != end {
+        return None;
+    }
+    receiver_spill_in(&instructions, go_stack_check_branch(image, function)?)
+}
+
+/// How far `instruction` moves the stack pointer down to make a frame.
+fn stack_allocation(instruction: &iced_x86::Instruction) -> Option<u64> {
+    use iced_x86::{Mnemonic, OpKind, Register};
+    match instruction.mnemonic() {
+        Mnemonic::Push if instruction.op0_kind() == OpKind::Register => Some(8),
+        Mnemonic::Sub if instruction.op0_kind() == OpKind::Register && instruction.op0_register() == Register::RSP => {
+            matches!(instruction.op1_kind(), OpKind::Immediate8to64 | OpKind::Immediate32to64)
+                .then(|| instruction.immediate(1))
+        }
+        _ => None,
+    }
+}
+
+fn receiver_spill_in(instructions: &[iced_x86::Instruction], stack_check: u64) -> Option<u64> {
+    use iced_x86::{FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register};
+
+    let mut info_factory = InstructionInfoFactory::new();
+    let mut frame = 0u64;
+    let mut spill = None;
+    for (index, instruction) in instructions.iter().enumerate() {
+        if instruction.ip() == stack_check {
+            continue;
+        }
+        if let Some(bytes) = stack_allocation(instruction) {
+            frame = frame.checked_add(bytes)?;
+            continue;
+        }
+        let stores_receiver = instruction.mnemonic() == Mnemonic::Mov
+            && instruction.op0_kind() == OpKind::Memory
+            && instruction.memory_base() == Register::RSP
+            && instruction.memory_index() == Register::None
+            && instruction.op1_kind() == OpKind::Register
+            && instruction.op1_register() == Register::RAX;
+        if stores_receiver && Some(instruction.memory_displacement64()) == frame.checked_add(8) {
+            spill = Some((index, instruction.memory_displacement64()));
+            break;
+        }
+        let written = written_registers(&mut info_factory, instruction);
+        if written.contains(&Register::RAX)
+            || written.contains(&Register::RSP)
+            || instruction.flow_control() != FlowControl::Next
+        {
+            return None;
+        }
+    }
+    let (spill_index, slot) = spill?;
+    let overlaps_slot = |start: u64, size: u64| {
+        let (start, slot) = (start as i64 as i128, slot as i128);
+        start < slot + 8 && start + size.max(1) as i128 > slot
+    };
+    for (index, instruction) in instructions.iter().enumerate().skip(spill_index + 1) {
+        let address_taken = instruction.mnemonic() == Mnemonic::Lea
+            && instruction.memory_base() == Register::RSP
+            && (instruction.memory_index() != Register::None || overlaps_slot(instruction.memory_displacement64(), 1));
+        let written = info_factory.info(instruction).used_memory().iter().any(|memory| {
+            memory.base() == Register::RSP
+                && matches!(
+                    memory.access(),
+                    OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                )
+                && (memory.index() != Register::None
+                    || overlaps_slot(memory.displacement(), memory.memory_size().size() as u64))
+        });
+        if address_taken || written {
+            return None;
+        }
+        let moves_stack = !matches!(
+            instruction.flow_control(),
+            FlowControl::Call | FlowControl::IndirectCall | FlowControl::Return
+        ) && written_registers(&mut info_factory, instruction).contains(&Register::RSP);
+        let epilogue = instructions[index + 1..].iter().take(2).any(|next| {
+            matches!(
+                next.flow_control(),
+                FlowControl::Return | FlowControl::UnconditionalBranch
+            )
+        });
+        if moves_stack && !epilogue {
+            return None;
+        }
+    }
+    Some(slot)
+}
+
 /// The addresses of `function`'s direct calls of `callee`.
 pub fn calls_of(image: &ElfImage, function: &FunctionSymbol, callee: u64) -> Vec<u64> {
     decode(image, function.address, function.address.saturating_add(function.size))
@@ -623,6 +723,74 @@ mod tests {
         // SSL_get_error begins by writing eax: nothing may be skipped.
         let error = probe_site(&image, &image.function("SSL_get_error").unwrap()).unwrap();
         assert_eq!((error.emulated, error.offset), (false, 0), "{error}");
+    }
+
+    /// The x86-64 code of `parts`, laid out from 0x1000.
+    fn x86_64_code(parts: &[&[u8]]) -> Vec<iced_x86::Instruction> {
+        let bytes = parts.concat();
+        iced_x86::Decoder::with_ip(64, &bytes, 0x1000, iced_x86::DecoderOptions::NONE)
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn finds_where_a_go_function_keeps_its_receiver() {
+        const STACK_CHECK: &[u8] = &[0x49, 0x3b, 0x66, 0x10, 0x76, 0x40]; // cmp rsp, [r14+16]; jbe
+        const PUSH_RBP: &[u8] = &[0x55, 0x48, 0x89, 0xe5]; // push rbp; mov rbp, rsp
+        const FRAME: &[u8] = &[0x48, 0x83, 0xec, 0x20]; // sub rsp, 0x20
+        const SPILL: &[u8] = &[0x48, 0x89, 0x44, 0x24, 0x30]; // mov [rsp+0x30], rax
+        const CALL: &[u8] = &[0xe8, 0, 0, 0, 0];
+        const RELOAD: &[u8] = &[0x48, 0x8b, 0x44, 0x24, 0x30]; // mov rax, [rsp+0x30]
+        const EPILOGUE: &[u8] = &[0x48, 0x83, 0xc4, 0x20, 0x5d, 0xc3]; // add rsp, 0x20; pop rbp; ret
+        let jbe = 0x1004;
+        // Go 1.19's, which stores the frame pointer inside the frame.
+        let go_119 = x86_64_code(&[
+            STACK_CHECK,
+            &[0x48, 0x83, 0xec, 0x68],       // sub rsp, 0x68
+            &[0x48, 0x89, 0x6c, 0x24, 0x60], // mov [rsp+0x60], rbp
+            &[0x48, 0x8d, 0x6c, 0x24, 0x60], // lea rbp, [rsp+0x60]
+            &[0x48, 0x89, 0x44, 0x24, 0x70], // mov [rsp+0x70], rax
+            CALL,
+            &[0x48, 0x8b, 0x6c, 0x24, 0x60, 0x48, 0x83, 0xc4, 0x68, 0xc3],
+        ]);
+        assert_eq!(receiver_spill_in(&go_119, jbe), Some(0x70));
+        // A prologue that pushes the frame pointer, then makes the frame.
+        let body = |before_spill: &[u8], after_spill: &[u8]| {
+            x86_64_code(&[
+                STACK_CHECK,
+                PUSH_RBP,
+                FRAME,
+                before_spill,
+                SPILL,
+                after_spill,
+                CALL,
+                RELOAD,
+                EPILOGUE,
+            ])
+        };
+        assert_eq!(receiver_spill_in(&body(&[], &[]), jbe), Some(0x30));
+        for (before_spill, after_spill) in [
+            (&[0x31, 0xc0][..], &[][..]),           // xor eax, eax: rax no longer the receiver
+            (&[], &[0x48, 0x89, 0x5c, 0x24, 0x30]), // mov [rsp+0x30], rbx
+            (&[], &[0x48, 0x8d, 0x7c, 0x24, 0x30]), // lea rdi, [rsp+0x30]
+            (&[], &[0x48, 0x83, 0xec, 0x08]),       // sub rsp, 8 in the body
+            (&[0xe8, 0, 0, 0, 0], &[]),             // a call before the spill
+        ] {
+            let code = body(before_spill, after_spill);
+            assert_eq!(receiver_spill_in(&code, jbe), None, "{code:?}");
+        }
+        // rax stored elsewhere than the ABI's slot, or no stack check there
+        let elsewhere = x86_64_code(&[
+            STACK_CHECK,
+            PUSH_RBP,
+            FRAME,
+            &[0x48, 0x89, 0x44, 0x24, 0x28],
+            CALL,
+            EPILOGUE,
+        ]);
+        assert_eq!(receiver_spill_in(&elsewhere, jbe), None);
+        let unchecked = x86_64_code(&[PUSH_RBP, FRAME, SPILL, CALL, EPILOGUE]);
+        assert_eq!(receiver_spill_in(&unchecked, jbe), None);
     }
 
     #[test]

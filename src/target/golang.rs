@@ -104,6 +104,17 @@ pub fn stack_check_branch(image: &ElfImage, function: &FunctionSymbol) -> Option
     }
 }
 
+/// Where `function`'s receiver can be read at any instruction of its body, as
+/// an offset from the stack pointer (see `disasm::go_receiver_spill`); None
+/// when its code does not show it for certain.
+pub fn receiver_spill_slot(image: &ElfImage, function: &FunctionSymbol) -> Option<u64> {
+    match image.architecture()? {
+        object::Architecture::X86_64 => super::disasm::go_receiver_spill(image, function),
+        object::Architecture::Aarch64 => super::aarch64::go_receiver_spill(image, function),
+        _ => None,
+    }
+}
+
 /// The addresses of `function`'s direct calls of `callee`, decoded from its start.
 pub fn calls_of(image: &ElfImage, function: &FunctionSymbol, callee: u64) -> Vec<u64> {
     match image.architecture() {
@@ -216,6 +227,17 @@ mod tests {
             assert!(found.size > 0 && found.size < 4096, "{found:?}");
         }
         assert!(function(&image, "crypto/tls.(*Config).noSuchFunction").is_none());
+    }
+
+    #[test]
+    fn finds_where_crypto_tls_keeps_its_receiver() {
+        let image = ElfImage::open(Path::new(GO)).unwrap();
+        // `sub rsp, 0x68`, then the receiver stored at the ABI's slot.
+        let read = function(&image, "crypto/tls.(*Conn).Read").unwrap();
+        assert_eq!(receiver_spill_slot(&image, &read), Some(0x70));
+        // A function that never stores its receiver.
+        let len = function(&image, "crypto/tls.(*halfConn).explicitNonceLen").unwrap();
+        assert_eq!(receiver_spill_slot(&image, &len), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::{Hook, HookTarget, Module, Tracepoints};
 use crate::cli::{Config, Mode};
-use crate::probe::{Flavor, LoadedProbes, ProbeSettings};
+use crate::probe::{self, Flavor, LoadedProbes, ProbeSettings};
 use crate::target::disasm;
 use crate::target::elf::{ElfImage, FunctionSymbol};
 use crate::target::foreign;
@@ -178,30 +178,21 @@ impl GoTls {
             golang::function(image, name)
                 .ok_or_else(|| anyhow!("{path} is a Go program ({version}) without crypto/tls"))
         };
-        let entry = |function: &FunctionSymbol, at_start: &'static str, past_check: &'static str| {
-            let hook = match golang::stack_check_branch(image, function) {
-                Some(branch) => Hook::at_instruction(image, function, branch, past_check),
-                None => Hook::at_instruction(image, function, function.address, at_start),
-            };
-            hook.ok_or_else(|| anyhow!("{path}: {} is outside the program's code", function.name))
-        };
         let hooks = match mode {
-            Mode::Keylog | Mode::Pcap => vec![entry(
+            Mode::Keylog | Mode::Pcap => vec![entry_hook(
+                image,
                 &function(KEY_LOG_FUNCTION)?,
                 "gotls_keylog_enter",
                 "gotls_keylog_past_stack_check",
             )?],
             Mode::Text => {
-                let read = function(READ_FUNCTION)?;
-                let mut hooks = vec![
-                    entry(
-                        &function(WRITE_FUNCTION)?,
-                        "gotls_write_enter",
-                        "gotls_write_past_stack_check",
-                    )?,
-                    entry(&read, "gotls_read_enter", "gotls_read_past_stack_check")?,
-                ];
-                hooks.extend(read_data_hooks(image, &read)?);
+                let mut hooks = vec![entry_hook(
+                    image,
+                    &function(WRITE_FUNCTION)?,
+                    "gotls_write_enter",
+                    "gotls_write_past_stack_check",
+                )?];
+                hooks.extend(read_hooks(image, &function(READ_FUNCTION)?, probe::uprobe_cookies())?);
                 self.remember(image);
                 hooks
             }
@@ -253,22 +244,61 @@ impl GoTls {
     }
 }
 
-/// Where Read's plaintext is read: at its one call of runtime.memmove,
-/// which copies the decrypted record into the caller's buffer (a call, which
-/// the kernel emulates); else at each of its return instructions, which
-/// x86-64 kernels step out of line.
-fn read_data_hooks(image: &ElfImage, read: &FunctionSymbol) -> Result<Vec<Hook>> {
+/// The entry probe of `function`: on the branch of its stack-bound check
+/// where it has one (emulated), else on its first instruction.
+fn entry_hook(
+    image: &ElfImage,
+    function: &FunctionSymbol,
+    at_start: &'static str,
+    past_check: &'static str,
+) -> Result<Hook> {
+    let hook = match golang::stack_check_branch(image, function) {
+        Some(branch) => Hook::at_instruction(image, function, branch, past_check),
+        None => Hook::at_instruction(image, function, function.address, at_start),
+    };
+    hook.ok_or_else(|| {
+        anyhow!(
+            "{}: {} is outside the program's code",
+            image.path().display(),
+            function.name
+        )
+    })
+}
+
+/// Where Read's plaintext and connection are read. Its plaintext at its one
+/// call of runtime.memmove, which copies the decrypted record into the
+/// caller's buffer (a call, which the kernel emulates). Its connection there
+/// too when `cookies` can tell the program where Read keeps its receiver,
+/// else from an entry probe that notes it. Failing a single memmove call, at
+/// the entry and each return instruction, which x86-64 kernels step out of
+/// line.
+fn read_hooks(image: &ElfImage, read: &FunctionSymbol, cookies: bool) -> Result<Vec<Hook>> {
+    let path = image.path().display();
+    let entry = || entry_hook(image, read, "gotls_read_enter", "gotls_read_past_stack_check");
     let copies = golang::function(image, MEMMOVE)
         .map(|memmove| golang::calls_of(image, read, memmove.address))
         .unwrap_or_default();
     if let [copy] = copies[..] {
-        return Ok(Hook::at_instruction(image, read, copy, "gotls_read_copy")
-            .into_iter()
-            .collect());
+        let copy_hook = |program| {
+            Hook::at_instruction(image, read, copy, program)
+                .ok_or_else(|| anyhow!("{path}: {READ_FUNCTION}'s copy is outside the program's code"))
+        };
+        match golang::receiver_spill_slot(image, read).filter(|_| cookies) {
+            Some(slot) => {
+                return Ok(vec![Hook {
+                    cookie: slot,
+                    ..copy_hook("gotls_read_copy_by_cookie")?
+                }]);
+            }
+            None if cookies => {
+                debug!("{path}: {READ_FUNCTION} keeps its receiver nowhere certain: probing its entry too")
+            }
+            None => debug!("{path}: no uprobe cookies on this kernel: probing {READ_FUNCTION}'s entry too"),
+        }
+        return Ok(vec![entry()?, copy_hook("gotls_read_copy")?]);
     }
     debug!(
-        "{}: {READ_FUNCTION} calls {MEMMOVE} {} times, not once: reading at its return instructions",
-        image.path().display(),
+        "{path}: {READ_FUNCTION} calls {MEMMOVE} {} times, not once: reading at its return instructions",
         copies.len()
     );
     let returns: Vec<Hook> = disasm::return_instructions(image, read)
@@ -276,12 +306,9 @@ fn read_data_hooks(image: &ElfImage, read: &FunctionSymbol) -> Result<Vec<Hook>>
         .filter_map(|ret| Hook::at_instruction(image, read, ret, "gotls_read_return"))
         .collect();
     if returns.is_empty() {
-        bail!(
-            "{}: no return instruction found in {READ_FUNCTION}",
-            image.path().display()
-        );
+        bail!("{path}: no return instruction found in {READ_FUNCTION}");
     }
-    Ok(returns)
+    Ok([vec![entry()?], returns].concat())
 }
 
 #[cfg(test)]
@@ -301,28 +328,33 @@ mod tests {
         assert_eq!(hook.return_program, None, "never a uretprobe on Go code");
     }
 
-    /// Write and Read probed on their stack-check branch, and Read's
-    /// plaintext at its copy: all three sites emulated by the kernel.
-    fn assert_emulated_text_hooks(image: &ElfImage, branch: &str, copy: &str) {
+    /// Write probed on its stack-check branch and Read's plaintext at its
+    /// copy, all sites the kernel emulates; Read's receiver read there from
+    /// `slot` with uprobe cookies, else noted on Read's stack-check branch.
+    fn assert_emulated_text_hooks(image: &ElfImage, branch: &str, copy: &str, slot: u64) {
         let target = GoTls::default().inspect(image, Mode::Text).unwrap();
-        let programs: Vec<_> = target.hooks.iter().map(|hook| hook.entry_program).collect();
-        assert_eq!(
-            programs,
-            [
-                "gotls_write_past_stack_check",
-                "gotls_read_past_stack_check",
-                "gotls_read_copy"
-            ]
-        );
+        assert_eq!(target.hooks[0].entry_program, "gotls_write_past_stack_check");
         assert!(
             target.hooks.iter().all(|hook| hook.return_program.is_none()),
             "never a uretprobe on Go code"
         );
+        let read = golang::function(image, READ_FUNCTION).unwrap();
+        let alone = read_hooks(image, &read, true).unwrap();
+        let with_entry = read_hooks(image, &read, false).unwrap();
+        let programs = |hooks: &[Hook]| hooks.iter().map(|hook| hook.entry_program).collect::<Vec<_>>();
+        assert_eq!(programs(&alone), ["gotls_read_copy_by_cookie"]);
+        assert_eq!(alone[0].cookie, slot);
+        assert_eq!(
+            programs(&with_entry),
+            ["gotls_read_past_stack_check", "gotls_read_copy"]
+        );
+        assert_eq!(with_entry[1].cookie, 0);
         let memmove = golang::function(image, MEMMOVE).unwrap();
         for (hook, function, mnemonic) in [
             (&target.hooks[0], WRITE_FUNCTION, branch),
-            (&target.hooks[1], READ_FUNCTION, branch),
-            (&target.hooks[2], READ_FUNCTION, copy),
+            (&with_entry[0], READ_FUNCTION, branch),
+            (&with_entry[1], READ_FUNCTION, copy),
+            (&alone[0], READ_FUNCTION, copy),
         ] {
             let start = golang::function(image, function).unwrap();
             let site = hook.site.as_ref().unwrap();
@@ -331,15 +363,15 @@ mod tests {
             assert!(site.offset > 0 && site.offset < start.size, "{function}: {site}");
         }
         assert_eq!(
-            golang::calls_of(image, &golang::function(image, READ_FUNCTION).unwrap(), memmove.address),
-            [target.hooks[2].symbol.address]
+            golang::calls_of(image, &read, memmove.address),
+            [alone[0].symbol.address]
         );
     }
 
     #[test]
     fn text_mode_probes_emulated_sites_on_x86_64() {
         let go = ElfImage::open(Path::new("/usr/lib/go-1.19/bin/go")).unwrap();
-        assert_emulated_text_hooks(&go, "jbe", "call");
+        assert_emulated_text_hooks(&go, "jbe", "call", 0x70);
     }
 
     #[test]
@@ -359,7 +391,7 @@ mod tests {
             .unwrap();
         assert!(built.success());
         let image = ElfImage::open(&binary).unwrap();
-        assert_emulated_text_hooks(&image, "b.cond", "bl");
+        assert_emulated_text_hooks(&image, "b.cond", "bl", 120);
     }
 
     #[test]
@@ -373,9 +405,10 @@ mod tests {
         }
         // A function without a memmove call: here, Write.
         let write = golang::function(&go, WRITE_FUNCTION).unwrap();
-        let hooks = read_data_hooks(&go, &write).unwrap();
-        assert!(!hooks.is_empty());
-        for hook in &hooks {
+        let hooks = read_hooks(&go, &write, true).unwrap();
+        assert_eq!(hooks[0].entry_program, "gotls_read_past_stack_check");
+        assert!(hooks.len() > 1);
+        for hook in &hooks[1..] {
             assert_eq!(hook.entry_program, "gotls_read_return");
             let site = hook.site.as_ref().unwrap();
             assert!(site.mnemonic == "ret" && !site.emulated, "{site}");
