@@ -43,6 +43,11 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Wake the reader early once this share of the ring buffer is in use.
 const WAKEUP_FRACTION: u64 = 8;
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Records the reader takes from each ring per round. A consume that ran
+/// for as long as records came held the round's other work back 50-70 ms
+/// at 380,000 records/s: the processes to look at, the programs to hook,
+/// and the sockets a Go program asked for, whose records went unnamed.
+const RING_BATCH: usize = 4096;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
@@ -512,9 +517,10 @@ where
         .chain(perf_buffers.iter().map(PerfBuffer::epoll_fd))
         .collect();
     let readiness = Readiness::new(&sources)?;
-    let consume_all = || -> Result<()> {
+    // Bounded in rounds; whole in the last drain.
+    let consume_all = |per_ring: usize| -> Result<()> {
         if let Some(ring) = &ring {
-            ring.consume()?;
+            consume_rings(ring, per_ring)?;
         }
         for perf in &perf_buffers {
             perf.consume()?;
@@ -563,10 +569,11 @@ where
     std::thread::scope(|scope| -> Result<()> {
         let (requests, inspector_requests) = mpsc::channel();
         let (inspector_findings, findings) = mpsc::channel();
+        let waker = readiness.waker();
         std::thread::Builder::new()
             .name("inspector".into())
             .spawn_scoped(scope, move || {
-                inspect_reported(module, config, seen, &inspector_requests, &inspector_findings)
+                inspect_reported(module, config, seen, &inspector_requests, &inspector_findings, &waker)
             })
             .context("starting the thread that inspects new programs")?;
         let mut lost_reported = Lost::default();
@@ -585,10 +592,10 @@ where
             };
             sleep_flags.iter().for_each(|flag| flag.set(false));
             polled.context("reading events from the kernel")?;
-            consume_all().context("reading events from the kernel")?;
+            consume_all(RING_BATCH).context("reading events from the kernel")?;
             pipeline.borrow_mut().flush(false);
             tls.attach_wanted_tracepoints(&mut || {
-                if let Err(err) = consume_all() {
+                if let Err(err) = consume_all(RING_BATCH) {
                     warn!("reading events from the kernel: {err:#}");
                 }
             });
@@ -629,7 +636,7 @@ where
     for probes in &mut tls.objects {
         probes.detach();
     }
-    consume_all()?;
+    consume_all(usize::MAX)?;
     time_order.borrow_mut().release(true, on_data);
     let lost = total_lost(&tls.objects)?;
     drop((readiness, ring, perf_buffers));
@@ -771,18 +778,41 @@ fn wakeup_bytes(config: &Config) -> u64 {
     u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION
 }
 
-/// Bytes committed to any of the ring buffers and not yet consumed.
-fn waiting_bytes(ring: &RingBuffer<'_>) -> u64 {
+/// The rings of `ring`, each a map the programs write to.
+fn rings<'a>(ring: &'a RingBuffer<'_>) -> impl Iterator<Item = *mut libbpf_sys::ring> + 'a {
     let raw = ring.as_libbpf_object().as_ptr();
     (0..)
-        .map_while(|index| {
+        .map(move |index| {
             // SAFETY: `raw` is a live ring_buffer; an index past its rings
             // yields null, which ends the walk.
-            let one = unsafe { libbpf_sys::ring_buffer__ring(raw, index) };
-            // SAFETY: a ring returned by ring_buffer__ring lives as long as `raw`.
-            (!one.is_null()).then(|| unsafe { libbpf_sys::ring__avail_data_size(one) })
+            unsafe { libbpf_sys::ring_buffer__ring(raw, index) }
         })
+        .take_while(|one| !one.is_null())
+}
+
+/// Bytes committed to any of the ring buffers and not yet consumed.
+fn waiting_bytes(ring: &RingBuffer<'_>) -> u64 {
+    // SAFETY: a ring returned by ring_buffer__ring lives as long as its ring_buffer.
+    rings(ring)
+        .map(|one| unsafe { libbpf_sys::ring__avail_data_size(one) })
         .sum()
+}
+
+/// Hands up to `per_ring` records of each ring to its callback, so that a
+/// flood in one holds back neither the others nor the reader's round.
+fn consume_rings(ring: &RingBuffer<'_>, per_ring: usize) -> Result<()> {
+    for one in rings(ring) {
+        // SAFETY: a ring returned by ring_buffer__ring lives as long as its
+        // ring_buffer, whose callbacks are alive for as long as it is.
+        let consumed = unsafe { libbpf_sys::ring__consume_n(one, per_ring as _) };
+        if consumed < 0 {
+            anyhow::bail!(
+                "consuming a ring buffer: {}",
+                std::io::Error::from_raw_os_error(-consumed)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn total_lost(objects: &[LoadedProbes]) -> Result<Lost> {

@@ -14,6 +14,7 @@ use tracing::{error, warn};
 
 use crate::cli::Config;
 use crate::modules::{HookTarget, Module};
+use crate::probe::readiness::Waker;
 use crate::target::libpath;
 
 /// A file's device and inode: its identity, whatever path reaches it.
@@ -65,6 +66,7 @@ pub fn inspect_reported<M: Module>(
     mut seen: Seen,
     requests: &Receiver<Request>,
     findings: &Sender<Finding<M::Layouts>>,
+    reader: &Waker,
 ) {
     while let Ok(request) = requests.recv() {
         let pid = match request {
@@ -86,6 +88,9 @@ pub fn inspect_reported<M: Module>(
                 return;
             }
         }
+        // The process runs on meanwhile: its first TLS calls may come
+        // before the reader's next round.
+        reader.wake();
     }
 }
 
@@ -203,13 +208,19 @@ mod tests {
         requests.send(Request::Retry(own)).unwrap();
         requests.send(Request::Look(me)).unwrap();
         drop(requests);
+        let readiness = crate::probe::readiness::Readiness::new(&[]).unwrap();
         inspect_reported(
             &module,
             &config,
             Seen::default(),
             &inspector_requests,
             &inspector_findings,
+            &readiness.waker(),
         );
+        // Each look woke the reader: its wait returns at once.
+        let started = std::time::Instant::now();
+        readiness.wait(std::time::Duration::from_secs(60)).unwrap();
+        assert!(started.elapsed().as_secs() < 30, "the reader was not woken");
         drop(inspector_findings);
         let found: Vec<_> = findings
             .iter()
