@@ -162,6 +162,46 @@ fn a_go_program_started_later_is_hooked() {
     assert_eq!(ours.len(), 4, "TLS 1.3's traffic secrets, as Go logs them");
 }
 
+/// A Go program started after ecapture with --elfpath asks, at its first
+/// TLS call, where its sockets are read from; its records wait for the
+/// answer, up to 4 MiB. The benchmark's ping-pong writes 64-byte records
+/// at hundreds of thousands a second, which fill that in tens of
+/// milliseconds: the answer must come sooner, whatever the flood.
+#[test]
+fn a_flooding_go_program_started_later_has_every_record_named() {
+    if !e2e_enabled() {
+        return;
+    }
+    let pingpong = build_go_peer("go_pingpong", "../../bench/go_pingpong.go", &[]);
+    let (cert, key) = certificate();
+    let dir = memory_scratch_dir();
+    let capture = Capture::start_with_stdout(
+        &["gotls", "--elfpath", pingpong.to_str().unwrap()],
+        dir.path().join("out"),
+    );
+    // Started at once after the ready line, the flood did not show the
+    // delay here; a second later, it showed it in every run.
+    std::thread::sleep(Duration::from_secs(1));
+    // Both goroutines on one CPU, as the benchmark runs it: its fastest.
+    let printed = run_within(
+        "go_pingpong",
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&pingpong)
+            .arg(cert)
+            .arg(key)
+            .args(["64", "1"]),
+        PEER_TIMEOUT,
+    );
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.stdout.matches(" 64 bytes data").count() as u64;
+    // More than the tracker holds: 20,000 records of 64 bytes are about its 4 MiB.
+    assert!(records >= 20_000, "{printed}: {records} records");
+    let unnamed = out.stdout.matches(" FD:-1 ").count();
+    assert_eq!(unnamed, 0, "{unnamed} of {records} records without their socket");
+}
+
 const LOAD_REQUESTS: usize = 2_000;
 const LOAD_GOROUTINES: usize = 16;
 /// Enough depths of a fresh goroutine's stack that some write finds it
