@@ -110,7 +110,14 @@ pub enum Generation {
 pub const FORCE_LEGACY_ENV: &str = "ECAPTURE_LEGACY_BPF";
 
 impl Generation {
+    /// The generation for this kernel, probed once: the modules choose
+    /// their hooks by it before the capture loads its objects.
     pub fn choose() -> Generation {
+        static CHOSEN: OnceLock<Generation> = OnceLock::new();
+        *CHOSEN.get_or_init(Generation::probe)
+    }
+
+    fn probe() -> Generation {
         if std::env::var_os(FORCE_LEGACY_ENV).is_some_and(|value| !value.is_empty() && value != "0") {
             return Generation::Legacy;
         }
@@ -309,8 +316,7 @@ pub const COOKIE_PROGRAM_SUFFIX: &str = "_by_cookie";
 /// Whether uprobes can be given cookies here: the programs of the current
 /// generation are loaded, and the kernel has attachment cookies.
 pub fn uprobe_cookies() -> bool {
-    static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| Generation::choose() == Generation::Current && kernel_has_attach_cookies())
+    Generation::choose() == Generation::Current && kernel_has_attach_cookies()
 }
 
 /// Whether uprobe programs may read their attachment's cookie (Linux 5.15
