@@ -199,7 +199,6 @@ pub fn run(module: &dyn AuditModule, config: &Config, sinks: Vec<&mut dyn Sink>)
         target_pid: config.pid,
         target_uid: config.uid,
         ring_buffer_bytes: config.ring_buffer_bytes,
-        wakeup_bytes: 0,
     };
     let mut probes = module.start(config, flavor, &settings)?;
     let stop = stop_on_signals()?;

@@ -25,7 +25,7 @@ use crate::modules::{self, HookTarget, Module, Tracepoints};
 use crate::new_code::{Finding, Request, Seen, file_identity, inspect_reported};
 use crate::probe::kernel_filter;
 use crate::probe::packets::{self, LinkLayer, OwnerLookup, PacketProbes, ProcOwners, RawPacketMeta};
-use crate::probe::readiness::Readiness;
+use crate::probe::readiness::{Pace, Readiness};
 use crate::probe::{
     self, Flavor, Generation, LoadedProbes, Lost, ProbeSettings, RawForeignTls, RawKeylogLine, RawMasterSecret,
     SharedWord,
@@ -40,8 +40,6 @@ use crate::target::libpath;
 
 /// How long records may wait in the ring buffer when no wakeup came.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Wake the reader early once this share of the ring buffer is in use.
-const WAKEUP_FRACTION: u64 = 8;
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Records the reader takes from each ring per round. A consume that ran
 /// for as long as records came held the round's other work back 50-70 ms
@@ -511,12 +509,9 @@ where
             |_cpu, count| lost_packets.set(lost_packets.get() + count),
         )?);
     }
-    let sources: Vec<_> = ring
-        .iter()
-        .map(RingBuffer::epoll_fd)
-        .chain(perf_buffers.iter().map(PerfBuffer::epoll_fd))
-        .collect();
-    let readiness = Readiness::new(&sources)?;
+    let announced: Vec<_> = ring.iter().map(RingBuffer::epoll_fd).collect();
+    let level: Vec<_> = perf_buffers.iter().map(PerfBuffer::epoll_fd).collect();
+    let readiness = Readiness::new(&announced, &level)?;
     // Bounded in rounds; whole in the last drain.
     let consume_all = |per_ring: usize| -> Result<()> {
         if let Some(ring) = &ring {
@@ -554,11 +549,11 @@ where
         started.elapsed().as_millis()
     );
 
-    let wakeup_bytes = wakeup_bytes(config);
-    let sleep_flags: Vec<SharedWord> = tls
+    let mut pace = Pace::new(config.ring_buffer_bytes, POLL_INTERVAL);
+    let wake_words: Vec<SharedWord> = tls
         .objects
         .iter()
-        .map(LoadedProbes::reader_sleep_flag)
+        .map(LoadedProbes::reader_wake_word)
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .flatten()
@@ -579,19 +574,21 @@ where
         let mut lost_reported = Lost::default();
         let mut last_lost_check = Instant::now();
         while !stop.load(Ordering::Relaxed) && !pipeline.borrow().output_failures.reader_gone {
-            // The programs wake a sleeping reader once wakeup_bytes wait, and
-            // timeouts catch small bursts. Records committed while the flag was
-            // down announced nothing: with wakeup_bytes of those waiting the
-            // reader must not sleep, or a ring they filled (which takes no record,
-            // hence sends no wakeup) would stay full until the timeout. Below
-            // that, the next records will wake it.
-            sleep_flags.iter().for_each(|flag| flag.set(true));
-            let polled = match &ring {
-                Some(ring) if waiting_bytes(ring) >= wakeup_bytes => Ok(()),
-                _ => readiness.wait(POLL_INTERVAL),
-            };
-            sleep_flags.iter().for_each(|flag| flag.set(false));
-            polled.context("reading events from the kernel")?;
+            // Records committed while the word was 0 announced nothing: with a
+            // batch of those waiting the reader must not sleep, or a ring they
+            // filled (which takes no record, hence sends no wakeup) would stay
+            // full until the timeout. Below that, the timeout or the next
+            // records will wake it.
+            let sleep = pace.next_sleep();
+            wake_words.iter().for_each(|word| word.store(sleep.wake_bytes));
+            let waiting = ring.as_ref().map_or(0, waiting_bytes);
+            if waiting < pace.batch_bytes() {
+                pace.sleeping(waiting, Instant::now());
+                let polled = readiness.wait(sleep.timeout);
+                pace.woke(ring.as_ref().map_or(0, waiting_bytes), Instant::now());
+                polled.context("reading events from the kernel")?;
+            }
+            wake_words.iter().for_each(|word| word.store(0));
             consume_all(RING_BATCH).context("reading events from the kernel")?;
             pipeline.borrow_mut().flush(false);
             tls.attach_wanted_tracepoints(&mut || {
@@ -771,11 +768,6 @@ pub(crate) fn perf_pages(ring_buffer_bytes: u32) -> usize {
         )
     };
     (ring_buffer_bytes as usize / cpus / page).max(8).next_power_of_two()
-}
-
-/// Bytes that must wait in the ring buffer before the reader is woken.
-fn wakeup_bytes(config: &Config) -> u64 {
-    u64::from(config.ring_buffer_bytes) / WAKEUP_FRACTION
 }
 
 /// The rings of `ring`, each a map the programs write to.
@@ -960,7 +952,6 @@ fn load_tls_objects<M: Module>(
         target_pid: config.pid,
         target_uid: config.uid,
         ring_buffer_bytes: config.ring_buffer_bytes,
-        wakeup_bytes: wakeup_bytes(config),
     };
     for (layouts, members) in &groups {
         let mut probes = module.load(flavor, &settings, layouts)?;

@@ -208,7 +208,7 @@ mod tests {
         requests.send(Request::Retry(own)).unwrap();
         requests.send(Request::Look(me)).unwrap();
         drop(requests);
-        let readiness = crate::probe::readiness::Readiness::new(&[]).unwrap();
+        let readiness = crate::probe::readiness::Readiness::new(&[], &[]).unwrap();
         inspect_reported(
             &module,
             &config,

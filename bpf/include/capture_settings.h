@@ -7,9 +7,6 @@
 struct capture_settings {
 	__u32 target_pid; /* tgid to keep, 0 = all */
 	__u32 target_uid;
-	/* Wake the reader only once this many bytes are waiting; it also polls
-	 * on a short timeout, so small bursts are never stranded. */
-	__u64 wakeup_bytes;
 	__u8 filter_by_uid;
 	/* bpf_loop (Linux 5.17) lets one call send any number of records;
 	 * older kernels get an unrolled loop of UNROLLED_MAX_CHUNKS. */

@@ -251,33 +251,34 @@ int emit_more_chunks(struct pt_regs *ctx)
 
 #else /* current kernels */
 
-/* Non-zero while the reader sleeps in poll(); userspace writes it. */
-SHARED_WORD(reader_asleep);
+/* While the reader sleeps: the bytes waiting in the ring at which it wants
+ * to be woken; 0 while it is awake. Userspace writes it. */
+SHARED_WORD(reader_wake_bytes);
 
-/* Wakes the reader once per sleep, when wakeup_bytes are waiting. Its poll
- * reports data for as long as any is waiting, so a reader that is awake needs
- * no wakeup; one per record past the threshold (whenever the reader lagged)
- * cost an interrupt each, a VM exit under a hypervisor: 7% of a traced CPU.
- * Returns the flag for the record's commit. Once a record carrying the
- * wakeup is in the ring, reader_woken() clears the reader's flag; cleared
+/* Wakes the reader once per sleep, when the bytes it asked for are waiting.
+ * Its poll reports data for as long as any is waiting, so a reader that is
+ * awake needs no wakeup; one per record past the threshold (whenever the
+ * reader lagged) cost an interrupt each, a VM exit under a hypervisor: 7% of
+ * a traced CPU. Returns the flag for the record's commit. Once a record
+ * carrying the wakeup is in the ring, reader_woken() clears the word; cleared
  * earlier, a full ring (which takes no record) would leave the reader asleep
  * through a flood until its timeout. */
-static __always_inline __u64 ringbuf_wakeup_flag(__u32 **asleep, __u64 record_bytes)
+static __always_inline __u64 ringbuf_wakeup_flag(__u32 **wake_bytes, __u64 record_bytes)
 {
 	__u32 zero = 0;
 
-	*asleep = bpf_map_lookup_elem(&reader_asleep, &zero);
-	if (!*asleep || !**asleep)
+	*wake_bytes = bpf_map_lookup_elem(&reader_wake_bytes, &zero);
+	if (!*wake_bytes || !**wake_bytes)
 		return BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + record_bytes < SETTING(capture_settings, wakeup_bytes))
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + record_bytes < **wake_bytes)
 		return BPF_RB_NO_WAKEUP;
 	return BPF_RB_FORCE_WAKEUP;
 }
 
-static __always_inline void reader_woken(__u32 *asleep, __u64 wakeup)
+static __always_inline void reader_woken(__u32 *wake_bytes, __u64 wakeup)
 {
-	if (asleep && wakeup == BPF_RB_FORCE_WAKEUP)
-		*asleep = 0;
+	if (wake_bytes && wakeup == BPF_RB_FORCE_WAKEUP)
+		*wake_bytes = 0;
 }
 
 /* Reserves a record for `n` payload bytes (n <= size, a constant), and reads
@@ -286,7 +287,7 @@ static __always_inline long emit_in_class(struct chunk_loop *loop, __u64 offset,
 {
 	const __u64 record_bytes = offsetof(struct data_event, data) + size;
 	struct data_event *rec;
-	__u32 *asleep;
+	__u32 *wake_bytes;
 	__u64 wakeup;
 
 	/* Keep the bound in the verifier's view after clang's rewrites. */
@@ -305,9 +306,9 @@ static __always_inline long emit_in_class(struct chunk_loop *loop, __u64 offset,
 		count_lost(1, n);
 		return 0;
 	}
-	wakeup = ringbuf_wakeup_flag(&asleep, record_bytes);
+	wakeup = ringbuf_wakeup_flag(&wake_bytes, record_bytes);
 	bpf_ringbuf_submit(rec, wakeup);
-	reader_woken(asleep, wakeup);
+	reader_woken(wake_bytes, wakeup);
 	return 0;
 }
 

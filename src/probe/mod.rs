@@ -147,7 +147,6 @@ pub struct ProbeSettings {
     pub target_pid: Option<u32>,
     pub target_uid: Option<u32>,
     pub ring_buffer_bytes: u32,
-    pub wakeup_bytes: u64,
 }
 
 /// A BPF object of one module, loaded into the kernel. Dropping it detaches
@@ -363,7 +362,6 @@ impl ProbeSettings {
             target_pid: self.target_pid.unwrap_or(0),
             target_uid: self.target_uid.unwrap_or(0),
             filter_by_uid: u8::from(self.target_uid.is_some()),
-            wakeup_bytes: self.wakeup_bytes,
             have_bpf_loop: u8::from(self.generation == Generation::Current && kernel_has_bpf_loop()),
             ..Default::default()
         }
@@ -609,11 +607,12 @@ impl LoadedProbes {
             }))
     }
 
-    /// The word that tells the programs whether the reader sleeps; legacy
-    /// objects, whose every record wakes the reader, have none.
-    pub fn reader_sleep_flag(&self) -> Result<Option<SharedWord>> {
+    /// The word that tells the programs how many waiting bytes should wake
+    /// the sleeping reader (0: it is awake); legacy objects, whose every
+    /// record wakes the reader, have none.
+    pub fn reader_wake_word(&self) -> Result<Option<SharedWord>> {
         match self.generation {
-            Generation::Current => Ok(Some(SharedWord::map(&self.map("reader_asleep")?)?)),
+            Generation::Current => Ok(Some(SharedWord::map(&self.map("reader_wake_bytes")?)?)),
             Generation::Legacy => Ok(None),
         }
     }
@@ -690,11 +689,15 @@ impl SharedWord {
     }
 
     pub fn set(&self, on: bool) {
+        self.store(u32::from(on));
+    }
+
+    pub fn store(&self, value: u32) {
         match self {
-            SharedWord::Mapped { word, .. } => atomic(word).store(u32::from(on), Ordering::SeqCst),
+            SharedWord::Mapped { word, .. } => atomic(word).store(value, Ordering::SeqCst),
             SharedWord::Syscalls(map) => {
-                // A failed write leaves the flag as it was: one wakeup more or less.
-                let _ = map.update(&0u32.to_ne_bytes(), &u32::from(on).to_ne_bytes(), MapFlags::ANY);
+                // A failed write leaves the word as it was: one wakeup more or less.
+                let _ = map.update(&0u32.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY);
             }
         }
     }
