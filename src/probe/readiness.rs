@@ -102,10 +102,10 @@ impl Readiness {
 /// under a hypervisor is a VM exit: at 2 GB/s, one per eighth of the ring
 /// cost a Go ping-pong 5% of its throughput. So once records arrive steadily,
 /// the reader wakes itself on a timer, set to when it expects an eighth of
-/// the ring to be waiting, and asks the programs for a wakeup only at half
-/// the ring, in case the flow quickens. While records trickle in, it sleeps
-/// the poll interval and asks to be woken at an eighth, so that a burst is
-/// met with most of the ring still free.
+/// the ring to be waiting, and asks the programs for a wakeup only at twice
+/// that (at most half the ring), in case the flow quickens. While records
+/// trickle in, it sleeps the poll interval and asks to be woken at an eighth,
+/// so that a burst is met with most of the ring still free.
 #[derive(Debug)]
 pub struct Pace {
     ring_bytes: u64,
@@ -153,9 +153,14 @@ impl Pace {
                 wake_bytes: clamp(batch),
             };
         }
+        // Twice what should wait at the timeout: a flow that doubles wakes the
+        // reader, and a flow underestimated (a burst that began mid-sleep,
+        // whose bytes were spread over the whole sleep) still finds most of
+        // the ring free.
+        let expected = (self.filling * until_batch.as_secs_f64()) as u64;
         Sleep {
             timeout: until_batch,
-            wake_bytes: clamp(self.ring_bytes / 2),
+            wake_bytes: clamp(expected.max(batch).saturating_mul(2).min(self.ring_bytes / 2)),
         }
     }
 
@@ -231,15 +236,33 @@ mod tests {
         // 1 MiB in 2 ms: an eighth of the ring (1 MiB) every 2 ms.
         let sleep = paced_after(0, 1 << 20, Duration::from_millis(2));
         assert_eq!(sleep.timeout, Duration::from_millis(2));
-        // The programs wake it only if the flow quadruples.
-        assert_eq!(sleep.wake_bytes, RING / 2);
+        // The programs wake it only if the flow doubles.
+        assert_eq!(sleep.wake_bytes, RING / 4);
+    }
+
+    #[test]
+    fn a_burst_that_began_mid_sleep_still_leaves_most_of_the_ring_free() {
+        // The programs woke the reader at an eighth, 40 ms into its sleep; the
+        // burst may have begun a millisecond before.
+        let sleep = paced_after(0, 1 << 20, Duration::from_millis(40));
+        assert!(sleep.timeout > Duration::from_millis(30));
+        assert_eq!(sleep.wake_bytes, RING / 4);
     }
 
     #[test]
     fn a_flood_sleeps_no_less_than_the_wait_can_count() {
-        let sleep = paced_after(0, 4 << 20, Duration::from_millis(1));
-        assert_eq!(sleep.timeout, SHORTEST_SLEEP);
-        assert_eq!(sleep.wake_bytes, RING / 2);
+        // 2 MiB a millisecond: the shortest sleep lets 2 MiB wait, and the
+        // programs may wake the reader at 4.
+        let sleep = paced_after(0, 2 << 20, Duration::from_millis(1));
+        assert_eq!(
+            sleep,
+            Sleep {
+                timeout: SHORTEST_SLEEP,
+                wake_bytes: RING / 2
+            }
+        );
+        let faster = paced_after(0, 8 << 20, Duration::from_millis(1));
+        assert_eq!(faster.wake_bytes, RING / 2, "never past half the ring");
     }
 
     #[test]
