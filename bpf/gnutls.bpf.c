@@ -13,7 +13,7 @@
 /* A session's transport is whatever the program set (an fd cast to a
  * pointer, or its own object): its socket is named from the syscalls GnuTLS
  * makes inside each call. */
-static __always_inline __u64 library_transport(__u64 session)
+static __always_inline __u64 library_transport(void *ctx, __u64 session)
 {
 	return 0;
 }

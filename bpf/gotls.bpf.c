@@ -36,13 +36,11 @@ struct {
 /* A process that makes TLS calls before userspace has placed its
  * net.(*TCPConn).Close (one started after the capture with --elfpath, which
  * no exec watch reports) asks for it once. */
-static __always_inline void ask_for_transport(void *ctx, __u64 pid_tgid)
+static __always_inline void ask_for_transport(void *ctx, __u32 tgid)
 {
-	__u32 tgid = pid_tgid >> 32;
 	__u8 asked = 1;
 
-	if (!bpf_map_lookup_elem(&tcp_conn_close, &tgid) &&
-	    !bpf_map_update_elem(&transport_asked, &tgid, &asked, BPF_NOEXIST))
+	if (!bpf_map_update_elem(&transport_asked, &tgid, &asked, BPF_NOEXIST))
 		report_process(ctx);
 }
 
@@ -54,14 +52,20 @@ static __always_inline void ask_for_transport(void *ctx, __u64 pid_tgid)
 #define NETFD_SYSFD 16
 
 /* The *net.TCPConn under a *tls.Conn, or 0 when it is another net.Conn
- * (an unknown socket) or the process is not known yet. */
-static __always_inline __u64 library_transport(__u64 conn)
+ * (an unknown socket) or the process is not known yet (it then asks). */
+static __always_inline __u64 library_transport(void *ctx, __u64 conn)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 *close = bpf_map_lookup_elem(&tcp_conn_close, &tgid);
-	__u64 itab = read_user_word(conn), data = read_user_word(conn + 8);
+	__u64 itab, data;
 
-	if (!close || !itab || !data || read_user_word(itab + ITAB_FIRST_METHOD) != *close)
+	if (!close) {
+		ask_for_transport(ctx, tgid);
+		return 0;
+	}
+	itab = read_user_word(conn);
+	data = read_user_word(conn + 8);
+	if (!itab || !data || read_user_word(itab + ITAB_FIRST_METHOD) != *close)
 		return 0;
 	return data;
 }
@@ -171,7 +175,6 @@ static __always_inline int gotls_write(void *ctx)
 
 	if (!process_is_traced(pid_tgid) || !arguments[2] || arguments[2] > (1ULL << 31))
 		return 0;
-	ask_for_transport(ctx, pid_tgid);
 	return emit_session_data(ctx, pid_tgid, arguments[0], arguments[1], arguments[2], DIRECTION_EGRESS,
 				 bpf_ktime_get_ns());
 }
@@ -208,7 +211,6 @@ static __always_inline int gotls_read(void *ctx)
 
 	if (!process_is_traced(pid_tgid))
 		return 0;
-	ask_for_transport(ctx, pid_tgid);
 	bpf_map_update_elem(&go_reads, &key, &read, BPF_ANY);
 	return 0;
 }
@@ -280,7 +282,6 @@ int gotls_read_copy_by_cookie(void *ctx)
 
 	if (!process_is_traced(pid_tgid) || !conn || n <= 0 || n > (1LL << 31))
 		return 0;
-	ask_for_transport(ctx, pid_tgid);
 	return emit_session_data(ctx, pid_tgid, conn, arguments[1], n, DIRECTION_INGRESS, bpf_ktime_get_ns());
 }
 #endif

@@ -34,7 +34,7 @@ DECLARE_SETTINGS(struct nss_settings, nss_settings);
 
 /* The SSL layer's session is its PRFileDesc; its transport is the bottom
  * layer below it, when that is NSPR's own (a socket, not an emulation). */
-static __always_inline __u64 library_transport(__u64 ssl_layer)
+static __always_inline __u64 library_transport(void *ctx, __u64 ssl_layer)
 {
 	__u64 layer = ssl_layer, lower;
 	int identity = -1;

@@ -42,7 +42,7 @@ static __always_inline bool is_tls_connection(__u64 ssl)
 
 /* The session's read BIO (its write BIO is the same socket, but for a
  * buffering BIO pushed in front during handshakes), or 0. */
-static __always_inline __u64 library_transport(__u64 ssl)
+static __always_inline __u64 library_transport(void *ctx, __u64 ssl)
 {
 	__u32 rbio = SETTING(socket_bio, ssl_rbio);
 	__u64 bio = 0;

@@ -24,8 +24,9 @@
 #endif
 
 /* The object a session reaches its socket through (an OpenSSL BIO), or 0
- * when the library's state cannot tell. */
-static __always_inline __u64 library_transport(__u64 conn_id);
+ * when the library's state cannot tell. `ctx` lets a library that must
+ * learn a process first ask userspace about it. */
+static __always_inline __u64 library_transport(void *ctx, __u64 conn_id);
 /* The descriptor that object holds, or -1 when it holds none (a memory BIO). */
 static __always_inline int library_transport_fd(__u64 transport);
 
@@ -423,7 +424,7 @@ static __always_inline struct session_socket *remember_socket(struct session_key
 static __always_inline struct session_socket *session_socket(void *ctx, struct session_key *key)
 {
 	struct session_socket *known = bpf_map_lookup_elem(&session_sockets, key);
-	__u64 transport = library_transport(key->conn_id);
+	__u64 transport = library_transport(ctx, key->conn_id);
 	int fd;
 
 	if (!transport)
@@ -519,7 +520,7 @@ static __always_inline void name_from_socket_read(__u64 pid_tgid, __u64 conn_id)
  * for the syscall tracepoints, before its data if it can: at its handshake. */
 static __always_inline bool check_memory_bio(void *ctx, __u64 pid_tgid, __u64 conn_id)
 {
-	__u64 transport = library_transport(conn_id);
+	__u64 transport = library_transport(ctx, conn_id);
 
 	if (!transport || library_transport_fd(transport) >= 0)
 		return false;
