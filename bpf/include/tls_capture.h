@@ -257,13 +257,13 @@ int emit_more_chunks(struct pt_regs *ctx)
 SHARED_WORD(reader_wake_bytes);
 
 /* Wakes the reader once per sleep, when the bytes it asked for are waiting.
- * Its poll reports data for as long as any is waiting, so a reader that is
- * awake needs no wakeup; one per record past the threshold (whenever the
- * reader lagged) cost an interrupt each, a VM exit under a hypervisor: 7% of
- * a traced CPU. Returns the flag for the record's commit. Once a record
- * carrying the wakeup is in the ring, reader_woken() clears the word; cleared
- * earlier, a full ring (which takes no record) would leave the reader asleep
- * through a flood until its timeout. */
+ * A reader that is awake needs none: it looks at what waits before it
+ * sleeps. One per record past the threshold (whenever the reader lagged) cost
+ * an interrupt each, a VM exit under a hypervisor: 7% of a traced CPU.
+ * Returns the flag for the record's commit. Once a record carrying the
+ * wakeup is in the ring, reader_woken() clears the word; cleared earlier, a
+ * full ring (which takes no record) would leave the reader asleep through a
+ * flood until its timeout. */
 static __always_inline __u64 ringbuf_wakeup_flag(__u32 **wake_bytes, __u64 record_bytes)
 {
 	__u32 zero = 0;

@@ -1,6 +1,7 @@
 //! One wait for every source of records: the ring buffers' epoll descriptor
-//! and each perf buffer's, gathered in one epoll set, so that whichever has
-//! records wakes the reader; and an eventfd other threads wake it through.
+//! and each perf buffer's, gathered in one epoll set, so that whichever
+//! announces records (the rings) or holds them (the perf buffers) wakes the
+//! reader; and an eventfd other threads wake it through.
 //! Also how long the reader sleeps, and what should wake it early.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
