@@ -15,9 +15,54 @@
 #include "tls_capture.h"
 #include "keylog_channel.h"
 
-/* Per process, where its program's net.(*TCPConn).Close is mapped, filled
- * by userspace (src/modules/gotls): a *tls.Conn's net.Conn is read as a
- * TCP connection only when its method table says it is one. */
+/* Go's register ABI (Go 1.17 on x86-64, 1.18 on arm64): the integer
+ * arguments, in order. */
+#if defined(__TARGET_ARCH_x86)
+#define GO_ARGUMENTS(ctx)                                                                 \
+	{                                                                                 \
+		(ctx)->rax, (ctx)->rbx, (ctx)->rcx, (ctx)->rdi, (ctx)->rsi, (ctx)->r8,    \
+			(ctx)->r9, (ctx)->r10, (ctx)->r11                                 \
+	}
+typedef struct pt_regs go_regs;
+/* The running goroutine's g, in a register of its own. */
+#define GO_G(ctx) ((ctx)->r14)
+#define GO_SP(ctx) ((ctx)->rsp)
+/* At a uprobe's program, the probed instruction. */
+#define GO_IP(ctx) ((ctx)->rip)
+/* At the JBE of a function's stack-bound check: true when it jumps (CF or
+ * ZF), to grow the stack and enter the function again. */
+#define GO_STACK_GROWS(ctx) (((ctx)->eflags & 0x41) != 0)
+#elif defined(__TARGET_ARCH_arm64)
+#define GO_ARGUMENTS(ctx)                                                                 \
+	{                                                                                 \
+		(ctx)->regs[0], (ctx)->regs[1], (ctx)->regs[2], (ctx)->regs[3],           \
+			(ctx)->regs[4], (ctx)->regs[5], (ctx)->regs[6], (ctx)->regs[7],   \
+			(ctx)->regs[8]                                                    \
+	}
+typedef struct user_pt_regs go_regs;
+#define GO_G(ctx) ((ctx)->regs[28])
+#define GO_SP(ctx) ((ctx)->sp)
+#define GO_IP(ctx) ((ctx)->pc)
+/* At the B.LS of a function's stack-bound check: C clear or Z set. */
+#define GO_STACK_GROWS(ctx) (!((ctx)->pstate & (1ULL << 29)) || ((ctx)->pstate & (1ULL << 30)))
+#else
+#error "Go's register ABI is read on x86-64 and arm64 only"
+#endif
+
+/* A *tls.Conn's net.Conn is read as a TCP connection only when its method
+ * table says it is one: when its first method is the program's
+ * net.(*TCPConn).Close.
+ *
+ * With attachment cookies, each probe that reads a connection carries where
+ * that function lies from the probe's own instruction (0: the program has
+ * none): a fixed distance within the program, wherever it is mapped, so
+ * that a process is known from its first call. The low half of the cookie is
+ * the probe's own (gotls_read_copy_by_cookie's stack slot). */
+#define COOKIE_LOW(cookie) ((__u32)(cookie))
+#define COOKIE_CLOSE_DISTANCE(cookie) ((__s32)((cookie) >> 32))
+
+/* Without cookies: per process, where net.(*TCPConn).Close is mapped,
+ * filled by userspace. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -51,21 +96,39 @@ static __always_inline void ask_for_transport(void *ctx, __u32 tgid)
 #define ITAB_FIRST_METHOD 24
 #define NETFD_SYSFD 16
 
-/* The *net.TCPConn under a *tls.Conn, or 0 when it is another net.Conn
- * (an unknown socket) or the process is not known yet (it then asks). */
-static __always_inline __u64 library_transport(void *ctx, __u64 conn)
+/* Where the calling process has net.(*TCPConn).Close, 0 when unknown. */
+static __always_inline __u64 tcp_conn_close_address(void *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	__u64 *close = bpf_map_lookup_elem(&tcp_conn_close, &tgid);
-	__u64 itab, data;
+	__u64 *close;
 
+#ifndef ECAPTURE_LEGACY_KERNEL
+	if (SETTING(capture_settings, have_attach_cookies)) {
+		__s32 distance = COOKIE_CLOSE_DISTANCE(bpf_get_attach_cookie(ctx));
+
+		return distance ? GO_IP((go_regs *)ctx) + distance : 0;
+	}
+#endif
+	close = bpf_map_lookup_elem(&tcp_conn_close, &tgid);
 	if (!close) {
 		ask_for_transport(ctx, tgid);
 		return 0;
 	}
+	return *close;
+}
+
+/* The *net.TCPConn under a *tls.Conn, or 0 when it is another net.Conn
+ * (an unknown socket) or the process is not known yet. */
+static __always_inline __u64 library_transport(void *ctx, __u64 conn)
+{
+	__u64 close = tcp_conn_close_address(ctx);
+	__u64 itab, data;
+
+	if (!close)
+		return 0;
 	itab = read_user_word(conn);
 	data = read_user_word(conn + 8);
-	if (!itab || !data || read_user_word(itab + ITAB_FIRST_METHOD) != *close)
+	if (!itab || !data || read_user_word(itab + ITAB_FIRST_METHOD) != close)
 		return 0;
 	return data;
 }
@@ -79,37 +142,6 @@ static __always_inline int library_transport_fd(__u64 tcp_conn)
 		return -1;
 	return (int)fd;
 }
-
-/* Go's register ABI (Go 1.17 on x86-64, 1.18 on arm64): the integer
- * arguments, in order. */
-#if defined(__TARGET_ARCH_x86)
-#define GO_ARGUMENTS(ctx)                                                                 \
-	{                                                                                 \
-		(ctx)->rax, (ctx)->rbx, (ctx)->rcx, (ctx)->rdi, (ctx)->rsi, (ctx)->r8,    \
-			(ctx)->r9, (ctx)->r10, (ctx)->r11                                 \
-	}
-typedef struct pt_regs go_regs;
-/* The running goroutine's g, in a register of its own. */
-#define GO_G(ctx) ((ctx)->r14)
-#define GO_SP(ctx) ((ctx)->rsp)
-/* At the JBE of a function's stack-bound check: true when it jumps (CF or
- * ZF), to grow the stack and enter the function again. */
-#define GO_STACK_GROWS(ctx) (((ctx)->eflags & 0x41) != 0)
-#elif defined(__TARGET_ARCH_arm64)
-#define GO_ARGUMENTS(ctx)                                                                 \
-	{                                                                                 \
-		(ctx)->regs[0], (ctx)->regs[1], (ctx)->regs[2], (ctx)->regs[3],           \
-			(ctx)->regs[4], (ctx)->regs[5], (ctx)->regs[6], (ctx)->regs[7],   \
-			(ctx)->regs[8]                                                    \
-	}
-typedef struct user_pt_regs go_regs;
-#define GO_G(ctx) ((ctx)->regs[28])
-#define GO_SP(ctx) ((ctx)->sp)
-/* At the B.LS of a function's stack-bound check: C clear or Z set. */
-#define GO_STACK_GROWS(ctx) (!((ctx)->pstate & (1ULL << 29)) || ((ctx)->pstate & (1ULL << 30)))
-#else
-#error "Go's register ABI is read on x86-64 and arm64 only"
-#endif
 
 /* Entry programs come in two placements. On the first instruction, which
  * the kernel steps out of line. Or on the branch of the stack-bound check
@@ -267,8 +299,9 @@ int gotls_read_copy(void *ctx)
 
 #ifndef ECAPTURE_LEGACY_KERNEL
 /* On Read's copy, as gotls_read_copy, where Read's receiver stays in the
- * stack slot its prologue spilled it to (src/target/golang.rs): the
- * attachment's cookie is that slot's offset from the stack pointer. One
+ * stack slot its prologue spilled it to (src/target/golang.rs): the low
+ * half of the attachment's cookie is that slot's offset from the stack
+ * pointer. One
  * probe hit per Read rather than two, and no map. Cookies came with Linux
  * 5.15; userspace loads this program only where the kernel has them. */
 SEC("uprobe")
@@ -277,7 +310,7 @@ int gotls_read_copy_by_cookie(void *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	go_regs *regs = ctx;
 	__u64 arguments[9] = GO_ARGUMENTS(regs);
-	__u64 conn = read_user_word(GO_SP(regs) + bpf_get_attach_cookie(ctx));
+	__u64 conn = read_user_word(GO_SP(regs) + COOKIE_LOW(bpf_get_attach_cookie(ctx)));
 	__s64 n = arguments[2];
 
 	if (!process_is_traced(pid_tgid) || !conn || n <= 0 || n > (1LL << 31))

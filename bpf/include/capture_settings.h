@@ -11,7 +11,10 @@ struct capture_settings {
 	/* bpf_loop (Linux 5.17) lets one call send any number of records;
 	 * older kernels get an unrolled loop of UNROLLED_MAX_CHUNKS. */
 	__u8 have_bpf_loop;
-	__u8 _pad[6];
+	/* bpf_get_attach_cookie (Linux 5.15): a probe's cookie can say what its
+	 * site alone knows, as gotls's where net.(*TCPConn).Close is. */
+	__u8 have_attach_cookies;
+	__u8 _pad[5];
 };
 
 #endif

@@ -363,6 +363,7 @@ impl ProbeSettings {
             target_uid: self.target_uid.unwrap_or(0),
             filter_by_uid: u8::from(self.target_uid.is_some()),
             have_bpf_loop: u8::from(self.generation == Generation::Current && kernel_has_bpf_loop()),
+            have_attach_cookies: u8::from(self.generation == Generation::Current && kernel_has_attach_cookies()),
             ..Default::default()
         }
     }

@@ -122,6 +122,47 @@ fn go_servers_requests_and_responses_with_their_sockets() {
     }
 }
 
+/// A *tls.Conn over a Unix socket: its net.Conn is no *net.TCPConn, so the
+/// records say the socket is unknown rather than read one from its fields.
+#[test]
+fn a_go_server_on_a_unix_socket_has_its_socket_unknown() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (cert, key) = certificate();
+    let binary = build_go_peer("go_https_server", "go_https_server.go", &[]);
+    let dir = scratch_dir();
+    let socket = dir.path().join("https.sock");
+    let log = dir.path().join("server.out");
+    let mut server = Guard::spawn(
+        "go server",
+        Command::new(&binary)
+            .arg(&socket)
+            .arg(cert)
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap()),
+    );
+    server.wait_for_output(&log, "listening");
+    let capture = Capture::start(&["gotls", "--pid", &server.pid().to_string()]);
+    let path = format!("/{}", marker("unix"));
+    let body = run_peer(
+        "curl",
+        Command::new("curl")
+            .args(["-sk", "--http1.1", "--unix-socket"])
+            .arg(&socket)
+            .arg(format!("https://localhost{path}")),
+    );
+    assert_eq!(body, format!("go-server-body-for {path}\n"));
+    let out = capture.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let request = find_record(&out.stdout, &["Received", &format!("GET {path} HTTP/1.1\r\n")]);
+    let response = find_record(&out.stdout, &["Sent", &format!("go-server-body-for {path}\n")]);
+    for record in [request, response] {
+        assert!(record.contains(" FD:-1 ") && !record.contains("127.0.0.1"), "{record}");
+    }
+}
+
 /// A stripped Go client started after ecapture is hooked at its exec, before
 /// its first request; its secrets equal the ones crypto/tls logs itself.
 #[test]
@@ -162,8 +203,9 @@ fn a_go_program_started_later_is_hooked() {
     assert_eq!(ours.len(), 4, "TLS 1.3's traffic secrets, as Go logs them");
 }
 
-/// A Go program started after ecapture with --elfpath asks, at its first
-/// TLS call, where its sockets are read from; its records wait for the
+/// A Go program started after ecapture with --elfpath: its probes know
+/// where its sockets are read from, or where the kernel has no uprobe
+/// cookies, it asks at its first TLS call, and its records wait for the
 /// answer, up to 4 MiB. The benchmark's ping-pong writes 64-byte records
 /// at hundreds of thousands a second, which fill that in tens of
 /// milliseconds: the answer must come sooner, whatever the flood.

@@ -32,8 +32,9 @@ const TCP_CONN_CLOSE: &str = "net.(*TCPConn).Close";
 /// Read copies the decrypted record into its buffer with it.
 const MEMMOVE: &str = "runtime.memmove";
 
-/// The Go programs seen, by file identity: where each has
-/// net.(*TCPConn).Close, and the page its first segment starts at.
+/// Where the kernel has no uprobe cookies: the Go programs seen, by file
+/// identity, where each has net.(*TCPConn).Close, and the page its first
+/// segment starts at.
 #[derive(Default)]
 pub struct GoTls {
     programs: Mutex<HashMap<(u64, u64), Option<TcpConnClose>>>,
@@ -98,10 +99,11 @@ impl Module for GoTls {
         Some(GoTlsObject)
     }
 
-    /// In text mode, says where each running process of a hooked program
-    /// has net.(*TCPConn).Close, so that its connections' sockets are read.
+    /// In text mode without uprobe cookies, says where each running process
+    /// of a hooked program has net.(*TCPConn).Close, so that its
+    /// connections' sockets are read.
     fn watch(&self, probes: &mut LoadedProbes, config: &Config) -> Result<()> {
-        if config.mode == Mode::Text {
+        if config.mode == Mode::Text && !probe::uprobe_cookies() {
             for pid in libpath::process_ids(config.pid) {
                 self.process_reported(probes, pid);
             }
@@ -193,7 +195,7 @@ impl GoTls {
                     "gotls_write_past_stack_check",
                 )?];
                 hooks.extend(read_hooks(image, &function(READ_FUNCTION)?, probe::uprobe_cookies())?);
-                self.remember(image);
+                self.name_sockets(image, &mut hooks);
                 hooks
             }
         };
@@ -205,23 +207,36 @@ impl GoTls {
         })
     }
 
-    /// Notes where `image` has net.(*TCPConn).Close, if anywhere.
-    fn remember(&self, image: &ElfImage) {
+    /// Tells the programs where `image` has net.(*TCPConn).Close, so that
+    /// its connections' sockets are read: in each probe's cookie, as a
+    /// distance from the probe, where the kernel has cookies. Else each
+    /// process's address is written to a map, once userspace knows the
+    /// process: a program started after an --elfpath capture asks on its
+    /// first call, and its first records wait for the answer.
+    fn name_sockets(&self, image: &ElfImage, hooks: &mut [Hook]) {
+        let path = image.path().display();
+        let close = golang::function(image, TCP_CONN_CLOSE).map(|close| close.address);
+        match close {
+            None => warn!("{path}: no {TCP_CONN_CLOSE}: its connections' sockets will be unknown"),
+            Some(close) if probe::uprobe_cookies() => {
+                if !carry_close_distance(hooks, close) {
+                    warn!(
+                        "{path}: {TCP_CONN_CLOSE} is over 2 GiB from crypto/tls: its connections' sockets will be unknown"
+                    );
+                }
+                return;
+            }
+            Some(_) => {}
+        }
         let Ok(metadata) = std::fs::metadata(image.path()) else {
             return;
         };
-        let close = golang::function(image, TCP_CONN_CLOSE).and_then(|close| {
+        let close = close.and_then(|address| {
             Some(TcpConnClose {
-                address: close.address,
+                address,
                 first_page: image.first_load_page()?,
             })
         });
-        if close.is_none() {
-            warn!(
-                "{}: no {TCP_CONN_CLOSE}: its connections' sockets will be unknown",
-                image.path().display()
-            );
-        }
         if let Ok(mut programs) = self.programs.lock() {
             programs.insert((metadata.dev(), metadata.ino()), close);
         }
@@ -242,6 +257,25 @@ impl GoTls {
         }
         targets
     }
+}
+
+/// Puts in the high half of each hook's cookie the distance from its
+/// instruction to `close` (see bpf/gotls.bpf.c); false, leaving them as they
+/// are, when one does not fit.
+fn carry_close_distance(hooks: &mut [Hook], close: u64) -> bool {
+    let distance = |hook: &Hook| {
+        let distance = i64::try_from(close)
+            .ok()?
+            .checked_sub(i64::try_from(hook.symbol.address).ok()?)?;
+        i32::try_from(distance).ok().filter(|distance| *distance != 0)
+    };
+    let Some(distances) = hooks.iter().map(distance).collect::<Option<Vec<_>>>() else {
+        return false;
+    };
+    for (hook, distance) in hooks.iter_mut().zip(distances) {
+        hook.cookie |= u64::from(distance as u32) << 32;
+    }
+    true
 }
 
 /// The entry probe of `function`: on the branch of its stack-bound check
@@ -413,6 +447,30 @@ mod tests {
             let site = hook.site.as_ref().unwrap();
             assert!(site.mnemonic == "ret" && !site.emulated, "{site}");
         }
+    }
+
+    #[test]
+    fn each_probe_carries_its_distance_to_the_tcp_close() {
+        let go = ElfImage::open(Path::new("/usr/lib/go-1.19/bin/go")).unwrap();
+        let read = golang::function(&go, READ_FUNCTION).unwrap();
+        let write = golang::function(&go, WRITE_FUNCTION).unwrap();
+        let close = golang::function(&go, TCP_CONN_CLOSE).unwrap().address;
+        let mut hooks = read_hooks(&go, &read, true).unwrap();
+        hooks.extend(read_hooks(&go, &write, true).unwrap());
+        let slots: Vec<u64> = hooks.iter().map(|hook| hook.cookie).collect();
+        assert!(carry_close_distance(&mut hooks, close));
+        for (hook, slot) in hooks.iter().zip(slots) {
+            assert_eq!(hook.cookie & 0xffff_ffff, slot, "the slot is kept");
+            let distance = i64::from((hook.cookie >> 32) as u32 as i32);
+            assert_eq!(hook.symbol.address.checked_add_signed(distance), Some(close));
+        }
+        // Out of reach, or on the probe itself: nothing is changed.
+        let far = hooks[0].symbol.address + (1 << 31);
+        let mut unchanged = read_hooks(&go, &read, true).unwrap();
+        assert!(!carry_close_distance(&mut unchanged, far));
+        let itself = unchanged[0].symbol.address;
+        assert!(!carry_close_distance(&mut unchanged, itself));
+        assert_eq!(unchanged[0].cookie, 0x70);
     }
 
     #[test]
