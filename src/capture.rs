@@ -573,6 +573,10 @@ where
             .context("starting the thread that inspects new programs")?;
         let mut lost_reported = Lost::default();
         let mut last_lost_check = Instant::now();
+        // The longest the reader went without sleeping since the last check,
+        // and since when it is awake: what it did while records were lost.
+        let mut longest_awake = Duration::ZERO;
+        let mut awake_since = Instant::now();
         while !stop.load(Ordering::Relaxed) && !pipeline.borrow().output_failures.reader_gone {
             // Records committed while the word was 0 announced nothing: with a
             // batch of those waiting the reader must not sleep, or a ring they
@@ -583,9 +587,12 @@ where
             wake_words.iter().for_each(|word| word.store(sleep.wake_bytes));
             let waiting = ring.as_ref().map_or(0, waiting_bytes);
             if waiting < pace.batch_bytes() {
-                pace.sleeping(waiting, Instant::now());
+                let fell_asleep = Instant::now();
+                longest_awake = longest_awake.max(fell_asleep.saturating_duration_since(awake_since));
+                pace.sleeping(waiting, fell_asleep);
                 let polled = readiness.wait(sleep.timeout);
-                pace.woke(ring.as_ref().map_or(0, waiting_bytes), Instant::now());
+                awake_since = Instant::now();
+                pace.woke(ring.as_ref().map_or(0, waiting_bytes), awake_since);
                 polled.context("reading events from the kernel")?;
             }
             wake_words.iter().for_each(|word| word.store(0));
@@ -611,11 +618,14 @@ where
             }
             if last_lost_check.elapsed() >= LOST_CHECK_INTERVAL {
                 last_lost_check = Instant::now();
+                let awake = std::mem::take(&mut longest_awake).max(awake_since.elapsed());
                 let lost = total_lost(&tls.objects)?;
                 if lost.records > lost_reported.records {
                     warn!(
-                        "{} records ({} payload bytes) lost so far: the ring buffer was full (raise --mapsize)",
-                        lost.records, lost.bytes
+                        "{} records ({} payload bytes) lost so far: {}",
+                        lost.records,
+                        lost.bytes,
+                        why_records_were_lost(awake, config.ring_buffer_bytes, pace.filling())
                     );
                     lost_reported = lost;
                 }
@@ -646,6 +656,33 @@ where
     pipeline.summary.lost_bytes = lost.bytes;
     pipeline.summary.lost_packets = lost_packets.get();
     Ok(pipeline.summary)
+}
+
+/// A reader that keeps up finishes a round within this, bounded as rounds are.
+const LONGEST_ROUND: Duration = Duration::from_millis(100);
+
+/// Why the ring buffer of `ring_bytes` overflowed, from the longest the
+/// reader went without sleeping and the rate it last saw the ring fill at (0
+/// when it cannot tell): behind with its work, or away while the ring filled,
+/// which only a larger ring absorbs.
+fn why_records_were_lost(longest_awake: Duration, ring_bytes: u32, filling: f64) -> String {
+    if longest_awake >= LONGEST_ROUND {
+        return format!(
+            "ecapture went {:.1} s without sleeping: its output, or its own work, is slower than the traffic",
+            longest_awake.as_secs_f64()
+        );
+    }
+    let mib = f64::from(ring_bytes) / f64::from(1u32 << 20);
+    let holds = if filling > 0.0 {
+        format!(
+            ", {:.1} ms at the last {:.0} MB/s",
+            f64::from(ring_bytes) / filling * 1e3,
+            filling / 1e6
+        )
+    } else {
+        String::new()
+    };
+    format!("the ring buffer ({mib:.0} MiB{holds}) filled while ecapture was asleep or off its CPU: raise --mapsize")
 }
 
 /// The flag SIGINT and SIGTERM set: the capture ends at the next round.
@@ -1088,6 +1125,23 @@ mod tests {
         let mut bytes = unsafe { plain::as_bytes(&header) }.to_vec();
         bytes.push(tag);
         bytes
+    }
+
+    #[test]
+    fn losses_are_blamed_on_a_reader_behind_or_on_one_away() {
+        let behind = why_records_were_lost(Duration::from_millis(2970), 16 << 20, 2.3e9);
+        assert!(
+            behind.starts_with("ecapture went 3.0 s without sleeping: its output"),
+            "{behind}"
+        );
+        let away = why_records_were_lost(Duration::from_millis(2), 16 << 20, 2.3e9);
+        assert_eq!(
+            away,
+            "the ring buffer (16 MiB, 7.3 ms at the last 2300 MB/s) filled while ecapture was asleep or off its CPU: raise --mapsize"
+        );
+        // The legacy perf buffers tell no rate.
+        let legacy = why_records_were_lost(Duration::ZERO, 16 << 20, 0.0);
+        assert!(legacy.starts_with("the ring buffer (16 MiB) filled"), "{legacy}");
     }
 
     #[test]

@@ -141,6 +141,11 @@ impl Pace {
         (self.ring_bytes / 8).max(1)
     }
 
+    /// Bytes per second the rings filled at during the last sleep.
+    pub fn filling(&self) -> f64 {
+        self.filling
+    }
+
     pub fn next_sleep(&self) -> Sleep {
         let batch = self.batch_bytes();
         let clamp = |bytes: u64| u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);

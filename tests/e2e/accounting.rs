@@ -184,3 +184,44 @@ fn a_reply_never_carries_a_time_before_its_request() {
         );
     }
 }
+
+/// Records lost because ecapture's output stalled are said to be so: its
+/// stdout is a pipe nobody reads for a few seconds while a Go ping-pong of
+/// 16 KiB records fills the ring buffer.
+#[test]
+fn records_lost_behind_a_stalled_output_are_blamed_on_it() {
+    if !e2e_enabled() {
+        return;
+    }
+    let pingpong = build_go_peer("go_pingpong", "../../bench/go_pingpong.go", &[]);
+    let (cert, key) = certificate();
+    let dir = scratch_dir();
+    let fifo = dir.path().join("stdout");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    // Opens the pipe at once (ecapture's open waits for it), reads nothing
+    // for 4 s, then everything.
+    let _reader = Guard::spawn(
+        "slow reader",
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec < \"$1\"; sleep 4; exec cat > /dev/null")
+            .arg("sh")
+            .arg(&fifo),
+    );
+    let capture = Capture::start_with_stdout(&["gotls", "--elfpath", pingpong.to_str().unwrap()], fifo);
+    run_within(
+        "go_pingpong",
+        Command::new(&pingpong).arg(cert).arg(key).args(["16384", "1"]),
+        PEER_TIMEOUT,
+    );
+    let explained = capture.wait_for_log("lost so far", PEER_TIMEOUT);
+    let out = capture.stop();
+    assert!(explained && out.status.success(), "{}", out.stderr);
+    let warning = out.stderr.lines().find(|line| line.contains("lost so far")).unwrap();
+    assert!(
+        warning.contains("without sleeping: its output, or its own work, is slower than the traffic"),
+        "{warning}"
+    );
+}

@@ -279,7 +279,12 @@ impl Capture {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid() as i32, signal) };
         let status = self.guard.wait(EXIT_TIMEOUT);
-        let raw_stdout = std::fs::read(&self.stdout_path).unwrap_or_default();
+        // A pipe (a FIFO at that path) is the test's to read.
+        let is_file = std::fs::metadata(&self.stdout_path).is_ok_and(|metadata| metadata.is_file());
+        let raw_stdout = match is_file {
+            true => std::fs::read(&self.stdout_path).unwrap_or_default(),
+            false => Vec::new(),
+        };
         CaptureOutput {
             stdout: String::from_utf8_lossy(&raw_stdout).into_owned(),
             raw_stdout,
