@@ -301,9 +301,9 @@ int gotls_read_copy(void *ctx)
 /* On Read's copy, as gotls_read_copy, where Read's receiver stays in the
  * stack slot its prologue spilled it to (src/target/golang.rs): the low
  * half of the attachment's cookie is that slot's offset from the stack
- * pointer. One
- * probe hit per Read rather than two, and no map. Cookies came with Linux
- * 5.15; userspace loads this program only where the kernel has them. */
+ * pointer. One probe hit per Read rather than two, and no map. Cookies came
+ * with Linux 5.15; userspace loads this program only where the kernel has
+ * them. */
 SEC("uprobe")
 int gotls_read_copy_by_cookie(void *ctx)
 {
