@@ -32,12 +32,12 @@ const TCP_CONN_CLOSE: &str = "net.(*TCPConn).Close";
 /// Read copies the decrypted record into its buffer with it.
 const MEMMOVE: &str = "runtime.memmove";
 
-/// Where the kernel has no uprobe cookies: the Go programs seen, by file
-/// identity, where each has net.(*TCPConn).Close, and the page its first
-/// segment starts at.
+/// Where the kernel has no uprobe cookies: the Go programs seen that have
+/// net.(*TCPConn).Close, by file identity, with where it is and the page
+/// their first segment starts at.
 #[derive(Default)]
 pub struct GoTls {
-    programs: Mutex<HashMap<(u64, u64), Option<TcpConnClose>>>,
+    programs: Mutex<HashMap<(u64, u64), TcpConnClose>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +119,7 @@ impl Module for GoTls {
             .programs
             .lock()
             .map(|programs| programs.get(&(metadata.dev(), metadata.ino())).copied());
-        let Ok(Some(Some(close))) = known else { return };
+        let Ok(Some(close)) = known else { return };
         let Some(load_address) = libpath::executable_load_address(pid) else {
             return;
         };
@@ -215,30 +215,29 @@ impl GoTls {
     /// first call, and its first records wait for the answer.
     fn name_sockets(&self, image: &ElfImage, hooks: &mut [Hook]) {
         let path = image.path().display();
-        let close = golang::function(image, TCP_CONN_CLOSE).map(|close| close.address);
-        match close {
-            None => warn!("{path}: no {TCP_CONN_CLOSE}: its connections' sockets will be unknown"),
-            Some(close) if probe::uprobe_cookies() => {
-                if !carry_close_distance(hooks, close) {
-                    warn!(
-                        "{path}: {TCP_CONN_CLOSE} is over 2 GiB from crypto/tls: its connections' sockets will be unknown"
-                    );
-                }
-                return;
-            }
-            Some(_) => {}
-        }
-        let Ok(metadata) = std::fs::metadata(image.path()) else {
+        let Some(close) = golang::function(image, TCP_CONN_CLOSE).map(|close| close.address) else {
+            warn!("{path}: no {TCP_CONN_CLOSE}: its connections' sockets will be unknown");
             return;
         };
-        let close = close.and_then(|address| {
-            Some(TcpConnClose {
-                address,
-                first_page: image.first_load_page()?,
-            })
-        });
+        if probe::uprobe_cookies() {
+            if !carry_close_distance(hooks, close) {
+                warn!(
+                    "{path}: {TCP_CONN_CLOSE} is over 2 GiB from crypto/tls: its connections' sockets will be unknown"
+                );
+            }
+            return;
+        }
+        let (Ok(metadata), Some(first_page)) = (std::fs::metadata(image.path()), image.first_load_page()) else {
+            return;
+        };
         if let Ok(mut programs) = self.programs.lock() {
-            programs.insert((metadata.dev(), metadata.ino()), close);
+            programs.insert(
+                (metadata.dev(), metadata.ino()),
+                TcpConnClose {
+                    address: close,
+                    first_page,
+                },
+            );
         }
     }
 
